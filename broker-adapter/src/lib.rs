@@ -1,0 +1,124 @@
+//! Moves publications between gateway nodes.
+//!
+//! A [`Broker`] is what a node publishes into and subscribes through. It is
+//! deliberately small: publish one message, subscribe or unsubscribe a batch
+//! of channels, and report health. Incoming publications are pushed into the
+//! node's [`Listener`] (the hub's channel table) as they arrive, in broker
+//! order per channel; the listener must not block, so a slow WebSocket client
+//! can never stall the broker's reader.
+//!
+//! Implementations:
+//! - [`memory::MemoryBroker`]: embedded, in-process; the default for a single
+//!   node without Redis.
+//!
+//! The node keeps one broker subscription per channel with local subscribers
+//! and drives `subscribe`/`unsubscribe` from a single task, so implementations
+//! see calls for one channel in order and never concurrently.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pubsub_proto::{ChannelName, Publication};
+use tokio::sync::watch;
+
+pub mod memory;
+
+/// A boxed future, so that [`Broker`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The interface between a node and the system that connects nodes.
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes `data` on `channel` to every node subscribed to it. Resolves
+    /// once the broker has accepted the publication; an error means it was not
+    /// published.
+    fn publish(&self, channel: ChannelName, data: Bytes) -> BoxFuture<'_, Result<Published, BrokerError>>;
+
+    /// Starts delivering publications on `channels` to this node's listener.
+    /// When it resolves `Ok`, every publication accepted afterwards reaches
+    /// the listener.
+    fn subscribe<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Stops delivering publications on `channels` to this node.
+    fn unsubscribe<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Current health, updated as it changes.
+    fn health(&self) -> watch::Receiver<Health>;
+
+    /// Short name for logs and metrics, such as `memory` or `redis`.
+    fn kind(&self) -> &'static str;
+}
+
+/// Receives what a broker delivers to this node. Implemented by the hub.
+pub trait Listener: Send + Sync + 'static {
+    /// A publication on a channel this node subscribed to. Called in broker
+    /// order per channel. Must return quickly and never wait on clients.
+    fn on_publication(&self, publication: Publication);
+
+    /// The broker's connection changed state. After [`BrokerEvent::Restored`]
+    /// the node may have missed publications while it was down.
+    fn on_event(&self, event: BrokerEvent);
+}
+
+/// Connection-state changes a node must know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerEvent {
+    /// The broker became unreachable; publications may be missed from now on.
+    Lost { reason: String },
+    /// The broker is reachable again and every subscription is restored.
+    Restored,
+}
+
+/// Health of a broker as the node's readiness check sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// True when publish and subscribe are expected to work.
+    pub up: bool,
+    /// Human-readable detail, such as the last connection error.
+    pub detail: String,
+}
+
+impl Health {
+    /// A healthy broker.
+    pub fn up() -> Self {
+        Health {
+            up: true,
+            detail: String::from("ok"),
+        }
+    }
+
+    /// An unhealthy broker, with the reason.
+    pub fn down(detail: impl Into<String>) -> Self {
+        Health {
+            up: false,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What a successful publish returns: the publication's position in its
+/// channel's stream, where the broker tracks one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Published {
+    pub offset: Option<u64>,
+    pub epoch: Option<Arc<str>>,
+}
+
+/// Why a broker operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot be reached; nothing was done. Retrying later may work.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker answered with something unexpected.
+    #[error("broker error: {0}")]
+    Internal(String),
+}
+
+impl fmt::Debug for dyn Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Broker({})", self.kind())
+    }
+}
