@@ -11,6 +11,7 @@
 //! encoded bytes between subscribers.
 
 pub mod channel;
+pub mod close;
 pub mod json;
 pub mod message;
 pub mod protobuf;

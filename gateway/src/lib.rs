@@ -1,0 +1,29 @@
+//! pubsub-gateway node as a library, so tests (and embedders) can start one
+//! in-process. The `gateway` binary is a thin `main` around [`Gateway`].
+//!
+//! Module map, in the order data flows:
+//! - [`server`]: accept loop, routing, lifecycle (start, drain);
+//! - `upgrade`: the WebSocket handshake on `GET /ws`;
+//! - `session`: one connection: decode commands, write the outbox;
+//! - `hub`: channels, local subscribers, fan-out, broker subscriptions;
+//! - `outbox`, `delivery`, `peer`: per-connection queue, encode-once frames,
+//!   the handle others hold on a connection;
+//! - `registry`: every session, for heartbeat and drain;
+//! - `http_api`: publish API and probes; [`config`], [`metrics`], `logging`.
+
+pub mod config;
+mod delivery;
+mod http_api;
+mod hub;
+pub mod logging;
+pub mod metrics;
+mod node;
+mod outbox;
+mod peer;
+mod registry;
+pub mod server;
+mod session;
+mod upgrade;
+
+pub use config::Config;
+pub use server::Gateway;

@@ -1,0 +1,92 @@
+//! What one gateway node shares between its sessions and HTTP handlers:
+//! configuration, hub, registry, metrics, and the draining flag.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use broker_adapter::memory::MemoryBroker;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// Read buffer of each WebSocket. It is allocated for every connection and
+/// kept while the connection lives, so it is sized for commands (small),
+/// not for bulk upload; larger messages grow it as needed.
+const WS_READ_BUFFER: usize = 1024;
+/// Frames are collected up to this size before a write; the writer flushes
+/// after each batch, so small batches still go out at once.
+const WS_WRITE_BUFFER: usize = 16 * 1024;
+
+/// Shared state of one node.
+pub struct Node {
+    pub config: Config,
+    pub hub: Hub,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    draining: AtomicBool,
+    next_session: AtomicU64,
+    /// Reference point for the peers' idle clocks.
+    pub epoch: Instant,
+}
+
+impl Node {
+    /// Builds the node and starts its background tasks (subscription
+    /// manager, heartbeat, broker health watcher).
+    pub fn start(config: Config) -> (Arc<Node>, Vec<JoinHandle<()>>) {
+        let metrics = Arc::new(Metrics::new());
+        let (hub, manager) = Hub::start(metrics.clone(), config.max_publication_size, |listener| {
+            Arc::new(MemoryBroker::new(listener))
+        });
+        let registry = Arc::new(Registry::default());
+        let heartbeat = tokio::spawn(registry.clone().run_heartbeat(config.ping_interval));
+        let mut health = hub.broker_health();
+        let broker_up = metrics.broker_up.clone();
+        let health_watch = tokio::spawn(async move {
+            loop {
+                broker_up.set(if health.borrow_and_update().up { 1.0 } else { 0.0 });
+                if health.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+        let node = Arc::new(Node {
+            config,
+            hub,
+            registry,
+            metrics,
+            draining: AtomicBool::new(false),
+            next_session: AtomicU64::new(1),
+            epoch: Instant::now(),
+        });
+        (node, vec![manager, heartbeat, health_watch])
+    }
+
+    /// True once shutdown began: not ready, no new connections.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// A new session id, unique within this node's lifetime.
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// tungstenite settings for every connection.
+    pub fn websocket_config(&self) -> WebSocketConfig {
+        let mut config = WebSocketConfig::default();
+        config.read_buffer_size = WS_READ_BUFFER;
+        config.write_buffer_size = WS_WRITE_BUFFER;
+        config.max_message_size = Some(self.config.max_message_size);
+        config.max_frame_size = Some(self.config.max_message_size);
+        config
+    }
+}

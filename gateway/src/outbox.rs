@@ -1,0 +1,298 @@
+//! The bounded queue of frames waiting to be written to one client.
+//!
+//! Producers (the hub's fan-out, the session's replies, the heartbeat) push
+//! without waiting; the session's writer takes everything queued at once and
+//! writes it with a single flush. The queue is bounded in messages and bytes:
+//! a push that would exceed either bound drops the queue and marks the
+//! outbox closed with 4008 (slow consumer), so one slow client costs at most
+//! its bound and never slows the fan-out to others.
+//!
+//! Closing is also requested through the outbox (drain, stale connection),
+//! so every reason a connection ends arrives at the session the same way.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use pubsub_proto::Encoding;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::delivery::Delivery;
+
+/// One queued item.
+pub enum Outgoing {
+    /// A publication shared with other subscribers.
+    Publication(Arc<Delivery>),
+    /// A frame for this client only: a reply, a notice, a ping.
+    Frame(Message),
+}
+
+impl Outgoing {
+    fn queued_size(&self) -> usize {
+        match self {
+            Outgoing::Publication(d) => d.queued_size(),
+            Outgoing::Frame(m) => m.len() + 16,
+        }
+    }
+
+    /// The WebSocket message to write for a client using `encoding`.
+    pub fn into_message(self, encoding: Encoding) -> Message {
+        match self {
+            Outgoing::Publication(d) => d.message(encoding),
+            Outgoing::Frame(m) => m,
+        }
+    }
+}
+
+/// A request to end the connection with a close frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseRequest {
+    pub code: u16,
+    pub reason: &'static str,
+    /// Write what is queued before the close frame (drain) or drop it (slow
+    /// consumer, where the queue is the problem).
+    pub flush_queue: bool,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// The bound was exceeded: the queue was dropped and the outbox closed
+    /// with 4008. Reported once; later pushes get `Closed`.
+    Overflow,
+    /// The outbox is closed; the item was dropped.
+    Closed,
+}
+
+/// What the writer found when it looked.
+pub enum Taken {
+    /// Everything that was queued, in order.
+    Items(VecDeque<Outgoing>),
+    /// Nothing queued, and a close was requested.
+    Close(CloseRequest),
+    /// Nothing queued; wait for [`Outbox::ready`].
+    Empty,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Outgoing>,
+    bytes: usize,
+    close: Option<CloseRequest>,
+}
+
+/// The outbound queue of one connection.
+pub struct Outbox {
+    state: Mutex<State>,
+    /// Wakes the writer: items queued or close requested.
+    ready: Notify,
+    /// Wakes the session: a close that must not wait for the queue.
+    killed: Notify,
+    max_bytes: usize,
+    max_messages: usize,
+}
+
+impl Outbox {
+    pub fn new(max_bytes: usize, max_messages: usize) -> Outbox {
+        Outbox {
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+            killed: Notify::new(),
+            max_bytes,
+            max_messages,
+        }
+    }
+
+    /// Queues `item` without waiting.
+    pub fn push(&self, item: Outgoing) -> Push {
+        let size = item.queued_size();
+        let mut state = self.state.lock();
+        if state.close.is_some() {
+            return Push::Closed;
+        }
+        if state.queue.len() >= self.max_messages || state.bytes + size > self.max_bytes {
+            // Free the memory now rather than when the session gets to it.
+            let dropped = std::mem::take(&mut state.queue);
+            state.bytes = 0;
+            state.close = Some(CloseRequest {
+                code: pubsub_proto::close::SLOW_CONSUMER,
+                reason: "slow consumer: outbound queue full",
+                flush_queue: false,
+            });
+            drop(state);
+            drop(dropped);
+            self.killed.notify_one();
+            self.ready.notify_one();
+            return Push::Overflow;
+        }
+        let was_empty = state.queue.is_empty();
+        state.queue.push_back(item);
+        state.bytes += size;
+        drop(state);
+        // The writer empties the whole queue each time it runs, so it only
+        // needs waking when the queue goes from empty to non-empty.
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Push::Queued
+    }
+
+    /// Asks the session to close the connection. The first request wins.
+    pub fn close(&self, request: CloseRequest) {
+        let mut state = self.state.lock();
+        if state.close.is_some() {
+            return;
+        }
+        let flush = request.flush_queue;
+        state.close = Some(request);
+        let dropped = if flush {
+            VecDeque::new()
+        } else {
+            state.bytes = 0;
+            std::mem::take(&mut state.queue)
+        };
+        drop(state);
+        drop(dropped);
+        if !flush {
+            self.killed.notify_one();
+        }
+        self.ready.notify_one();
+    }
+
+    /// Takes everything queued, or the close request once the queue is empty.
+    pub fn take(&self) -> Taken {
+        let mut state = self.state.lock();
+        if !state.queue.is_empty() {
+            state.bytes = 0;
+            return Taken::Items(std::mem::take(&mut state.queue));
+        }
+        match &state.close {
+            Some(close) => Taken::Close(close.clone()),
+            None => Taken::Empty,
+        }
+    }
+
+    /// The close request, if one was made.
+    pub fn close_request(&self) -> Option<CloseRequest> {
+        self.state.lock().close.clone()
+    }
+
+    /// Resolves when items or a close may be waiting. Cancel-safe.
+    pub async fn ready(&self) {
+        self.ready.notified().await
+    }
+
+    /// Resolves with the close request once a close that must not wait for
+    /// the queue (overflow, kill) was made. Cancel-safe.
+    pub async fn killed(&self) -> CloseRequest {
+        loop {
+            if let Some(close) = self.close_request().filter(|c| !c.flush_queue) {
+                return close;
+            }
+            self.killed.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pubsub_proto::close;
+
+    fn frame(text: &str) -> Outgoing {
+        Outgoing::Frame(Message::text(text))
+    }
+
+    fn items(t: Taken) -> Vec<String> {
+        match t {
+            Taken::Items(q) => q
+                .into_iter()
+                .map(|o| o.into_message(Encoding::Json).into_text().unwrap().to_string())
+                .collect(),
+            _ => panic!("expected items"),
+        }
+    }
+
+    #[test]
+    fn keeps_order_and_hands_over_everything_at_once() {
+        let outbox = Outbox::new(1 << 20, 100);
+        for i in 0..5 {
+            assert_eq!(outbox.push(frame(&i.to_string())), Push::Queued);
+        }
+        assert_eq!(items(outbox.take()), ["0", "1", "2", "3", "4"]);
+        assert!(matches!(outbox.take(), Taken::Empty));
+    }
+
+    #[test]
+    fn overflow_by_count_drops_the_queue_and_closes_4008() {
+        let outbox = Outbox::new(1 << 20, 3);
+        for _ in 0..3 {
+            assert_eq!(outbox.push(frame("x")), Push::Queued);
+        }
+        assert_eq!(outbox.push(frame("x")), Push::Overflow);
+        assert_eq!(outbox.push(frame("x")), Push::Closed);
+        match outbox.take() {
+            Taken::Close(c) => assert_eq!((c.code, c.flush_queue), (close::SLOW_CONSUMER, false)),
+            _ => panic!("expected the close request"),
+        }
+    }
+
+    #[test]
+    fn overflow_by_bytes() {
+        let outbox = Outbox::new(100, 1000);
+        assert_eq!(outbox.push(frame(&"a".repeat(50))), Push::Queued);
+        assert_eq!(outbox.push(frame(&"a".repeat(50))), Push::Overflow);
+    }
+
+    #[test]
+    fn taking_frees_the_byte_budget() {
+        let outbox = Outbox::new(100, 1000);
+        for _ in 0..10 {
+            assert_eq!(outbox.push(frame(&"a".repeat(50))), Push::Queued);
+            let _ = outbox.take();
+        }
+    }
+
+    #[test]
+    fn graceful_close_flushes_first() {
+        let outbox = Outbox::new(1 << 20, 100);
+        outbox.push(frame("last"));
+        outbox.close(CloseRequest {
+            code: close::SERVICE_RESTART,
+            reason: "drain",
+            flush_queue: true,
+        });
+        outbox.close(CloseRequest {
+            code: close::GOING_AWAY,
+            reason: "ignored",
+            flush_queue: true,
+        });
+        assert_eq!(items(outbox.take()), ["last"]);
+        match outbox.take() {
+            Taken::Close(c) => assert_eq!(c.code, close::SERVICE_RESTART),
+            _ => panic!("expected the close request"),
+        }
+    }
+
+    #[tokio::test]
+    async fn killed_resolves_only_for_immediate_closes() {
+        let outbox = Arc::new(Outbox::new(1 << 20, 100));
+        outbox.close(CloseRequest {
+            code: close::SERVICE_RESTART,
+            reason: "drain",
+            flush_queue: true,
+        });
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), outbox.killed()).await;
+        assert!(waiting.is_err(), "a graceful close must not kill");
+
+        let outbox = Arc::new(Outbox::new(1 << 20, 1));
+        let o = outbox.clone();
+        let killed = tokio::spawn(async move { o.killed().await });
+        tokio::task::yield_now().await;
+        outbox.push(frame("a"));
+        outbox.push(frame("b"));
+        assert_eq!(killed.await.unwrap().code, close::SLOW_CONSUMER);
+    }
+}

@@ -1,0 +1,189 @@
+//! The node's lifecycle: bind, accept, route, drain.
+//!
+//! [`Gateway::start`] binds the listener and starts the node; every accepted
+//! TCP connection is served by hyper (HTTP/1.1), and `GET /ws` upgrades to a
+//! WebSocket session. [`Gateway::drain`] is the graceful shutdown: readiness
+//! fails at once, new upgrades are refused, existing clients are closed with
+//! 1012 spread over the drain window, then the listener stops.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::http_api::{self, Body, error_response};
+use crate::node::Node;
+use crate::upgrade;
+
+/// How long drained sessions get to finish their close handshakes.
+const SESSION_EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// A running gateway node.
+pub struct Gateway {
+    node: Arc<Node>,
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Binds `config.listen` and starts serving.
+    pub async fn start(config: Config) -> io::Result<Gateway> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let local_addr = listener.local_addr()?;
+        if config.api_keys.is_empty() {
+            tracing::warn!(
+                "no --api-key configured: the HTTP publish API is open to anyone who can reach it"
+            );
+        }
+        let (node, background) = Node::start(config);
+        let (stop, stopped) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(listener, node.clone(), stopped));
+        tracing::info!(
+            addr = %local_addr,
+            node = %node.config.node_id,
+            broker = node.hub.broker_kind(),
+            "gateway listening"
+        );
+        Ok(Gateway {
+            node,
+            local_addr,
+            stop,
+            accept,
+            background,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The node's shared state.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Graceful shutdown: see the module docs. Returns when every session
+    /// has ended (or the grace period ran out) and the listener is closed.
+    pub async fn drain(self) {
+        self.node.set_draining();
+        self.node.registry.drain(self.node.config.drain).await;
+        let deadline = tokio::time::Instant::now() + SESSION_EXIT_GRACE;
+        while !self.node.registry.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !self.node.registry.is_empty() {
+            tracing::warn!(
+                sessions = self.node.registry.len(),
+                "sessions still open after the grace period"
+            );
+        }
+        self.shutdown().await;
+        tracing::info!("drained");
+    }
+
+    /// Stops at once: closes the listener and the HTTP connections, without
+    /// draining WebSocket clients (their sockets close when the runtime
+    /// stops).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.accept.await;
+        for task in self.background {
+            task.abort();
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve_connection(stream, node.clone(), stop.clone()));
+                }
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let service_node = node.clone();
+    let service = service_fn(move |request| {
+        let node = service_node.clone();
+        async move { Ok::<_, Infallible>(route(node, request).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(node.config.handshake_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "HTTP connection ended with an error");
+            }
+        }
+        _ = stop.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+        }
+    }
+}
+
+async fn route(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path();
+    let allowed: &'static str = match path {
+        "/ws" | "/healthz" | "/readyz" | "/metrics" => "GET",
+        "/api/publish" | "/api/broadcast" => "POST",
+        _ => {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no route for {path}"),
+            );
+        }
+    };
+    let method_ok =
+        request.method().as_str() == allowed || (allowed == "GET" && request.method() == Method::HEAD);
+    if !method_ok {
+        let mut response = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("{path} accepts {allowed}"),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allowed));
+        return response;
+    }
+    match path {
+        "/ws" => upgrade::handle(&node, request),
+        "/healthz" => http_api::healthz(),
+        "/readyz" => http_api::readyz(&node),
+        "/metrics" => http_api::metrics(&node),
+        "/api/publish" => http_api::publish(node, request).await,
+        _ => http_api::broadcast(node, request).await,
+    }
+}

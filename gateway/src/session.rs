@@ -1,0 +1,423 @@
+//! One WebSocket connection, from the completed handshake to the close.
+//!
+//! The session task owns the socket. Two things run inside it, side by side:
+//! - the **reader** decodes commands and handles them one at a time. A
+//!   command that must wait (subscribe, publish) parks the reader until it
+//!   is done, which bounds what one client can have in flight;
+//! - the **writer** takes everything queued in the peer's outbox, writes it
+//!   and flushes once, so a burst costs one syscall, not one per frame.
+//!
+//! Reading and writing never block each other: a client that does not read
+//! fills its outbox and is closed with 4008 while its commands are still
+//! read. Every way a session ends goes through [`End`], and the cleanup
+//! (unsubscribe everywhere, leave the registry) runs in `Drop`, so it also
+//! runs if the task panics.
+
+use std::collections::HashSet;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use pubsub_proto::{
+    ChannelName, ClientCommand, Command, DecodeError, Encoding, ErrorCode, Reply, ServerMessage, close, json,
+    protobuf,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::hub::{PublishError, Source};
+use crate::node::Node;
+use crate::outbox::{CloseRequest, Outgoing, Taken};
+use crate::peer::Peer;
+
+/// How long a close handshake may take before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
+type Stream<S> = SplitStream<WebSocketStream<S>>;
+
+/// A command that is waiting for the hub or the broker.
+type Pending = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// What a finished command leaves to do.
+enum Outcome {
+    /// Queue this reply.
+    Reply(ServerMessage),
+    /// Nothing: the hub already queued the reply.
+    Done,
+    /// The subscribe failed: forget the channel and queue the error.
+    SubscribeFailed(ChannelName, ServerMessage),
+}
+
+/// What the reader wants after one inbound message.
+enum Step {
+    Continue,
+    Wait(Pending),
+    /// The client broke the protocol: close with this code.
+    Violation(u16, &'static str),
+    ClientClosed,
+}
+
+/// Why the session loop ended.
+enum End {
+    /// A close was requested through the outbox and everything before it
+    /// was written (drain).
+    Requested(CloseRequest),
+    /// A close that does not wait for the queue (slow consumer, stale).
+    Killed(CloseRequest),
+    Violation(u16, &'static str),
+    ReadError(WsError),
+    WriteError(WsError),
+    ClientClosed,
+    /// The TCP connection ended without a close frame.
+    Gone,
+}
+
+/// Runs one connection until it closes.
+pub async fn run<S>(ws: WebSocketStream<S>, encoding: Encoding, node: Arc<Node>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = Arc::new(Peer::new(
+        node.next_session_id(),
+        encoding,
+        crate::outbox::Outbox::new(
+            node.config.outbound_queue_bytes,
+            node.config.outbound_queue_messages,
+        ),
+        node.epoch,
+    ));
+    node.registry.insert(peer.clone());
+    node.metrics.connections.increment(1.0);
+    node.metrics.connections_total.increment(1);
+    tracing::debug!(peer = peer.id, ?encoding, "session started");
+
+    let mut session = Session {
+        node,
+        peer,
+        subscriptions: HashSet::new(),
+        connected: false,
+    };
+    let (mut sink, mut stream) = ws.split();
+    let end = session.serve(&mut sink, &mut stream).await;
+    session.finish(end, &mut sink, &mut stream).await;
+}
+
+struct Session {
+    node: Arc<Node>,
+    peer: Arc<Peer>,
+    /// Channels subscribed, or being subscribed, by this session.
+    subscriptions: HashSet<ChannelName>,
+    connected: bool,
+}
+
+impl Session {
+    async fn serve<S>(&mut self, sink: &mut Sink<S>, stream: &mut Stream<S>) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (peer, node) = (self.peer.clone(), self.node.clone());
+        let writer = write_loop(sink, &peer, &node);
+        tokio::pin!(writer);
+        let mut pending: Option<Pending> = None;
+        loop {
+            tokio::select! {
+                biased;
+                close = peer.outbox.killed() => return End::Killed(close),
+                end = &mut writer => return end,
+                outcome = poll_fn(|cx| match pending.as_mut() {
+                    Some(command) => command.as_mut().poll(cx),
+                    None => Poll::Pending,
+                }), if pending.is_some() => {
+                    pending = None;
+                    self.apply(outcome);
+                }
+                inbound = stream.next(), if pending.is_none() => match inbound {
+                    None => return End::Gone,
+                    Some(Err(error)) => return End::ReadError(error),
+                    Some(Ok(message)) => {
+                        self.peer.touch();
+                        match self.on_message(message) {
+                            Step::Continue => {}
+                            Step::Wait(command) => pending = Some(command),
+                            Step::Violation(code, reason) => return End::Violation(code, reason),
+                            Step::ClientClosed => return End::ClientClosed,
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn on_message(&mut self, message: Message) -> Step {
+        match (message, self.peer.encoding) {
+            (Message::Text(text), Encoding::Json) => self.on_command(json::decode_command(&text)),
+            (Message::Binary(bytes), Encoding::Protobuf) => self.on_command(protobuf::decode_command(bytes)),
+            (Message::Binary(_), Encoding::Json) => Step::Violation(
+                close::UNSUPPORTED_DATA,
+                "binary frames are not part of pubsub.v1.json",
+            ),
+            (Message::Text(_), Encoding::Protobuf) => Step::Violation(
+                close::UNSUPPORTED_DATA,
+                "text frames are not part of pubsub.v1.proto",
+            ),
+            // tungstenite answers pings itself; either way the client is alive.
+            (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => Step::Continue,
+            (Message::Close(_), _) => Step::ClientClosed,
+        }
+    }
+
+    fn on_command(&mut self, decoded: Result<ClientCommand, DecodeError>) -> Step {
+        let ClientCommand { id, command } = match decoded {
+            Ok(command) => command,
+            Err(error) => {
+                self.reply(error.into_reply());
+                return Step::Continue;
+            }
+        };
+        match command {
+            Command::Connect { .. } => {
+                if self.connected {
+                    self.reply(ServerMessage::error(
+                        id,
+                        ErrorCode::BadRequest,
+                        "already connected",
+                    ));
+                } else {
+                    self.connected = true;
+                    self.reply(ServerMessage {
+                        id,
+                        reply: Reply::Connected {
+                            client: format!("{}-{}", self.node.config.node_id, self.peer.id),
+                            node: self.node.config.node_id.clone(),
+                            ping_interval_ms: self.node.config.ping_interval.as_millis() as u64,
+                        },
+                    });
+                }
+            }
+            Command::Subscribe { channel, since } => {
+                if !self.subscriptions.insert(channel.clone()) {
+                    self.reply(ServerMessage::error(
+                        id,
+                        ErrorCode::AlreadySubscribed,
+                        format!("already subscribed to {channel}"),
+                    ));
+                    return Step::Continue;
+                }
+                let subscribed = ServerMessage {
+                    id,
+                    reply: Reply::Subscribed {
+                        channel: channel.clone(),
+                        position: None,
+                        // This node keeps no history yet: a recovery request
+                        // is answered honestly as not recovered.
+                        recovered: since.map(|_| false),
+                    },
+                };
+                let first = Outgoing::Frame(encode(self.peer.encoding, &subscribed));
+                let (node, peer) = (self.node.clone(), self.peer.clone());
+                return Step::Wait(Box::pin(async move {
+                    match node.hub.subscribe(&channel, &peer, first).await {
+                        Ok(()) => Outcome::Done,
+                        Err(error) => {
+                            let reply = ServerMessage::error(
+                                id,
+                                ErrorCode::Unavailable,
+                                format!("cannot subscribe to {channel}: {error}"),
+                            );
+                            Outcome::SubscribeFailed(channel, reply)
+                        }
+                    }
+                }));
+            }
+            Command::Unsubscribe { channel } => {
+                if self.subscriptions.remove(&channel) {
+                    self.node.hub.unsubscribe(&channel, self.peer.id);
+                    self.reply(ServerMessage {
+                        id,
+                        reply: Reply::Unsubscribed { channel },
+                    });
+                } else {
+                    self.reply(ServerMessage::error(
+                        id,
+                        ErrorCode::NotSubscribed,
+                        format!("not subscribed to {channel}"),
+                    ));
+                }
+            }
+            Command::Publish { channel, data } => {
+                let node = self.node.clone();
+                return Step::Wait(Box::pin(async move {
+                    let reply = match node.hub.publish(channel.clone(), data, Source::Client).await {
+                        Ok(_) => Reply::Published {
+                            channel,
+                            position: None,
+                        },
+                        Err(error) => {
+                            let code = match &error {
+                                PublishError::TooLarge { .. } => ErrorCode::TooLarge,
+                                PublishError::Broker(_) => ErrorCode::Unavailable,
+                            };
+                            Reply::Error {
+                                code,
+                                message: error.to_string(),
+                            }
+                        }
+                    };
+                    Outcome::Reply(ServerMessage { id, reply })
+                }));
+            }
+            Command::Ping => self.reply(ServerMessage {
+                id,
+                reply: Reply::Pong,
+            }),
+            Command::Refresh { .. } => self.reply(ServerMessage::error(
+                id,
+                ErrorCode::BadRequest,
+                "refresh needs token authentication, which is not enabled on this node",
+            )),
+        }
+        Step::Continue
+    }
+
+    fn apply(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Done => {}
+            Outcome::Reply(reply) => self.reply(reply),
+            Outcome::SubscribeFailed(channel, reply) => {
+                self.subscriptions.remove(&channel);
+                self.reply(reply);
+            }
+        }
+    }
+
+    fn reply(&self, message: ServerMessage) {
+        self.peer
+            .outbox
+            .push(Outgoing::Frame(encode(self.peer.encoding, &message)));
+    }
+
+    /// Sends the close frame `end` calls for and waits (bounded) for the
+    /// client's answer.
+    async fn finish<S>(&self, end: End, sink: &mut Sink<S>, stream: &mut Stream<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (code, reason): (u16, &str) = match &end {
+            End::Requested(close) | End::Killed(close) => (close.code, close.reason),
+            End::Violation(code, reason) => (*code, reason),
+            End::ReadError(error) => match read_error_close(error) {
+                Some(close) => close,
+                None => return self.log_end(&end),
+            },
+            End::ClientClosed => {
+                // tungstenite queued the echo of the client's close; send it.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.flush()).await;
+                return self.log_end(&end);
+            }
+            End::WriteError(_) | End::Gone => return self.log_end(&end),
+        };
+        if code == close::SLOW_CONSUMER {
+            self.node.metrics.slow_consumer_disconnects.increment(1);
+        }
+        self.log_end(&end);
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: Utf8Bytes::from(reason),
+        };
+        let closed = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            sink.send(Message::Close(Some(frame))).await?;
+            // Read until the client answers the close (or goes away).
+            while let Some(Ok(_)) = stream.next().await {}
+            Ok::<(), WsError>(())
+        })
+        .await;
+        if !matches!(closed, Ok(Ok(()))) {
+            tracing::debug!(peer = self.peer.id, "close handshake did not complete");
+        }
+    }
+
+    fn log_end(&self, end: &End) {
+        let peer = self.peer.id;
+        match end {
+            End::Requested(c) | End::Killed(c) => {
+                tracing::debug!(peer, code = c.code, reason = c.reason, "closing")
+            }
+            End::Violation(code, reason) => tracing::debug!(peer, code, reason, "protocol violation"),
+            End::ReadError(e) => tracing::debug!(peer, error = %e, "read failed"),
+            End::WriteError(e) => tracing::debug!(peer, error = %e, "write failed"),
+            End::ClientClosed => tracing::debug!(peer, "client closed"),
+            End::Gone => tracing::debug!(peer, "connection dropped"),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for channel in self.subscriptions.drain() {
+            self.node.hub.unsubscribe(&channel, self.peer.id);
+        }
+        self.node.registry.remove(self.peer.id);
+        self.node.metrics.connections.decrement(1.0);
+    }
+}
+
+/// Writes whatever the outbox holds, one flush per batch, until a close is
+/// requested or the socket fails.
+async fn write_loop<S>(sink: &mut Sink<S>, peer: &Peer, node: &Node) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match peer.outbox.take() {
+            Taken::Items(items) => {
+                let mut publications = 0;
+                for item in items {
+                    publications += u64::from(matches!(item, Outgoing::Publication(_)));
+                    if let Err(error) = sink.feed(item.into_message(peer.encoding)).await {
+                        return End::WriteError(error);
+                    }
+                }
+                if let Err(error) = sink.flush().await {
+                    return End::WriteError(error);
+                }
+                if publications > 0 {
+                    node.metrics.delivered.increment(publications);
+                }
+            }
+            Taken::Close(close) => return End::Requested(close),
+            Taken::Empty => peer.outbox.ready().await,
+        }
+    }
+}
+
+/// The close code for a read error, or `None` when the connection is gone
+/// and no close frame can be sent.
+fn read_error_close(error: &WsError) -> Option<(u16, &'static str)> {
+    match error {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            Some((close::MESSAGE_TOO_BIG, "message over the size limit"))
+        }
+        WsError::Capacity(_) => Some((close::MESSAGE_TOO_BIG, "message over a size limit")),
+        WsError::Utf8(_) => Some((close::INVALID_PAYLOAD, "text frame is not valid UTF-8")),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) => Some((close::PROTOCOL_ERROR, "WebSocket protocol violation")),
+        _ => None,
+    }
+}
+
+/// Encodes a reply for a client using `encoding`.
+pub fn encode(encoding: Encoding, message: &ServerMessage) -> Message {
+    match encoding {
+        Encoding::Json => Message::Text(Utf8Bytes::from(json::encode_reply(message))),
+        Encoding::Protobuf => Message::Binary(protobuf::encode_reply(message).into()),
+    }
+}

@@ -1,0 +1,301 @@
+//! Shared helpers for the gateway's integration tests: start a gateway
+//! (in-process on port 0, or the built binary as a separate process), real
+//! WebSocket clients, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use gateway::{Config, Gateway};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for something that should happen promptly.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A configuration for tests: loopback, port 0, fixed node id.
+pub fn test_config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        node_id: "test-node".into(),
+        ..Config::default()
+    }
+}
+
+/// Starts an in-process gateway.
+pub async fn start(config: Config) -> Gateway {
+    Gateway::start(config).await.expect("gateway starts")
+}
+
+pub fn ws_url(addr: SocketAddr) -> String {
+    format!("ws://{addr}/ws")
+}
+
+/// A real WebSocket client.
+pub struct WsClient {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub subprotocol: Option<String>,
+}
+
+impl WsClient {
+    /// Connects to `/ws`, offering `subprotocol` if given.
+    pub async fn connect(addr: SocketAddr, subprotocol: Option<&str>) -> WsClient {
+        Self::try_connect(addr, subprotocol)
+            .await
+            .expect("WebSocket handshake")
+    }
+
+    pub async fn try_connect(addr: SocketAddr, subprotocol: Option<&str>) -> Result<WsClient, WsError> {
+        let mut request = ws_url(addr).into_client_request()?;
+        if let Some(p) = subprotocol {
+            request
+                .headers_mut()
+                .insert("sec-websocket-protocol", p.parse().expect("header value"));
+        }
+        let (ws, response) = tokio_tungstenite::connect_async(request).await?;
+        let subprotocol = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap_or_default().to_string());
+        Ok(WsClient { ws, subprotocol })
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.ws
+            .send(Message::text(value.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send(&mut self, message: Message) {
+        self.ws.send(message).await.expect("send");
+    }
+
+    /// The next data or close message (pings and pongs are skipped).
+    pub async fn next(&mut self) -> Message {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a message within the wait")
+                .expect("the stream is open")
+                .expect("a valid message");
+            if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
+                return message;
+            }
+        }
+    }
+
+    /// The next JSON message.
+    pub async fn recv_json(&mut self) -> Value {
+        match self.next().await {
+            Message::Text(text) => serde_json::from_str(&text).expect("JSON frame"),
+            other => panic!("expected a text frame, got {}", describe(&other)),
+        }
+    }
+
+    /// Sends a JSON command and returns the next JSON message.
+    pub async fn request(&mut self, value: Value) -> Value {
+        self.send_json(value).await;
+        self.recv_json().await
+    }
+
+    /// Reads until the server's close frame and returns it.
+    pub async fn expect_close(&mut self) -> CloseFrame {
+        loop {
+            match self.next().await {
+                Message::Close(Some(frame)) => return frame,
+                Message::Close(None) => panic!("close frame without a code"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Subscribes (JSON) and checks the reply.
+    pub async fn subscribe(&mut self, channel: &str) {
+        let reply = self
+            .request(serde_json::json!({"type":"subscribe","id":1,"channel":channel}))
+            .await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+    }
+}
+
+fn describe(message: &Message) -> String {
+    let text = format!("{message:?}");
+    text.chars().take(200).collect()
+}
+
+/// An HTTP answer.
+pub struct HttpAnswer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl HttpAnswer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP request with optional extra headers.
+pub async fn http(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> HttpAnswer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(Full::new(body.into())).expect("request");
+    let response = tokio::time::timeout(WAIT, client.request(request))
+        .await
+        .expect("an answer within the wait")
+        .expect("HTTP request");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    HttpAnswer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `POST path` with a JSON body.
+pub async fn post_json(addr: SocketAddr, path: &str, body: Value) -> HttpAnswer {
+    http(
+        addr,
+        Method::POST,
+        path,
+        &[("content-type", "application/json")],
+        body.to_string(),
+    )
+    .await
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> HttpAnswer {
+    http(addr, Method::GET, path, &[], Bytes::new()).await
+}
+
+/// The value of an unlabelled sample in a Prometheus text body.
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Polls `check` until it is true or the wait runs out.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// The `gateway` binary running as a separate process.
+pub struct GatewayProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Every stderr line so far (JSON logs).
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl GatewayProcess {
+    /// Starts `gateway --listen 127.0.0.1:0 --log-format json <args>` and
+    /// waits for it to report its address.
+    pub fn spawn(args: &[&str]) -> GatewayProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gateway binary starts");
+        let stderr = child.stderr.take().expect("stderr pipe");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            let mut addr_tx = Some(addr_tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(tx) = &addr_tx {
+                    let addr = serde_json::from_str::<Value>(&line).ok().and_then(|v| {
+                        (v["message"] == "gateway listening")
+                            .then(|| v["addr"].as_str().and_then(|a| a.parse::<SocketAddr>().ok()))
+                            .flatten()
+                    });
+                    if let Some(addr) = addr {
+                        let _ = tx.send(addr);
+                        addr_tx = None;
+                    }
+                }
+                lines.lock().expect("log lock").push(line);
+            }
+        });
+        let addr = addr_rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+            panic!(
+                "gateway did not report its address; log: {:?}",
+                log.lock().map(|l| l.clone())
+            )
+        });
+        GatewayProcess { child, addr, log }
+    }
+
+    /// Sends `signal` (such as `TERM`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
