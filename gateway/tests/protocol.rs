@@ -408,8 +408,10 @@ async fn protocol_violation_closes_1002() {
     let gw = start(test_config()).await;
     let mut client = WsClient::connect(gw.local_addr(), None).await;
     // A continuation frame with no message to continue.
-    let mut header = FrameHeader::default();
-    header.opcode = OpCode::Data(Data::Continue);
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Continue),
+        ..FrameHeader::default()
+    };
     client
         .send(Message::Frame(Frame::from_payload(
             header,

@@ -1,0 +1,325 @@
+//! The HTTP API for backends and the probes, against an in-process gateway.
+
+mod support;
+
+use bytes::Bytes;
+use http::Method;
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn publish_reaches_subscribers_and_answers_the_channel() {
+    let gw = start(test_config()).await;
+    let addr = gw.local_addr();
+    let mut client = WsClient::connect(addr, None).await;
+    client.subscribe("news").await;
+
+    let answer = post_json(
+        addr,
+        "/api/publish",
+        json!({"channel":"news","data":{"headline":"hello"}}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json(), json!({"channel":"news"}));
+    assert_eq!(
+        client.recv_json().await,
+        json!({"type":"message","channel":"news","data":{"headline":"hello"}})
+    );
+
+    // Binary data for protobuf clients travels as data_b64.
+    let answer = post_json(addr, "/api/publish", json!({"channel":"news","data_b64":"AAE="})).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        client.recv_json().await,
+        json!({"type":"message","channel":"news","data_b64":"AAE="})
+    );
+}
+
+#[tokio::test]
+async fn broadcast_reaches_every_channel() {
+    let gw = start(test_config()).await;
+    let addr = gw.local_addr();
+    let mut a = WsClient::connect(addr, None).await;
+    a.subscribe("a").await;
+    let mut b = WsClient::connect(addr, Some("pubsub.v1.json")).await;
+    b.subscribe("b").await;
+
+    let answer = post_json(
+        addr,
+        "/api/broadcast",
+        json!({"channels":["a","b","nobody"],"data":[1,2,3]}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(
+        answer.json(),
+        json!({"results":[{"channel":"a"},{"channel":"b"},{"channel":"nobody"}]})
+    );
+    assert_eq!(
+        a.recv_json().await,
+        json!({"type":"message","channel":"a","data":[1,2,3]})
+    );
+    assert_eq!(
+        b.recv_json().await,
+        json!({"type":"message","channel":"b","data":[1,2,3]})
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_documented_codes() {
+    let mut config = test_config();
+    config.max_body_size = 1024;
+    config.max_publication_size = 100;
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    let json_type = [("content-type", "application/json")];
+
+    let cases: Vec<(Method, &str, Vec<(&str, &str)>, String, u16, &str)> = vec![
+        (
+            Method::POST,
+            "/api/publish",
+            json_type.to_vec(),
+            "{not json".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/publish",
+            json_type.to_vec(),
+            r#"{"data":1}"#.into(),
+            400,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/publish",
+            json_type.to_vec(),
+            r#"{"channel":"a"}"#.into(),
+            400,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/publish",
+            json_type.to_vec(),
+            r#"{"channel":"a","data":1,"extra":2}"#.into(),
+            400,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/publish",
+            json_type.to_vec(),
+            r#"{"channel":"no spaces","data":1}"#.into(),
+            400,
+            "invalid_channel",
+        ),
+        (
+            Method::POST,
+            "/api/publish",
+            json_type.to_vec(),
+            format!(r#"{{"channel":"a","data":"{}"}}"#, "x".repeat(200)),
+            413,
+            "too_large",
+        ),
+        (
+            Method::POST,
+            "/api/publish",
+            json_type.to_vec(),
+            format!(r#"{{"channel":"a","data":"{}"}}"#, "x".repeat(2000)),
+            413,
+            "too_large",
+        ),
+        (
+            Method::POST,
+            "/api/publish",
+            vec![("content-type", "text/plain")],
+            r#"{"channel":"a","data":1}"#.into(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            Method::POST,
+            "/api/broadcast",
+            json_type.to_vec(),
+            r#"{"channels":[],"data":1}"#.into(),
+            400,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/broadcast",
+            json_type.to_vec(),
+            r#"{"channels":["a","a"],"data":1}"#.into(),
+            400,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/broadcast",
+            json_type.to_vec(),
+            r#"{"channels":["a","b c"],"data":1}"#.into(),
+            400,
+            "invalid_channel",
+        ),
+        (
+            Method::GET,
+            "/api/publish",
+            vec![],
+            String::new(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            Method::POST,
+            "/healthz",
+            vec![],
+            String::new(),
+            405,
+            "method_not_allowed",
+        ),
+        (Method::GET, "/nope", vec![], String::new(), 404, "not_found"),
+    ];
+    for (method, path, headers, body, status, code) in cases {
+        let answer = http(addr, method.clone(), path, &headers, body.clone()).await;
+        let shown: String = body.chars().take(60).collect();
+        assert_eq!(
+            answer.status,
+            status,
+            "{method} {path} {shown}: {}",
+            answer.text()
+        );
+        assert_eq!(answer.json()["error"]["code"], code, "{method} {path} {shown}");
+        assert!(
+            answer.json()["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    let answer = http(addr, Method::GET, "/api/publish", &[], Bytes::new()).await;
+    assert_eq!(
+        answer.headers.get("allow").map(|v| v.to_str().unwrap()),
+        Some("POST")
+    );
+
+    // A request without a content type is read as JSON.
+    let answer = http(
+        addr,
+        Method::POST,
+        "/api/publish",
+        &[],
+        r#"{"channel":"a","data":1}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+}
+
+#[tokio::test]
+async fn api_keys_are_enforced_when_configured() {
+    let mut config = test_config();
+    config.api_keys = vec!["key-one".into(), "key-two".into()];
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    let body = r#"{"channel":"a","data":1}"#;
+
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer key-one-and-more"),
+        Some("key-one"),
+    ] {
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(a) = auth {
+            headers.push(("authorization", a));
+        }
+        let answer = http(addr, Method::POST, "/api/publish", &headers, body).await;
+        assert_eq!(answer.status, 401, "{auth:?}");
+        assert_eq!(answer.json()["error"]["code"], "unauthorized");
+        assert_eq!(
+            answer
+                .headers
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap()),
+            Some("Bearer")
+        );
+    }
+    for key in ["Bearer key-one", "Bearer key-two"] {
+        let headers = [("content-type", "application/json"), ("authorization", key)];
+        let answer = http(addr, Method::POST, "/api/publish", &headers, body).await;
+        assert_eq!(answer.status, 200, "{key}");
+        let answer = http(
+            addr,
+            Method::POST,
+            "/api/broadcast",
+            &headers,
+            r#"{"channels":["a"],"data":1}"#,
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{key}");
+    }
+    // Probes and metrics stay open.
+    assert_eq!(get(addr, "/healthz").await.status, 200);
+    assert_eq!(get(addr, "/readyz").await.status, 200);
+}
+
+#[tokio::test]
+async fn probes_and_metrics() {
+    let gw = start(test_config()).await;
+    let addr = gw.local_addr();
+    assert_eq!(get(addr, "/healthz").await.json(), json!({"status":"ok"}));
+    let ready = get(addr, "/readyz").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["status"], "ready");
+    assert_eq!(ready.json()["checks"]["broker"]["kind"], "memory");
+
+    let mut client = WsClient::connect(addr, None).await;
+    client.subscribe("m1").await;
+    client
+        .request(json!({"type":"subscribe","id":2,"channel":"m2"}))
+        .await;
+    let mut other = WsClient::connect(addr, None).await;
+    other.subscribe("m1").await;
+    post_json(addr, "/api/publish", json!({"channel":"m1","data":1})).await;
+    client.recv_json().await;
+    other.recv_json().await;
+    client
+        .request(json!({"type":"publish","id":3,"channel":"m2","data":1}))
+        .await;
+
+    let text = get(addr, "/metrics").await.text();
+    for (name, value) in [
+        ("gateway_connections", 2.0),
+        ("gateway_connections_total", 2.0),
+        ("gateway_subscriptions", 3.0),
+        ("gateway_channels", 2.0),
+        ("gateway_broker_up", 1.0),
+        ("gateway_slow_consumer_disconnects_total", 0.0),
+    ] {
+        assert_eq!(metric(&text, name), Some(value), "{name} in\n{text}");
+    }
+    assert!(
+        text.contains("gateway_messages_published_total{source=\"api\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gateway_messages_published_total{source=\"client\"} 1"),
+        "{text}"
+    );
+    // Delivered is counted once written; the publisher's own copy may still be in flight.
+    client.recv_json().await;
+    eventually("three deliveries counted", async || {
+        let text = get(addr, "/metrics").await.text();
+        metric(&text, "gateway_messages_delivered_total") == Some(3.0)
+    })
+    .await;
+
+    drop(other);
+    eventually("connection gauge drops when a client leaves", async || {
+        let text = get(addr, "/metrics").await.text();
+        metric(&text, "gateway_connections") == Some(1.0)
+            && metric(&text, "gateway_subscriptions") == Some(2.0)
+    })
+    .await;
+}
