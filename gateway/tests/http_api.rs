@@ -75,7 +75,9 @@ async fn bad_requests_get_documented_codes() {
     let addr = gw.local_addr();
     let json_type = [("content-type", "application/json")];
 
-    let cases: Vec<(Method, &str, Vec<(&str, &str)>, String, u16, &str)> = vec![
+    // (method, path, headers, body, expected status, expected error code)
+    type Case<'a> = (Method, &'a str, Vec<(&'a str, &'a str)>, String, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             Method::POST,
             "/api/publish",
