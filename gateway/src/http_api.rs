@@ -23,6 +23,8 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 
+use broker_adapter::BrokerError;
+
 use crate::hub::{PublishError, Source};
 use crate::node::Node;
 
@@ -93,8 +95,11 @@ impl From<PublishError> for Failure {
             PublishError::TooLarge { .. } => {
                 Failure(StatusCode::PAYLOAD_TOO_LARGE, "too_large", error.to_string())
             }
-            PublishError::Broker(_) => {
+            PublishError::Broker(BrokerError::Unavailable(_)) => {
                 Failure(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error.to_string())
+            }
+            PublishError::Broker(BrokerError::Internal(_)) => {
+                Failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
             }
         }
     }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use broker_adapter::BrokerError;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use pubsub_proto::{
@@ -228,9 +229,13 @@ impl Session {
                     match node.hub.subscribe(&channel, &peer, first).await {
                         Ok(()) => Outcome::Done,
                         Err(error) => {
+                            let code = match error {
+                                BrokerError::Unavailable(_) => ErrorCode::Unavailable,
+                                BrokerError::Internal(_) => ErrorCode::Internal,
+                            };
                             let reply = ServerMessage::error(
                                 id,
-                                ErrorCode::Unavailable,
+                                code,
                                 format!("cannot subscribe to {channel}: {error}"),
                             );
                             Outcome::SubscribeFailed(channel, reply)
@@ -264,7 +269,8 @@ impl Session {
                         Err(error) => {
                             let code = match &error {
                                 PublishError::TooLarge { .. } => ErrorCode::TooLarge,
-                                PublishError::Broker(_) => ErrorCode::Unavailable,
+                                PublishError::Broker(BrokerError::Unavailable(_)) => ErrorCode::Unavailable,
+                                PublishError::Broker(BrokerError::Internal(_)) => ErrorCode::Internal,
                             };
                             Reply::Error {
                                 code,
