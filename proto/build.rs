@@ -2,7 +2,7 @@
 //! and generates the prost types that `src/pb.rs` includes.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["pubsub/v1/protocol.proto"];
+    let files = ["pubsub/v1/protocol.proto", "pubsub/v1/broker.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

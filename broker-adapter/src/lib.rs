@@ -10,6 +10,7 @@
 //! Implementations:
 //! - [`memory::MemoryBroker`]: embedded, in-process; the default for a single
 //!   node without Redis.
+//! - [`redis::RedisBroker`]: Redis Pub/Sub, for many nodes.
 //!
 //! The node keeps one broker subscription per channel with local subscribers
 //! and drives `subscribe`/`unsubscribe` from a single task, so implementations
@@ -25,6 +26,7 @@ use pubsub_proto::{ChannelName, Publication};
 use tokio::sync::watch;
 
 pub mod memory;
+pub mod redis;
 
 /// A boxed future, so that [`Broker`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -60,6 +62,31 @@ pub trait Listener: Send + Sync + 'static {
     /// The broker's connection changed state. After [`BrokerEvent::Restored`]
     /// the node may have missed publications while it was down.
     fn on_event(&self, event: BrokerEvent);
+}
+
+/// Metric handles a broker records into (registered by the node).
+#[derive(Clone)]
+pub struct BrokerMetrics {
+    /// Seconds from publish on any node to arrival on this node.
+    pub latency: metrics::Histogram,
+    /// Successful reconnections after the connection was lost.
+    pub reconnects: metrics::Counter,
+    /// Times the subscription probe did not come back in time.
+    pub probe_failures: metrics::Counter,
+    /// Broker messages dropped as unreadable.
+    pub dropped: metrics::Counter,
+}
+
+impl Default for BrokerMetrics {
+    /// Handles that record nothing.
+    fn default() -> Self {
+        BrokerMetrics {
+            latency: metrics::Histogram::noop(),
+            reconnects: metrics::Counter::noop(),
+            probe_failures: metrics::Counter::noop(),
+            dropped: metrics::Counter::noop(),
+        }
+    }
 }
 
 /// Connection-state changes a node must know about.

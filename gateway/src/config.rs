@@ -52,6 +52,11 @@ pub struct Config {
     pub outbound_queue_bytes: usize,
     /// Messages queued for one client before it is disconnected as too slow.
     pub outbound_queue_messages: usize,
+    /// Redis URL; without it the node runs on the embedded broker.
+    #[serde(serialize_with = "redact_url")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis name, so deployments can share one Redis.
+    pub redis_prefix: String,
     pub log_format: LogFormat,
     /// `tracing` filter directive, such as `info` or `gateway=debug`.
     pub log_level: String,
@@ -71,6 +76,8 @@ impl Default for Config {
             max_body_size: 64 * 1024,
             outbound_queue_bytes: 1024 * 1024,
             outbound_queue_messages: 4096,
+            redis_url: None,
+            redis_prefix: String::from("gw"),
             log_format: LogFormat::Text,
             log_level: String::from("info"),
         }
@@ -149,6 +156,16 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_MESSAGES", value_name = "COUNT")]
     pub outbound_queue_messages: Option<usize>,
 
+    /// Redis URL (`redis://[user:password@]host:port[/db]`, or `rediss://` for TLS). With it, nodes
+    /// share publications through Redis Pub/Sub; without it the node uses its embedded broker.
+    #[arg(long, env = "GATEWAY_REDIS_URL", value_name = "URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis channel and key, so several deployments can share one Redis
+    /// [default: gw].
+    #[arg(long, env = "GATEWAY_REDIS_PREFIX", value_name = "PREFIX")]
+    pub redis_prefix: Option<String>,
+
     /// Log format [default: text].
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -177,6 +194,8 @@ struct FileConfig {
     max_body_size: Option<SizeValue>,
     outbound_queue_bytes: Option<SizeValue>,
     outbound_queue_messages: Option<usize>,
+    redis_url: Option<String>,
+    redis_prefix: Option<String>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
 }
@@ -269,6 +288,16 @@ impl Config {
                 .outbound_queue_messages
                 .or(file.outbound_queue_messages)
                 .unwrap_or(defaults.outbound_queue_messages),
+            redis_url: cli
+                .redis_url
+                .clone()
+                .or(file.redis_url)
+                .filter(|u| !u.trim().is_empty()),
+            redis_prefix: cli
+                .redis_prefix
+                .clone()
+                .or(file.redis_prefix)
+                .unwrap_or(defaults.redis_prefix),
             log_format: cli.log_format.or(file.log_format).unwrap_or(defaults.log_format),
             log_level: cli
                 .log_level
@@ -302,6 +331,15 @@ impl Config {
             if value < min {
                 return Err(invalid(name, format!("must be at least {min}")));
             }
+        }
+        broker_adapter::redis::validate_prefix(&self.redis_prefix).map_err(|m| invalid("redis_prefix", m))?;
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(invalid(
+                "redis_url",
+                "must start with redis:// or rediss:// (TLS)".into(),
+            ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| invalid("log_level", e.to_string()))?;
@@ -395,6 +433,25 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     number
         .checked_mul(multiplier)
         .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Shows a Redis URL without its password.
+pub fn redacted_url(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(at)) if at > scheme.len() + 3 => {
+            let userinfo = &rest[..at - scheme.len() - 3];
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:<redacted>@{}", &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn redact_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => s.serialize_str(&redacted_url(url)),
+        None => s.serialize_none(),
+    }
 }
 
 fn redact_keys<S: serde::Serializer>(keys: &[String], s: S) -> Result<S::Ok, S::Error> {
@@ -494,6 +551,25 @@ mod tests {
         assert!(parse_size("99999999999999999999GiB").is_err());
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn redis_settings_are_checked_and_passwords_hidden() {
+        let config = Config::from_cli(&cli(&["--redis-url", "redis://:s3cret@localhost:6380/2"])).unwrap();
+        assert_eq!(config.redis_prefix, "gw");
+        let text = config.to_toml();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains("redis_url = \"redis://:<redacted>@localhost:6380/2\""),
+            "{text}"
+        );
+        assert_eq!(
+            redacted_url("rediss://user:pw@h:1"),
+            "rediss://user:<redacted>@h:1"
+        );
+        assert_eq!(redacted_url("redis://h:1"), "redis://h:1");
+        assert!(Config::from_cli(&cli(&["--redis-url", "http://x"])).is_err());
+        assert!(Config::from_cli(&cli(&["--redis-prefix", "has space"])).is_err());
     }
 
     #[test]

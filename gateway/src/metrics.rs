@@ -5,8 +5,14 @@
 //! once at start; hot paths only touch an atomic. Every metric is documented
 //! in docs/operations.md.
 
+use broker_adapter::BrokerMetrics;
 use metrics::{Counter, Gauge, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+/// Buckets of `gateway_broker_latency_seconds`: 100 µs to 2.5 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 /// Registered metric handles of one node.
 pub struct Metrics {
@@ -30,6 +36,8 @@ pub struct Metrics {
     pub slow_consumer_disconnects: Counter,
     /// 1 while the broker is reachable.
     pub broker_up: Gauge,
+    /// Handles the broker records into.
+    pub broker: BrokerMetrics,
 }
 
 const METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
@@ -37,7 +45,13 @@ const METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level
 impl Metrics {
     /// Registers every metric of a node.
     pub fn new() -> Metrics {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("gateway_broker_latency_seconds".into()),
+                LATENCY_BUCKETS,
+            )
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
         let counter = |name: &'static str, help: &'static str, labels: Vec<Label>| {
             recorder.describe_counter(KeyName::from(name), None, SharedString::from(help));
@@ -46,6 +60,34 @@ impl Metrics {
         let gauge = |name: &'static str, help: &'static str| {
             recorder.describe_gauge(KeyName::from(name), Some(Unit::Count), SharedString::from(help));
             recorder.register_gauge(&Key::from_name(name), &METADATA)
+        };
+        let broker = BrokerMetrics {
+            latency: {
+                let name = "gateway_broker_latency_seconds";
+                recorder.describe_histogram(
+                    KeyName::from(name),
+                    Some(Unit::Seconds),
+                    SharedString::from(
+                        "Time from publish on any node to arrival at this node through the broker.",
+                    ),
+                );
+                recorder.register_histogram(&Key::from_name(name), &METADATA)
+            },
+            reconnects: counter(
+                "gateway_broker_reconnects_total",
+                "Successful reconnections to the broker after the connection was lost.",
+                vec![],
+            ),
+            probe_failures: counter(
+                "gateway_broker_probe_failures_total",
+                "Times this node's subscription probe did not come back in time (the connection is then re-established).",
+                vec![],
+            ),
+            dropped: counter(
+                "gateway_broker_dropped_total",
+                "Broker messages dropped as unreadable (bad envelope, unknown version, wrong channel).",
+                vec![],
+            ),
         };
         let published =
             "Publications accepted by the broker, by source (api = HTTP API, client = WebSocket).";
@@ -85,10 +127,10 @@ impl Metrics {
                 "gateway_broker_up",
                 "1 while the broker is reachable, 0 otherwise.",
             ),
+            broker,
             recorder,
             handle,
         };
-        metrics.broker_up.set(1.0);
         metrics
     }
 
@@ -124,7 +166,9 @@ mod tests {
             "gateway_connections 2",
             "gateway_messages_published_total{source=\"api\"} 3",
             "gateway_messages_published_total{source=\"client\"} 1",
-            "gateway_broker_up 1",
+            "gateway_broker_up 0",
+            "gateway_broker_reconnects_total 0",
+            "gateway_broker_probe_failures_total 0",
             "gateway_connections_total 0",
             "gateway_subscriptions 0",
             "gateway_channels 0",

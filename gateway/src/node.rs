@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use broker_adapter::memory::MemoryBroker;
+use broker_adapter::redis::{RedisBroker, RedisConfig};
+use broker_adapter::{Broker, BrokerError, Listener};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -22,6 +24,26 @@ const WS_READ_BUFFER: usize = 1024;
 /// after each batch, so small batches still go out at once.
 const WS_WRITE_BUFFER: usize = 16 * 1024;
 
+/// The broker the configuration asks for: Redis with `--redis-url`, the
+/// embedded broker otherwise.
+fn make_broker(
+    config: &Config,
+    listener: Arc<dyn Listener>,
+    metrics: &Metrics,
+) -> Result<Arc<dyn Broker>, BrokerError> {
+    match &config.redis_url {
+        Some(url) => {
+            let redis = RedisConfig::new(url.clone(), config.redis_prefix.clone(), config.node_id.clone());
+            Ok(Arc::new(RedisBroker::start(
+                redis,
+                listener,
+                metrics.broker.clone(),
+            )?))
+        }
+        None => Ok(Arc::new(MemoryBroker::new(listener))),
+    }
+}
+
 /// Shared state of one node.
 pub struct Node {
     pub config: Config,
@@ -36,12 +58,28 @@ pub struct Node {
 
 impl Node {
     /// Builds the node and starts its background tasks (subscription
-    /// manager, heartbeat, broker health watcher).
-    pub fn start(config: Config) -> (Arc<Node>, Vec<JoinHandle<()>>) {
+    /// manager, heartbeat, broker health watcher). Fails only on a broker
+    /// configuration that cannot work; an unreachable Redis is retried in
+    /// the background while the node reports not ready.
+    pub fn start(config: Config) -> Result<(Arc<Node>, Vec<JoinHandle<()>>), BrokerError> {
         let metrics = Arc::new(Metrics::new());
-        let (hub, manager) = Hub::start(metrics.clone(), config.max_publication_size, |listener| {
-            Arc::new(MemoryBroker::new(listener))
-        });
+        let mut broker_error = None;
+        let (hub, manager) =
+            Hub::start(
+                metrics.clone(),
+                config.max_publication_size,
+                |listener| match make_broker(&config, listener.clone(), &metrics) {
+                    Ok(broker) => broker,
+                    Err(error) => {
+                        broker_error = Some(error);
+                        Arc::new(MemoryBroker::new(listener))
+                    }
+                },
+            );
+        if let Some(error) = broker_error {
+            manager.abort();
+            return Err(error);
+        }
         let registry = Arc::new(Registry::default());
         let heartbeat = tokio::spawn(registry.clone().run_heartbeat(config.ping_interval));
         let mut health = hub.broker_health();
@@ -63,7 +101,12 @@ impl Node {
             next_session: AtomicU64::new(1),
             epoch: Instant::now(),
         });
-        (node, vec![manager, heartbeat, health_watch])
+        Ok((node, vec![manager, heartbeat, health_watch]))
+    }
+
+    /// Whether the node uses Redis (`redis`) or its embedded broker (`memory`).
+    pub fn broker_kind(&self) -> &'static str {
+        self.hub.broker_kind()
     }
 
     /// True once shutdown began: not ready, no new connections.

@@ -7,7 +7,6 @@
 //! 1012 spread over the drain window, then the listener stops.
 
 use std::convert::Infallible;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +40,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// Binds `config.listen` and starts serving.
-    pub async fn start(config: Config) -> io::Result<Gateway> {
+    pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         if config.api_keys.is_empty() {
@@ -49,7 +48,7 @@ impl Gateway {
                 "no --api-key configured: the HTTP publish API is open to anyone who can reach it"
             );
         }
-        let (node, background) = Node::start(config);
+        let (node, background) = Node::start(config)?;
         let (stop, stopped) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(listener, node.clone(), stopped));
         tracing::info!(

@@ -12,6 +12,7 @@
 
 pub mod channel;
 pub mod close;
+pub mod envelope;
 pub mod json;
 pub mod message;
 pub mod protobuf;

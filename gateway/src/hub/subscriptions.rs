@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use broker_adapter::Broker;
+use broker_adapter::{Broker, BrokerError};
 use pubsub_proto::ChannelName;
 use tokio::sync::mpsc;
 
@@ -60,6 +60,23 @@ pub async fn run(
                     for channel in subscribe {
                         channels.activate(&channel);
                         subscribed.insert(channel);
+                    }
+                }
+                // The broker refused something in the batch (an ACL, say) but
+                // is up: find out channel by channel, so one refused channel
+                // does not fail its neighbours.
+                Err(BrokerError::Internal(_)) if subscribe.len() > 1 => {
+                    for channel in subscribe {
+                        match broker.subscribe(std::slice::from_ref(&channel)).await {
+                            Ok(()) => {
+                                channels.activate(&channel);
+                                subscribed.insert(channel);
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, %channel, "broker refused a subscription");
+                                channels.fail(&channel, &error);
+                            }
+                        }
                     }
                 }
                 Err(error) => {

@@ -3,6 +3,10 @@
 //! WebSocket clients, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod haproxy;
+pub mod proxy;
+pub mod redis;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -59,18 +63,31 @@ impl WsClient {
     }
 
     pub async fn try_connect(addr: SocketAddr, subprotocol: Option<&str>) -> Result<WsClient, WsError> {
+        let headers: Vec<(&str, &str)> = subprotocol
+            .map(|p| ("sec-websocket-protocol", p))
+            .into_iter()
+            .collect();
+        Self::connect_with(addr, &headers).await.map(|(client, _)| client)
+    }
+
+    /// Connects with extra request headers; returns the response headers too.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        headers: &[(&str, &str)],
+    ) -> Result<(WsClient, HeaderMap), WsError> {
         let mut request = ws_url(addr).into_client_request()?;
-        if let Some(p) = subprotocol {
-            request
-                .headers_mut()
-                .insert("sec-websocket-protocol", p.parse().expect("header value"));
+        for (name, value) in headers {
+            request.headers_mut().append(
+                http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                value.parse().expect("header value"),
+            );
         }
         let (ws, response) = tokio_tungstenite::connect_async(request).await?;
         let subprotocol = response
             .headers()
             .get("sec-websocket-protocol")
             .map(|v| v.to_str().unwrap_or_default().to_string());
-        Ok(WsClient { ws, subprotocol })
+        Ok((WsClient { ws, subprotocol }, response.headers().clone()))
     }
 
     pub async fn send_json(&mut self, value: Value) {
@@ -121,6 +138,13 @@ impl WsClient {
                 _ => {}
             }
         }
+    }
+
+    /// Sends `connect` and returns the node id from the reply.
+    pub async fn node_id(&mut self) -> String {
+        let reply = self.request(serde_json::json!({"type":"connect","id":1})).await;
+        assert_eq!(reply["type"], "connected", "{reply}");
+        reply["node"].as_str().unwrap_or_default().to_string()
     }
 
     /// Subscribes (JSON) and checks the reply.

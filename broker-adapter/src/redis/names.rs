@@ -1,0 +1,62 @@
+//! How gateway channels are named in Redis.
+//!
+//! A gateway channel `news` is the Redis channel `<prefix>:{news}`. The braces
+//! are a Redis Cluster hash tag, so a channel's pub/sub name and its keys
+//! (history, offsets) land on the same slot. Channel names cannot contain
+//! braces, so the mapping is unambiguous. Each node's probe channel is
+//! `<prefix>:!probe:<node id>`, which no gateway channel can map to.
+
+/// Redis names for one deployment (prefix) and node.
+pub(super) struct Names {
+    prefix: String,
+    probe: String,
+}
+
+impl Names {
+    pub fn new(prefix: &str, node_id: &str) -> Names {
+        Names {
+            prefix: prefix.to_owned(),
+            probe: format!("{prefix}:!probe:{node_id}"),
+        }
+    }
+
+    /// The Redis pub/sub channel of a gateway channel.
+    pub fn channel(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}", self.prefix)
+    }
+
+    /// This node's probe channel.
+    pub fn probe(&self) -> &str {
+        &self.probe
+    }
+}
+
+/// Checks a Redis prefix: non-empty, at most 64 bytes of `A-Z a-z 0-9 _ - . :`.
+pub fn validate_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() || prefix.len() > 64 {
+        return Err("must be 1 to 64 characters".into());
+    }
+    match prefix
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+    {
+        Some(c) => Err(format!("contains {c:?}; allowed are A-Z a-z 0-9 _ - . :")),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_carry_the_prefix_and_a_hash_tag() {
+        let names = Names::new("gw", "node-1");
+        assert_eq!(names.channel("news"), "gw:{news}");
+        assert_eq!(names.channel("chat:room#1"), "gw:{chat:room#1}");
+        assert_eq!(names.probe(), "gw:!probe:node-1");
+        assert!(validate_prefix("prod.eu:gw").is_ok());
+        assert!(validate_prefix("").is_err());
+        assert!(validate_prefix("a{b}").is_err());
+    }
+}
