@@ -91,7 +91,7 @@ impl Metrics {
         };
         let published =
             "Publications accepted by the broker, by source (api = HTTP API, client = WebSocket).";
-        let metrics = Metrics {
+        Metrics {
             connections: gauge("gateway_connections", "Open WebSocket connections."),
             connections_total: counter(
                 "gateway_connections_total",
@@ -130,8 +130,7 @@ impl Metrics {
             broker,
             recorder,
             handle,
-        };
-        metrics
+        }
     }
 
     /// The Prometheus text exposition of every metric.
