@@ -57,6 +57,20 @@ fn now_micros() -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits until `at` precisely. tokio's timer has millisecond granularity, so
+/// it sleeps to just before the slot and yields until the slot; otherwise every
+/// publication would leave up to a millisecond after its scheduled time and
+/// that delay would show up as latency.
+async fn pace_until(at: Instant) {
+    let early = Duration::from_millis(2);
+    if let Some(sleep) = at.checked_duration_since(Instant::now()).and_then(|d| d.checked_sub(early)) {
+        tokio::time::sleep(sleep).await;
+    }
+    while Instant::now() < at {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Extracts the number after `"key":` in a frame, without a full JSON parse.
 fn field(text: &str, key: &str) -> Option<u64> {
     let at = text.find(key)? + key.len();
@@ -115,7 +129,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         connect_started.elapsed().as_secs_f64()
     );
 
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
     let url = format!("{}/api/publish", args.api.trim_end_matches('/'));
     let padding = "x".repeat(args.payload);
     let total = args.rate * args.duration.as_secs().max(1);
@@ -125,11 +141,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let start = Instant::now();
     let start_micros = now_micros();
     let mut failed = 0u64;
+    let mut round_trip = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for seq in 0..total {
         let scheduled = start + interval.mul_f64(seq as f64);
-        if scheduled > Instant::now() {
-            tokio::time::sleep_until(scheduled.into()).await;
-        }
+        pace_until(scheduled).await;
+        let sent = Instant::now();
         let t = start_micros + (scheduled - start).as_micros() as u64;
         let body = format!(r#"{{"channel":"{channel}","data":{{"seq":{seq},"t":{t},"pad":"{padding}"}}}}"#);
         let mut request = http::Request::post(&url).header("content-type", "application/json");
@@ -143,6 +159,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             failed += 1;
         }
         let _ = response.into_body().collect().await;
+        let _ = round_trip.record(sent.elapsed().as_micros().max(1) as u64);
     }
     let publish_time = start.elapsed();
     let expected = (total - failed) * args.subscribers as u64;
@@ -188,6 +205,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         latency.value_at_quantile(0.99) as f64 / 1000.0,
         latency.value_at_quantile(0.999) as f64 / 1000.0,
         latency.max() as f64 / 1000.0
+    );
+    println!(
+        "publish round trip:    p50 {:.2}  p99 {:.2} ms (HTTP request to answer)",
+        round_trip.value_at_quantile(0.5) as f64 / 1000.0,
+        round_trip.value_at_quantile(0.99) as f64 / 1000.0
     );
     if let Some(cpu) = server_cpu {
         println!(
