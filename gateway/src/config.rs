@@ -57,6 +57,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Prefix of every Redis name, so deployments can share one Redis.
     pub redis_prefix: String,
+    /// PEM file of CA certificates to trust for `rediss://` (else the system's).
+    pub redis_ca_file: Option<PathBuf>,
     pub log_format: LogFormat,
     /// `tracing` filter directive, such as `info` or `gateway=debug`.
     pub log_level: String,
@@ -78,6 +80,7 @@ impl Default for Config {
             outbound_queue_messages: 4096,
             redis_url: None,
             redis_prefix: String::from("gw"),
+            redis_ca_file: None,
             log_format: LogFormat::Text,
             log_level: String::from("info"),
         }
@@ -166,6 +169,11 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_REDIS_PREFIX", value_name = "PREFIX")]
     pub redis_prefix: Option<String>,
 
+    /// PEM file with the CA certificate(s) that signed the Redis server's certificate, for
+    /// `rediss://` with a private CA [default: the system's trusted roots].
+    #[arg(long, env = "GATEWAY_REDIS_CA_FILE", value_name = "FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
     /// Log format [default: text].
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -196,6 +204,7 @@ struct FileConfig {
     outbound_queue_messages: Option<usize>,
     redis_url: Option<String>,
     redis_prefix: Option<String>,
+    redis_ca_file: Option<PathBuf>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
 }
@@ -298,6 +307,7 @@ impl Config {
                 .clone()
                 .or(file.redis_prefix)
                 .unwrap_or(defaults.redis_prefix),
+            redis_ca_file: cli.redis_ca_file.clone().or(file.redis_ca_file),
             log_format: cli.log_format.or(file.log_format).unwrap_or(defaults.log_format),
             log_level: cli
                 .log_level
@@ -340,6 +350,24 @@ impl Config {
                 "redis_url",
                 "must start with redis:// or rediss:// (TLS)".into(),
             ));
+        }
+        if let Some(ca) = &self.redis_ca_file {
+            if !self
+                .redis_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss://"))
+            {
+                return Err(invalid(
+                    "redis_ca_file",
+                    "only applies to a rediss:// Redis URL".into(),
+                ));
+            }
+            if let Err(e) = std::fs::metadata(ca) {
+                return Err(invalid(
+                    "redis_ca_file",
+                    format!("cannot read {}: {e}", ca.display()),
+                ));
+            }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| invalid("log_level", e.to_string()))?;

@@ -33,7 +33,14 @@ fn make_broker(
 ) -> Result<Arc<dyn Broker>, BrokerError> {
     match &config.redis_url {
         Some(url) => {
-            let redis = RedisConfig::new(url.clone(), config.redis_prefix.clone(), config.node_id.clone());
+            let mut redis =
+                RedisConfig::new(url.clone(), config.redis_prefix.clone(), config.node_id.clone());
+            if let Some(path) = &config.redis_ca_file {
+                let pem = std::fs::read(path).map_err(|e| {
+                    BrokerError::Internal(format!("cannot read Redis CA file {}: {e}", path.display()))
+                })?;
+                redis.ca_pem = Some(pem);
+            }
             Ok(Arc::new(RedisBroker::start(
                 redis,
                 listener,

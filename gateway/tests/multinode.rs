@@ -507,3 +507,43 @@ async fn redis_error_answers_are_internal_and_the_node_stays_ready() {
     assert_eq!(answer.status, 200);
     assert_eq!(client.recv_json().await["data"], "fine");
 }
+
+#[tokio::test]
+async fn rediss_with_a_private_ca() {
+    let pki = support::pki::TestPki::generate("redis");
+    let redis = RedisServer::start_tls(&pki);
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let ca = pki.ca_cert.to_string_lossy().into_owned();
+    let n1 = GatewayProcess::spawn(&["--redis-url", &url, "--redis-ca-file", &ca, "--node-id", "tls-1"]);
+    let n2 = GatewayProcess::spawn(&["--redis-url", &url, "--redis-ca-file", &ca, "--node-id", "tls-2"]);
+    for addr in [n1.addr, n2.addr] {
+        eventually("ready over TLS", async || {
+            get(addr, "/readyz").await.status == 200
+        })
+        .await;
+    }
+    let mut client = WsClient::connect(n2.addr, None).await;
+    client.subscribe("secure").await;
+    let answer = post_json(
+        n1.addr,
+        "/api/publish",
+        json!({"channel":"secure","data":"over tls"}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(client.recv_json().await["data"], "over tls");
+
+    // Without the CA the server's certificate is not trusted: the node stays not ready.
+    let untrusting = GatewayProcess::spawn(&["--redis-url", &url, "--node-id", "tls-3"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ready = get(untrusting.addr, "/readyz").await;
+    assert_eq!(ready.status, 503);
+    let detail = ready.json()["checks"]["broker"]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(
+        detail.contains("certificate") || detail.contains("tls") || detail.contains("issuer"),
+        "{detail}"
+    );
+}

@@ -63,7 +63,10 @@ fn now_micros() -> u64 {
 /// that delay would show up as latency.
 async fn pace_until(at: Instant) {
     let early = Duration::from_millis(2);
-    if let Some(sleep) = at.checked_duration_since(Instant::now()).and_then(|d| d.checked_sub(early)) {
+    if let Some(sleep) = at
+        .checked_duration_since(Instant::now())
+        .and_then(|d| d.checked_sub(early))
+    {
         tokio::time::sleep(sleep).await;
     }
     while Instant::now() < at {

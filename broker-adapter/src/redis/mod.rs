@@ -47,6 +47,9 @@ pub struct RedisConfig {
     /// How long a probe may take to come back before the pub/sub connection
     /// is declared dead.
     pub probe_timeout: Duration,
+    /// PEM certificates to trust for `rediss://` instead of the system's
+    /// roots (a private CA).
+    pub ca_pem: Option<Vec<u8>>,
     /// Timeout for connecting and for each command.
     pub timeout: Duration,
     /// First reconnect delay; doubles per failed attempt up to `backoff_max`.
@@ -61,6 +64,7 @@ impl RedisConfig {
             url: url.into(),
             prefix: prefix.into(),
             node_id: node_id.into(),
+            ca_pem: None,
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_secs(3),
             timeout: Duration::from_secs(2),
@@ -106,12 +110,27 @@ impl RedisBroker {
         // Pub/sub pushes need RESP3, whatever the URL says.
         let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
         let info = info.set_redis_settings(settings);
-        if config.url.starts_with("rediss:") {
+        let tls = config.url.starts_with("rediss:");
+        if tls {
             // rustls needs a process-wide crypto provider; ours is ring.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = redis::Client::open(info)
-            .map_err(|e| BrokerError::Internal(format!("invalid Redis URL: {e}")))?;
+        let client = match (&config.ca_pem, tls) {
+            (Some(pem), true) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            (Some(_), false) => {
+                return Err(BrokerError::Internal(
+                    "a Redis CA file only applies to rediss:// URLs".into(),
+                ));
+            }
+            (None, _) => redis::Client::open(info),
+        }
+        .map_err(|e| BrokerError::Internal(format!("invalid Redis settings: {e}")))?;
         let shared = Arc::new(Shared {
             names: Arc::new(Names::new(&config.prefix, &config.node_id)),
             config,

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod haproxy;
+pub mod pki;
 pub mod proxy;
 pub mod redis;
 

@@ -11,6 +11,7 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: PathBuf,
     extra: Vec<String>,
+    tls: bool,
 }
 
 /// A free loopback port (bound, then released).
@@ -27,24 +28,54 @@ impl RedisServer {
         Self::start_with(&[])
     }
 
+    /// Starts a throwaway Redis that only speaks TLS, with the certificate of `pki`.
+    pub fn start_tls(pki: &super::pki::TestPki) -> RedisServer {
+        let port = free_port();
+        let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+        let extra = [
+            "--port".to_string(),
+            "0".to_string(),
+            "--tls-port".to_string(),
+            port.to_string(),
+            "--tls-cert-file".to_string(),
+            path(&pki.server_cert),
+            "--tls-key-file".to_string(),
+            path(&pki.server_key),
+            "--tls-ca-cert-file".to_string(),
+            path(&pki.ca_cert),
+            "--tls-auth-clients".to_string(),
+            "no".to_string(),
+        ];
+        Self::start_on(port, extra.to_vec(), true)
+    }
+
     /// Starts a throwaway Redis with extra `redis-server` arguments.
     pub fn start_with(extra: &[&str]) -> RedisServer {
-        let port = free_port();
+        Self::start_on(free_port(), extra.iter().map(|s| s.to_string()).collect(), false)
+    }
+
+    fn start_on(port: u16, extra: Vec<String>, tls: bool) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("gw-test-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("redis dir");
         let mut server = RedisServer {
             port,
             child: None,
             dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra,
+            tls,
         };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
+        let port = if self.tls {
+            String::from("0")
+        } else {
+            self.port.to_string()
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &port, "--bind", "127.0.0.1"])
             .args([
                 "--save",
                 "",
@@ -74,6 +105,10 @@ impl RedisServer {
     }
 
     fn try_ping(&self) -> bool {
+        if self.tls {
+            // Listening is enough: the tests connect through the gateway.
+            return std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+        }
         redis::Client::open(self.url())
             .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
             .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
