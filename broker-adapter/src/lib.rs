@@ -15,11 +15,18 @@
 //! The node keeps one broker subscription per channel with local subscribers
 //! and drives `subscribe`/`unsubscribe` from a single task, so implementations
 //! see calls for one channel in order and never concurrently.
+//!
+//! Every channel is a stream: each publication gets the next `offset` (1, 2,
+//! 3, ... without holes) within the channel's `epoch`, an opaque name that
+//! changes whenever the sequence restarts (the broker lost the channel's
+//! state, or it expired after `history_ttl` without publications). The last
+//! `history_size` publications are kept for recovery ([`Broker::history`]).
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use pubsub_proto::{ChannelName, Publication};
@@ -33,10 +40,27 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The interface between a node and the system that connects nodes.
 pub trait Broker: Send + Sync + 'static {
-    /// Publishes `data` on `channel` to every node subscribed to it. Resolves
-    /// once the broker has accepted the publication; an error means it was not
-    /// published.
-    fn publish(&self, channel: ChannelName, data: Bytes) -> BoxFuture<'_, Result<Published, BrokerError>>;
+    /// Publishes `data` on `channel` to every node subscribed to it, as the
+    /// channel's next offset, and keeps it in the channel's history as
+    /// `options` say. Resolves once the broker has accepted the publication;
+    /// an error means it was not published.
+    fn publish(
+        &self,
+        channel: ChannelName,
+        data: Bytes,
+        options: StreamOptions,
+    ) -> BoxFuture<'_, Result<Published, BrokerError>>;
+
+    /// The channel's current position and, with `since`, the publications
+    /// after offset `since` still in its history (oldest first, at most
+    /// `limit`). A channel without a stream gets one (a new epoch, offset 0).
+    fn history<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        since: Option<u64>,
+        limit: usize,
+        options: StreamOptions,
+    ) -> BoxFuture<'a, Result<History, BrokerError>>;
 
     /// Starts delivering publications on `channels` to this node's listener.
     /// When it resolves `Ok`, every publication accepted afterwards reaches
@@ -126,11 +150,48 @@ impl Health {
 }
 
 /// What a successful publish returns: the publication's position in its
-/// channel's stream, where the broker tracks one.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// channel's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
-    pub offset: Option<u64>,
-    pub epoch: Option<Arc<str>>,
+    pub offset: u64,
+    pub epoch: Arc<str>,
+}
+
+/// A channel's position and the publications read from its history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct History {
+    pub epoch: Arc<str>,
+    /// Offset of the channel's latest publication (0: none yet).
+    pub offset: u64,
+    /// Publications after the requested offset, oldest first, each with
+    /// `offset` and `epoch` set.
+    pub publications: Vec<Publication>,
+}
+
+/// How a channel's stream is kept; set per namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// Publications kept for recovery; 0 keeps none (offsets are still
+    /// assigned).
+    pub history_size: usize,
+    /// How long a channel's stream (history, offset, epoch) survives without
+    /// publications. After that its epoch changes.
+    pub history_ttl: Duration,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            history_size: 100,
+            history_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A new epoch name: random, so that a restarted sequence is never mistaken
+/// for the old one.
+pub fn new_epoch() -> String {
+    (0..12).map(|_| fastrand::alphanumeric()).collect()
 }
 
 /// Why a broker operation failed.

@@ -5,12 +5,15 @@
 //! the first two; the file fills what neither gave. Every setting is
 //! documented in `gateway --help` and docs/operations.md.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
+
+use crate::namespaces::{FileNamespace, Namespace, Namespaces};
 
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
@@ -62,6 +65,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `tracing` filter directive, such as `info` or `gateway=debug`.
     pub log_level: String,
+    /// History settings, global and per namespace (last: TOML tables go last).
+    #[serde(flatten)]
+    pub namespaces: Namespaces,
 }
 
 impl Default for Config {
@@ -83,6 +89,13 @@ impl Default for Config {
             redis_ca_file: None,
             log_format: LogFormat::Text,
             log_level: String::from("info"),
+            namespaces: Namespaces {
+                global: Namespace {
+                    history_size: 100,
+                    history_ttl: Duration::from_secs(600),
+                },
+                named: Default::default(),
+            },
         }
     }
 }
@@ -159,6 +172,16 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_MESSAGES", value_name = "COUNT")]
     pub outbound_queue_messages: Option<usize>,
 
+    /// Publications kept per channel for recovery; 0 keeps none (offsets are still assigned).
+    /// `[namespaces.<name>]` tables in the config file override it per namespace [default: 100].
+    #[arg(long, env = "GATEWAY_HISTORY_SIZE", value_name = "COUNT")]
+    pub history_size: Option<usize>,
+
+    /// How long a channel's history and offsets survive without publications; after that the
+    /// channel starts a new epoch [default: 10m].
+    #[arg(long, env = "GATEWAY_HISTORY_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    pub history_ttl: Option<Duration>,
+
     /// Redis URL (`redis://[user:password@]host:port[/db]`, or `rediss://` for TLS). With it, nodes
     /// share publications through Redis Pub/Sub; without it the node uses its embedded broker.
     #[arg(long, env = "GATEWAY_REDIS_URL", value_name = "URL", hide_env_values = true)]
@@ -207,6 +230,9 @@ struct FileConfig {
     redis_ca_file: Option<PathBuf>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
+    history_size: Option<usize>,
+    history_ttl: Option<DurationValue>,
+    namespaces: Option<BTreeMap<String, FileNamespace>>,
 }
 
 /// A duration in the file: `"25s"` or a number of seconds.
@@ -314,6 +340,21 @@ impl Config {
                 .clone()
                 .or(file.log_level)
                 .unwrap_or(defaults.log_level),
+            namespaces: Namespaces::resolve(
+                Namespace {
+                    history_size: cli
+                        .history_size
+                        .or(file.history_size)
+                        .unwrap_or(defaults.namespaces.global.history_size),
+                    history_ttl: cli
+                        .history_ttl
+                        .or(duration("history_ttl", file.history_ttl)?)
+                        .unwrap_or(defaults.namespaces.global.history_ttl),
+                },
+                file.namespaces.unwrap_or_default(),
+                parse_duration,
+            )
+            .map_err(|m| invalid("namespaces", m))?,
         };
         config.validate()?;
         Ok(config)
@@ -325,8 +366,25 @@ impl Config {
         if self.api_keys.iter().any(|k| k.trim().is_empty()) {
             return Err(invalid("api_key", "API keys must not be empty".into()));
         }
-        if self.ping_interval < Duration::from_millis(100) {
-            return Err(invalid("ping_interval", "must be at least 100ms".into()));
+        if self.ping_interval < Duration::from_millis(100) || self.ping_interval > Duration::from_secs(3600) {
+            return Err(invalid("ping_interval", "must be between 100ms and 1h".into()));
+        }
+        if self.drain > Duration::from_secs(3600) {
+            return Err(invalid("drain_seconds", "must be at most 3600".into()));
+        }
+        if self.namespaces.global.history_ttl < Duration::from_secs(1) {
+            return Err(invalid("history_ttl", "must be at least 1s".into()));
+        }
+        // One publication must fit a client's queue, or every subscriber of
+        // a large publication would be closed as a slow consumer.
+        if self.outbound_queue_bytes < self.max_publication_size + 1024 {
+            return Err(invalid(
+                "outbound_queue_bytes",
+                format!(
+                    "must be at least max_publication_size + 1KiB ({} bytes)",
+                    self.max_publication_size + 1024
+                ),
+            ));
         }
         if self.handshake_timeout.is_zero() {
             return Err(invalid("handshake_timeout", "must be more than zero".into()));

@@ -1,40 +1,77 @@
 //! Encode once, share everywhere.
 //!
-//! A [`Delivery`] wraps one publication on its way to local subscribers. The
-//! first subscriber of each encoding encodes the frame; every other
-//! subscriber clones the same reference-counted bytes. No subscriber copies
-//! or re-serializes the payload.
+//! A [`Delivery`] is one thing on its way to a channel's local subscribers:
+//! a publication, or a gap notice. The first subscriber of each encoding
+//! encodes the frame; every other subscriber clones the same
+//! reference-counted bytes. No subscriber copies or re-serializes a payload.
 
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use pubsub_proto::{Encoding, Publication, json, protobuf};
+use pubsub_proto::{ChannelName, Encoding, Publication, Reply, ServerMessage, json, protobuf};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-/// One publication, with its frames cached per encoding.
+enum Content {
+    Publication(Publication),
+    Gap(ServerMessage),
+}
+
+/// One publication or notice, with its frames cached per encoding.
 pub struct Delivery {
-    publication: Publication,
+    content: Content,
     json: OnceLock<Utf8Bytes>,
     protobuf: OnceLock<Bytes>,
 }
 
 impl Delivery {
     pub fn new(publication: Publication) -> Arc<Delivery> {
+        Self::with(Content::Publication(publication))
+    }
+
+    /// A gap notice: publications up to `offset` in `epoch` were lost.
+    pub fn gap(channel: ChannelName, epoch: Arc<str>, offset: u64) -> Arc<Delivery> {
+        Self::with(Content::Gap(ServerMessage {
+            id: None,
+            reply: Reply::Gap {
+                channel,
+                epoch: epoch.to_string(),
+                offset,
+            },
+        }))
+    }
+
+    fn with(content: Content) -> Arc<Delivery> {
         Arc::new(Delivery {
-            publication,
+            content,
             json: OnceLock::new(),
             protobuf: OnceLock::new(),
         })
     }
 
-    pub fn publication(&self) -> &Publication {
-        &self.publication
+    /// The publication's offset; `None` for notices.
+    pub fn offset(&self) -> Option<u64> {
+        match &self.content {
+            Content::Publication(p) => p.offset,
+            Content::Gap(_) => None,
+        }
+    }
+
+    pub fn is_gap(&self) -> bool {
+        matches!(self.content, Content::Gap(_))
+    }
+
+    /// True for publications (what `gateway_messages_delivered_total` counts).
+    pub fn is_publication(&self) -> bool {
+        matches!(self.content, Content::Publication(_))
     }
 
     /// What this delivery counts against a client's outbound queue: the
     /// payload plus a fixed allowance for the frame around it.
     pub fn queued_size(&self) -> usize {
-        self.publication.data.len() + self.publication.channel.as_str().len() + 32
+        match &self.content {
+            Content::Publication(p) => p.data.len() + p.channel.as_str().len() + 64,
+            Content::Gap(_) => 128,
+        }
     }
 
     /// The WebSocket message for a client using `encoding`.
@@ -42,12 +79,22 @@ impl Delivery {
         match encoding {
             Encoding::Json => Message::Text(
                 self.json
-                    .get_or_init(|| Utf8Bytes::from(json::encode_publication(&self.publication)))
+                    .get_or_init(|| {
+                        Utf8Bytes::from(match &self.content {
+                            Content::Publication(p) => json::encode_publication(p),
+                            Content::Gap(notice) => json::encode_reply(notice),
+                        })
+                    })
                     .clone(),
             ),
             Encoding::Protobuf => Message::Binary(
                 self.protobuf
-                    .get_or_init(|| Bytes::from(protobuf::encode_publication(&self.publication)))
+                    .get_or_init(|| {
+                        Bytes::from(match &self.content {
+                            Content::Publication(p) => protobuf::encode_publication(p),
+                            Content::Gap(notice) => protobuf::encode_reply(notice),
+                        })
+                    })
                     .clone(),
             ),
         }
@@ -57,7 +104,6 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pubsub_proto::ChannelName;
 
     #[test]
     fn frames_are_encoded_once_and_shared() {
@@ -82,5 +128,18 @@ mod tests {
             panic!("protobuf deliveries are binary frames");
         };
         assert_eq!(x.as_ptr(), y.as_ptr());
+    }
+
+    #[test]
+    fn gap_notices_are_frames_too() {
+        let d = Delivery::gap(ChannelName::parse("news").unwrap(), Arc::from("e2"), 0);
+        assert!(d.is_gap() && !d.is_publication() && d.offset().is_none());
+        let Message::Text(text) = d.message(Encoding::Json) else {
+            panic!("text")
+        };
+        assert_eq!(
+            text.as_str(),
+            r#"{"type":"gap","channel":"news","epoch":"e2","offset":0}"#
+        );
     }
 }

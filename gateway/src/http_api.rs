@@ -159,7 +159,9 @@ pub async fn broadcast(node: Arc<Node>, request: Request<Incoming>) -> Response<
                 .map(|channel| node.hub.publish(channel.clone(), data.clone(), Source::Api)),
         )
         .await;
-        let mut failed = None;
+        // The first failure, and whether every failure was a refusal
+        // (internal) rather than an outage (unavailable).
+        let mut failed: Option<(String, bool)> = None;
         let results: Vec<serde_json::Value> = channels
             .iter()
             .zip(outcomes)
@@ -170,7 +172,9 @@ pub async fn broadcast(node: Arc<Node>, request: Request<Incoming>) -> Response<
                     Err(error) => {
                         let Failure(_, code, message) = Failure::from(error);
                         result["error"] = json!({"code": code, "message": message});
-                        failed.get_or_insert(message);
+                        let refused = code == "internal";
+                        let first = failed.get_or_insert((message, true));
+                        first.1 &= refused;
                     }
                 }
                 result
@@ -181,22 +185,139 @@ pub async fn broadcast(node: Arc<Node>, request: Request<Incoming>) -> Response<
     .await;
     match result {
         Ok((None, results)) => json_response(StatusCode::OK, &json!({"results": results})),
-        Ok((Some(message), results)) => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({
-                "error": {"code": "unavailable", "message": format!("not every channel was published: {message}")},
-                "results": results,
-            }),
-        ),
+        Ok((Some((message, all_refused)), results)) => {
+            let (status, code) = if all_refused {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            };
+            json_response(
+                status,
+                &json!({
+                    "error": {"code": code, "message": format!("not every channel was published: {message}")},
+                    "results": results,
+                }),
+            )
+        }
         Err(failure) => failure.into_response(),
     }
 }
 
-fn add_position(answer: &mut serde_json::Value, published: &broker_adapter::Published) {
-    if let (Some(offset), Some(epoch)) = (published.offset, &published.epoch) {
-        answer["offset"] = json!(offset);
-        answer["epoch"] = json!(&**epoch);
+/// Largest `limit` of `GET /api/history`.
+const MAX_HISTORY_LIMIT: usize = 1000;
+
+/// `GET /api/history?channel=news&since=41&epoch=e1&limit=100`: the
+/// channel's position and the publications after `since` (the latest ones
+/// without `since`), oldest first.
+pub async fn history(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
+    let result = async {
+        authorize(&node.config.api_keys, request.headers())?;
+        let query = HistoryQuery::parse(request.uri().query().unwrap_or(""))?;
+        let channel = parse_channel(&query.channel)?;
+        let unavailable = |error: BrokerError| Failure::from(PublishError::Broker(error));
+        let since = match query.since {
+            Some(since) => since,
+            None => {
+                let position = node.hub.history(&channel, None, 0).await.map_err(unavailable)?;
+                position.offset.saturating_sub(query.limit as u64)
+            }
+        };
+        let history = node
+            .hub
+            .history(&channel, Some(since), query.limit)
+            .await
+            .map_err(unavailable)?;
+        let same_epoch = query.epoch.as_deref().is_none_or(|e| e == &*history.epoch);
+        let publications = if same_epoch {
+            history.publications
+        } else {
+            Vec::new()
+        };
+        let complete_from_since = publications
+            .first()
+            .map_or(since >= history.offset, |p| p.offset == Some(since + 1));
+        let last = publications.last().and_then(|p| p.offset).unwrap_or(since);
+        let mut answer = json!({
+            "channel": channel.as_str(),
+            "epoch": &*history.epoch,
+            "offset": history.offset,
+            "publications": publications.iter().map(stored_json).collect::<Vec<_>>(),
+            "more": same_epoch && last < history.offset && publications.len() == query.limit,
+        });
+        if query.since.is_some() {
+            answer["recovered"] = json!(same_epoch && complete_from_since);
+        }
+        Ok::<_, Failure>(answer)
     }
+    .await;
+    match result {
+        Ok(answer) => json_response(StatusCode::OK, &answer),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// One stored publication as JSON: `data` if it is JSON, else `data_b64`.
+fn stored_json(publication: &pubsub_proto::Publication) -> serde_json::Value {
+    let mut item = json!({"offset": publication.offset});
+    match std::str::from_utf8(&publication.data)
+        .ok()
+        .filter(|_| pubsub_proto::json::is_json(&publication.data))
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+    {
+        Some(value) => item["data"] = value,
+        None => item["data_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(&publication.data)),
+    }
+    item
+}
+
+struct HistoryQuery {
+    channel: String,
+    since: Option<u64>,
+    epoch: Option<String>,
+    limit: usize,
+}
+
+impl HistoryQuery {
+    fn parse(query: &str) -> Result<HistoryQuery, Failure> {
+        let (mut channel, mut since, mut epoch, mut limit) = (None, None, None, 100);
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "channel" => channel = Some(value.into_owned()),
+                "since" => {
+                    since = Some(value.parse::<u64>().map_err(|_| {
+                        Failure::bad_request(format!(
+                            "`since` must be an offset (unsigned integer), not {value:?}"
+                        ))
+                    })?)
+                }
+                "epoch" => epoch = Some(value.into_owned()),
+                "limit" => {
+                    limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|l| (1..=MAX_HISTORY_LIMIT).contains(l))
+                        .ok_or_else(|| {
+                            Failure::bad_request(format!(
+                                "`limit` must be 1 to {MAX_HISTORY_LIMIT}, not {value:?}"
+                            ))
+                        })?
+                }
+                other => return Err(Failure::bad_request(format!("unknown query parameter {other:?}"))),
+            }
+        }
+        let channel = channel.ok_or_else(|| Failure::bad_request("missing query parameter `channel`"))?;
+        Ok(HistoryQuery {
+            channel,
+            since,
+            epoch,
+            limit,
+        })
+    }
+}
+
+fn add_position(answer: &mut serde_json::Value, published: &broker_adapter::Published) {
+    answer["offset"] = json!(published.offset);
+    answer["epoch"] = json!(&*published.epoch);
 }
 
 /// Checks the API key, content type and size, and reads the body.
@@ -219,10 +340,17 @@ async fn read_body(node: &Node, request: Request<Incoming>) -> Result<Bytes, Fai
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(error) => Err(Failure::bad_request(format!("cannot read request body: {error}"))),
+    // A body dribbled in slowly must not hold a connection forever.
+    let deadline = node.config.handshake_timeout;
+    match tokio::time::timeout(deadline, Limited::new(request.into_body(), limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(error)) => Err(Failure::bad_request(format!("cannot read request body: {error}"))),
+        Err(_) => Err(Failure(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("request body not received within {deadline:?}"),
+        )),
     }
 }
 
@@ -306,46 +434,6 @@ fn payload(data: Option<&RawValue>, data_b64: Option<String>, body: &Bytes) -> R
         (Some(_), Some(_)) => Err(Failure::bad_request("give either `data` or `data_b64`, not both")),
         (None, None) => Err(Failure::bad_request("missing field `data`")),
     }
-}
-
-/// `GET /healthz`: the process is alive.
-pub fn healthz() -> Response<Body> {
-    json_response(StatusCode::OK, &json!({"status": "ok"}))
-}
-
-/// `GET /readyz`: ready for connections, or 503 naming what fails.
-pub fn readyz(node: &Node) -> Response<Body> {
-    let draining = node.is_draining();
-    let broker = node.hub.broker_health().borrow().clone();
-    let mut failing = Vec::new();
-    if draining {
-        failing.push("draining");
-    }
-    if !broker.up {
-        failing.push("broker");
-    }
-    let checks = json!({
-        "draining": draining,
-        "broker": {"kind": node.hub.broker_kind(), "up": broker.up, "detail": broker.detail},
-    });
-    if failing.is_empty() {
-        json_response(StatusCode::OK, &json!({"status": "ready", "checks": checks}))
-    } else {
-        json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"status": "not_ready", "failing": failing, "checks": checks}),
-        )
-    }
-}
-
-/// `GET /metrics`: Prometheus text format.
-pub fn metrics(node: &Node) -> Response<Body> {
-    let mut response = Response::new(Body::new(Bytes::from(node.metrics.render())));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
 }
 
 #[cfg(test)]

@@ -36,6 +36,11 @@ pub struct Metrics {
     pub slow_consumer_disconnects: Counter,
     /// 1 while the broker is reachable.
     pub broker_up: Gauge,
+    /// Holes in a channel's stream that history could not fill (a gap
+    /// notice went to the channel's subscribers).
+    pub gap_notices: Counter,
+    /// History reads made to fill holes or catch up after an outage.
+    pub repairs: Counter,
     /// Handles the broker records into.
     pub broker: BrokerMetrics,
 }
@@ -127,6 +132,16 @@ impl Metrics {
                 "gateway_broker_up",
                 "1 while the broker is reachable, 0 otherwise.",
             ),
+            gap_notices: counter(
+                "gateway_gap_notices_total",
+                "Holes in a channel's stream that history could not fill; each sent a gap notice to the channel's local subscribers.",
+                vec![],
+            ),
+            repairs: counter(
+                "gateway_stream_repairs_total",
+                "History reads made to fill a hole in a channel's stream or to catch up after a broker outage.",
+                vec![],
+            ),
             broker,
             recorder,
             handle,
@@ -136,6 +151,11 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         self.handle.render()
+    }
+
+    /// Folds recorded histogram samples into their buckets (call regularly).
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
     }
 
     /// The recorder, for modules that register metrics of their own.

@@ -51,6 +51,9 @@ fn make_broker(
     }
 }
 
+/// How often histogram samples are folded into their buckets.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Shared state of one node.
 pub struct Node {
     pub config: Config,
@@ -71,20 +74,20 @@ impl Node {
     pub fn start(config: Config) -> Result<(Arc<Node>, Vec<JoinHandle<()>>), BrokerError> {
         let metrics = Arc::new(Metrics::new());
         let mut broker_error = None;
-        let (hub, manager) =
-            Hub::start(
-                metrics.clone(),
-                config.max_publication_size,
-                |listener| match make_broker(&config, listener.clone(), &metrics) {
-                    Ok(broker) => broker,
-                    Err(error) => {
-                        broker_error = Some(error);
-                        Arc::new(MemoryBroker::new(listener))
-                    }
-                },
-            );
+        let (hub, mut tasks) = Hub::start(
+            metrics.clone(),
+            config.namespaces.clone(),
+            config.max_publication_size,
+            |listener| match make_broker(&config, listener.clone(), &metrics) {
+                Ok(broker) => broker,
+                Err(error) => {
+                    broker_error = Some(error);
+                    Arc::new(MemoryBroker::new(listener))
+                }
+            },
+        );
         if let Some(error) = broker_error {
-            manager.abort();
+            tasks.iter().for_each(JoinHandle::abort);
             return Err(error);
         }
         let registry = Arc::new(Registry::default());
@@ -108,7 +111,18 @@ impl Node {
             next_session: AtomicU64::new(1),
             epoch: Instant::now(),
         });
-        Ok((node, vec![manager, heartbeat, health_watch]))
+        // Histograms keep their samples until upkeep folds them in; without
+        // it a node nobody scrapes would grow without bound.
+        let upkeep_metrics = node.metrics.clone();
+        let upkeep = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(METRICS_UPKEEP);
+            loop {
+                tick.tick().await;
+                upkeep_metrics.run_upkeep();
+            }
+        });
+        tasks.extend([heartbeat, health_watch, upkeep]);
+        Ok((node, tasks))
     }
 
     /// Whether the node uses Redis (`redis`) or its embedded broker (`memory`).

@@ -105,6 +105,11 @@ impl Outbox {
         }
     }
 
+    /// The bound on queued messages.
+    pub fn max_messages(&self) -> usize {
+        self.max_messages
+    }
+
     /// Queues `item` without waiting.
     pub fn push(&self, item: Outgoing) -> Push {
         let size = item.queued_size();

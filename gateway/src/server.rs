@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::http_api::{self, Body, error_response};
 use crate::node::Node;
-use crate::upgrade;
+use crate::{probes, upgrade};
 
 /// How long drained sessions get to finish their close handshakes.
 const SESSION_EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -154,7 +154,7 @@ async fn serve_connection(stream: TcpStream, node: Arc<Node>, mut stop: watch::R
 async fn route(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path();
     let allowed: &'static str = match path {
-        "/ws" | "/healthz" | "/readyz" | "/metrics" => "GET",
+        "/ws" | "/healthz" | "/readyz" | "/metrics" | "/api/history" => "GET",
         "/api/publish" | "/api/broadcast" => "POST",
         _ => {
             return error_response(
@@ -179,10 +179,11 @@ async fn route(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
     }
     match path {
         "/ws" => upgrade::handle(&node, request),
-        "/healthz" => http_api::healthz(),
-        "/readyz" => http_api::readyz(&node),
-        "/metrics" => http_api::metrics(&node),
+        "/healthz" => probes::healthz(),
+        "/readyz" => probes::readyz(&node),
+        "/metrics" => probes::metrics(&node),
         "/api/publish" => http_api::publish(node, request).await,
+        "/api/history" => http_api::history(node, request).await,
         _ => http_api::broadcast(node, request).await,
     }
 }

@@ -15,6 +15,7 @@
 
 use std::collections::HashSet;
 use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -22,10 +23,10 @@ use std::time::Duration;
 
 use broker_adapter::BrokerError;
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use pubsub_proto::{
-    ChannelName, ClientCommand, Command, DecodeError, Encoding, ErrorCode, Reply, ServerMessage, close, json,
-    protobuf,
+    ChannelName, ClientCommand, Command, DecodeError, Encoding, ErrorCode, Reply, ServerMessage,
+    StreamPosition, close, json, protobuf,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
@@ -80,6 +81,8 @@ enum End {
     ClientClosed,
     /// The TCP connection ended without a close frame.
     Gone,
+    /// The session's code panicked.
+    Panicked,
 }
 
 /// Runs one connection until it closes.
@@ -108,7 +111,12 @@ where
         connected: false,
     };
     let (mut sink, mut stream) = ws.split();
-    let end = session.serve(&mut sink, &mut stream).await;
+    // A bug in a session must not take the node down, and the client gets
+    // a proper close (1011) rather than a dropped socket.
+    let end = AssertUnwindSafe(session.serve(&mut sink, &mut stream))
+        .catch_unwind()
+        .await
+        .unwrap_or(End::Panicked);
     session.finish(end, &mut sink, &mut stream).await;
 }
 
@@ -213,34 +221,38 @@ impl Session {
                     ));
                     return Step::Continue;
                 }
-                let subscribed = ServerMessage {
-                    id,
-                    reply: Reply::Subscribed {
-                        channel: channel.clone(),
-                        position: None,
-                        // This node keeps no history yet: a recovery request
-                        // is answered honestly as not recovered.
-                        recovered: since.map(|_| false),
-                    },
-                };
-                let first = Outgoing::Frame(encode(self.peer.encoding, &subscribed));
                 let (node, peer) = (self.node.clone(), self.peer.clone());
                 return Step::Wait(Box::pin(async move {
-                    match node.hub.subscribe(&channel, &peer, first).await {
-                        Ok(()) => Outcome::Done,
+                    let failed = |channel: ChannelName, error: BrokerError| {
+                        let code = broker_error_code(&error);
+                        let reply =
+                            ServerMessage::error(id, code, format!("cannot subscribe to {channel}: {error}"));
+                        Outcome::SubscribeFailed(channel, reply)
+                    };
+                    let joined = match node.hub.subscribe(&channel, &peer).await {
+                        Ok(joined) => joined,
+                        Err(error) => return failed(channel, error),
+                    };
+                    let plan = match node.hub.plan_recovery(&channel, &joined, since).await {
+                        Ok(plan) => plan,
                         Err(error) => {
-                            let code = match error {
-                                BrokerError::Unavailable(_) => ErrorCode::Unavailable,
-                                BrokerError::Internal(_) => ErrorCode::Internal,
-                            };
-                            let reply = ServerMessage::error(
-                                id,
-                                code,
-                                format!("cannot subscribe to {channel}: {error}"),
-                            );
-                            Outcome::SubscribeFailed(channel, reply)
+                            // The history read failed: leave, so the client
+                            // can retry with the same position later.
+                            node.hub.unsubscribe(&channel, peer.id);
+                            return failed(channel, error);
                         }
-                    }
+                    };
+                    let subscribed = ServerMessage {
+                        id,
+                        reply: Reply::Subscribed {
+                            channel: channel.clone(),
+                            position: Some(plan.position.clone()),
+                            recovered: plan.recovered,
+                        },
+                    };
+                    let first = Outgoing::Frame(encode(peer.encoding, &subscribed));
+                    node.hub.finish_subscribe(&channel, peer.id, first, plan);
+                    Outcome::Done
                 }));
             }
             Command::Unsubscribe { channel } => {
@@ -262,15 +274,17 @@ impl Session {
                 let node = self.node.clone();
                 return Step::Wait(Box::pin(async move {
                     let reply = match node.hub.publish(channel.clone(), data, Source::Client).await {
-                        Ok(_) => Reply::Published {
+                        Ok(published) => Reply::Published {
                             channel,
-                            position: None,
+                            position: Some(StreamPosition {
+                                epoch: published.epoch.to_string(),
+                                offset: published.offset,
+                            }),
                         },
                         Err(error) => {
                             let code = match &error {
                                 PublishError::TooLarge { .. } => ErrorCode::TooLarge,
-                                PublishError::Broker(BrokerError::Unavailable(_)) => ErrorCode::Unavailable,
-                                PublishError::Broker(BrokerError::Internal(_)) => ErrorCode::Internal,
+                                PublishError::Broker(error) => broker_error_code(error),
                             };
                             Reply::Error {
                                 code,
@@ -295,6 +309,9 @@ impl Session {
     }
 
     fn apply(&mut self, outcome: Outcome) {
+        // While a command waited, the client's frames (pongs included) were
+        // not read: it must not look silent because of that.
+        self.peer.touch();
         match outcome {
             Outcome::Done => {}
             Outcome::Reply(reply) => self.reply(reply),
@@ -330,6 +347,7 @@ impl Session {
                 return self.log_end(&end);
             }
             End::WriteError(_) | End::Gone => return self.log_end(&end),
+            End::Panicked => (close::INTERNAL_ERROR, "internal error"),
         };
         if code == close::SLOW_CONSUMER {
             self.node.metrics.slow_consumer_disconnects.increment(1);
@@ -362,6 +380,7 @@ impl Session {
             End::WriteError(e) => tracing::debug!(peer, error = %e, "write failed"),
             End::ClientClosed => tracing::debug!(peer, "client closed"),
             End::Gone => tracing::debug!(peer, "connection dropped"),
+            End::Panicked => tracing::error!(peer, "session panicked; closed with 1011"),
         }
     }
 }
@@ -387,7 +406,8 @@ where
             Taken::Items(items) => {
                 let mut publications = 0;
                 for item in items {
-                    publications += u64::from(matches!(item, Outgoing::Publication(_)));
+                    publications +=
+                        u64::from(matches!(&item, Outgoing::Publication(d) if d.is_publication()));
                     if let Err(error) = sink.feed(item.into_message(peer.encoding)).await {
                         return End::WriteError(error);
                     }
@@ -417,6 +437,14 @@ fn read_error_close(error: &WsError) -> Option<(u16, &'static str)> {
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
         WsError::Protocol(_) => Some((close::PROTOCOL_ERROR, "WebSocket protocol violation")),
         _ => None,
+    }
+}
+
+/// The error code a client gets for a broker failure.
+fn broker_error_code(error: &BrokerError) -> ErrorCode {
+    match error {
+        BrokerError::Unavailable(_) => ErrorCode::Unavailable,
+        BrokerError::Internal(_) => ErrorCode::Internal,
     }
 }
 

@@ -4,7 +4,7 @@ mod support;
 
 use bytes::Bytes;
 use http::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 use support::*;
 
 #[tokio::test]
@@ -21,19 +21,33 @@ async fn publish_reaches_subscribers_and_answers_the_channel() {
     )
     .await;
     assert_eq!(answer.status, 200, "{}", answer.text());
-    assert_eq!(answer.json(), json!({"channel":"news"}));
     assert_eq!(
-        client.recv_json().await,
+        without(&answer.json(), &["epoch", "offset"]),
+        json!({"channel":"news"})
+    );
+    let (epoch, offset) = position(&answer.json());
+    assert_eq!(offset, 1, "the channel's first publication");
+    let message = client.recv_json().await;
+    assert_eq!(
+        without(&message, &["epoch", "offset"]),
         json!({"type":"message","channel":"news","data":{"headline":"hello"}})
+    );
+    assert_eq!(
+        position(&message),
+        (epoch.clone(), 1),
+        "the message carries the publisher's position"
     );
 
     // Binary data for protobuf clients travels as data_b64.
     let answer = post_json(addr, "/api/publish", json!({"channel":"news","data_b64":"AAE="})).await;
     assert_eq!(answer.status, 200);
+    assert_eq!(position(&answer.json()), (epoch.clone(), 2));
+    let message = client.recv_json().await;
     assert_eq!(
-        client.recv_json().await,
+        without(&message, &["epoch", "offset"]),
         json!({"type":"message","channel":"news","data_b64":"AAE="})
     );
+    assert_eq!(position(&message), (epoch, 2));
 }
 
 #[tokio::test]
@@ -52,16 +66,29 @@ async fn broadcast_reaches_every_channel() {
     )
     .await;
     assert_eq!(answer.status, 200, "{}", answer.text());
+    let results = answer.json()["results"].as_array().cloned().unwrap_or_default();
+    let channels: Vec<Value> = results.iter().map(|r| without(r, &["epoch", "offset"])).collect();
     assert_eq!(
-        answer.json(),
-        json!({"results":[{"channel":"a"},{"channel":"b"},{"channel":"nobody"}]})
+        channels,
+        vec![
+            json!({"channel":"a"}),
+            json!({"channel":"b"}),
+            json!({"channel":"nobody"})
+        ]
     );
+    assert!(
+        results.iter().all(|r| position(r).1 == 1),
+        "each channel's first publication: {results:?}"
+    );
+    let m = a.recv_json().await;
     assert_eq!(
-        a.recv_json().await,
+        without(&m, &["epoch", "offset"]),
         json!({"type":"message","channel":"a","data":[1,2,3]})
     );
+    assert_eq!(position(&m), position(&results[0]));
+    let m = b.recv_json().await;
     assert_eq!(
-        b.recv_json().await,
+        without(&m, &["epoch", "offset"]),
         json!({"type":"message","channel":"b","data":[1,2,3]})
     );
 }

@@ -308,12 +308,16 @@ async fn redis_outage_is_reported_and_recovered_without_dropping_clients() {
     )
     .await;
     assert_eq!(answer.status, 200, "{}", answer.text());
+    let after = position(&answer.json());
     for client in &mut clients {
-        assert_eq!(
-            client.recv_json().await["data"],
-            "after",
-            "resubscribed on every node"
-        );
+        // Redis kept nothing: the channel's sequence restarted, and every
+        // subscriber is told so before the first publication of the new epoch.
+        let gap = client.recv_json().await;
+        assert_eq!(gap["type"], "gap", "{gap}");
+        assert_eq!(position(&gap), (after.0.clone(), 0), "{gap}");
+        let message = client.recv_json().await;
+        assert_eq!(message["data"], "after", "resubscribed on every node");
+        assert_eq!(position(&message), after);
     }
     // The subscribe that failed during the outage works now.
     let reply = clients[1]
@@ -357,10 +361,12 @@ async fn a_silently_dead_subscription_is_caught_by_the_probe() {
     let mut client = WsClient::connect(n1.addr, None).await;
     client.subscribe("news").await;
     post_json(n1.addr, "/api/publish", json!({"channel":"news","data":"before"})).await;
-    assert_eq!(client.recv_json().await["data"], "before");
+    let before = client.recv_json().await;
+    assert_eq!(before["data"], "before");
 
     // The pub/sub connection stays open, but nothing reaches the node.
     proxy.silence_current_subscribers();
+    let silenced = Instant::now();
     let answer = post_json(
         n1.addr,
         "/api/publish",
@@ -371,17 +377,32 @@ async fn a_silently_dead_subscription_is_caught_by_the_probe() {
         answer.status, 200,
         "publishing still works; only receiving is dead"
     );
-    // Probe every 1 s, 3 s to come back: recovered by itself well within 10 s.
-    let took = until_delivered(n1.addr, &mut client, Duration::from_secs(10)).await;
+    // Probe every 1 s, 3 s to come back: the node notices by itself...
+    let addr = n1.addr;
+    eventually_within(
+        "the probe fails and the node reconnects",
+        Duration::from_secs(10),
+        async || metric_of(addr, "gateway_broker_reconnects_total").await == 1.0,
+    )
+    .await;
     assert!(
-        took >= Duration::from_secs(2),
-        "recovered through the probe, not by luck: {took:?}"
+        silenced.elapsed() >= Duration::from_secs(2),
+        "found by the probe, not by luck"
     );
     assert_eq!(
         metric_of(n1.addr, "gateway_broker_probe_failures_total").await,
         1.0
     );
-    assert_eq!(metric_of(n1.addr, "gateway_broker_reconnects_total").await, 1.0);
+    // ...and fills what it missed from history: the client gets it without
+    // anything else being published, at the next offset.
+    let swallowed = client.recv_json().await;
+    assert_eq!(swallowed["data"], "swallowed", "{swallowed}");
+    assert_eq!(
+        position(&swallowed),
+        (position(&before).0, position(&before).1 + 1)
+    );
+    post_json(n1.addr, "/api/publish", json!({"channel":"news","data":"after"})).await;
+    assert_eq!(position(&client.recv_json().await).1, position(&before).1 + 2);
 }
 
 #[tokio::test]

@@ -30,17 +30,19 @@ async fn json_connect_subscribe_publish_unsubscribe() {
     assert!(connected["client"].as_str().is_some_and(|c| !c.is_empty()));
 
     // Bob never sends connect: anonymous from his first command.
+    let subscribed = bob
+        .request(json!({"type":"subscribe","id":2,"channel":"news"}))
+        .await;
     assert_eq!(
-        bob.request(json!({"type":"subscribe","id":2,"channel":"news"}))
-            .await,
+        without(&subscribed, &["epoch", "offset"]),
         json!({"type":"subscribed","id":2,"channel":"news"})
     );
-    assert_eq!(
-        alice
-            .request(json!({"type":"subscribe","id":2,"channel":"news"}))
-            .await,
-        json!({"type":"subscribed","id":2,"channel":"news"})
-    );
+    let (epoch, offset) = position(&subscribed);
+    assert_eq!(offset, 0, "nothing published on the channel yet");
+    let subscribed = alice
+        .request(json!({"type":"subscribe","id":2,"channel":"news"}))
+        .await;
+    assert_eq!(position(&subscribed), (epoch.clone(), 0));
 
     let published = alice
         .request(json!({"type":"publish","id":4,"channel":"news","data":{"text":"hi","n":[1,2]}}))
@@ -48,17 +50,22 @@ async fn json_connect_subscribe_publish_unsubscribe() {
     // The publisher is subscribed too: it gets the message and the reply.
     let mut got = vec![published, alice.recv_json().await];
     got.sort_by_key(|v| v["type"].as_str().unwrap_or_default().to_string());
+    assert!(got.iter().all(|v| position(v) == (epoch.clone(), 1)), "{got:?}");
     assert_eq!(
-        got,
+        got.iter()
+            .map(|v| without(v, &["epoch", "offset"]))
+            .collect::<Vec<_>>(),
         vec![
             json!({"type":"message","channel":"news","data":{"text":"hi","n":[1,2]}}),
             json!({"type":"published","id":4,"channel":"news"}),
         ]
     );
+    let message = bob.recv_json().await;
     assert_eq!(
-        bob.recv_json().await,
+        without(&message, &["epoch", "offset"]),
         json!({"type":"message","channel":"news","data":{"text":"hi","n":[1,2]}})
     );
+    assert_eq!(position(&message), (epoch, 1));
 
     assert_eq!(
         bob.request(json!({"type":"unsubscribe","id":3,"channel":"news"}))
@@ -142,10 +149,12 @@ async fn protobuf_subscribe_publish_and_cross_encoding_delivery() {
         }
     }
     assert!(saw_reply && saw_message);
+    let message = json_client.recv_json().await;
     assert_eq!(
-        json_client.recv_json().await,
+        without(&message, &["epoch", "offset"]),
         json!({"type":"message","channel":"bin","data_b64":"AJ//"})
     );
+    assert_eq!(position(&message).1, 1);
 
     // JSON published by a JSON client reaches protobuf clients as its bytes.
     json_client
@@ -170,35 +179,139 @@ async fn protobuf_subscribe_publish_and_cross_encoding_delivery() {
     assert_eq!((m.id, matches!(m.kind, Some(Kind::Pong(_)))), (Some(5), true));
 }
 
+/// Publishes `n` numbered messages over HTTP; returns the last position.
+async fn publish_numbered(
+    addr: std::net::SocketAddr,
+    channel: &str,
+    range: std::ops::Range<u64>,
+) -> (String, u64) {
+    let mut last = (String::new(), 0);
+    for i in range {
+        let answer = post_json(addr, "/api/publish", json!({"channel":channel,"data":i})).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        last = position(&answer.json());
+    }
+    last
+}
+
 #[tokio::test]
-async fn subscribe_with_since_is_answered_not_recovered() {
+async fn recovery_replays_exactly_what_was_missed() {
     let gw = start(test_config()).await;
-    let mut client = WsClient::connect(gw.local_addr(), None).await;
-    let reply = client
-        .request(json!({"type":"subscribe","id":1,"channel":"news","since":{"epoch":"e","offset":3}}))
+    let addr = gw.local_addr();
+    let mut client = WsClient::connect(addr, None).await;
+    client.subscribe("news").await;
+    let (epoch, _) = publish_numbered(addr, "news", 1..6).await;
+    for i in 1..6 {
+        let m = client.recv_json().await;
+        assert_eq!((m["data"].as_u64(), position(&m)), (Some(i), (epoch.clone(), i)));
+    }
+    drop(client);
+    publish_numbered(addr, "news", 6..9).await;
+
+    let mut back = WsClient::connect(addr, None).await;
+    let reply = back
+        .request(json!({"type":"subscribe","id":7,"channel":"news","since":{"epoch":epoch,"offset":5}}))
         .await;
     assert_eq!(
         reply,
-        json!({"type":"subscribed","id":1,"channel":"news","recovered":false})
+        json!({"type":"subscribed","id":7,"channel":"news","epoch":epoch,"offset":8,"recovered":true})
+    );
+    publish_numbered(addr, "news", 9..10).await;
+    for i in 6..10 {
+        let m = back.recv_json().await;
+        assert_eq!(
+            (m["type"].as_str(), m["data"].as_u64(), position(&m).1),
+            (Some("message"), Some(i), i)
+        );
+    }
+    assert_eq!(
+        back.request(json!({"type":"ping","id":1})).await,
+        json!({"type":"pong","id":1}),
+        "no duplicate"
     );
 
-    let mut proto = WsClient::connect(gw.local_addr(), Some("pubsub.v1.proto")).await;
+    // Another epoch: nothing replayed, told to resync.
+    let mut other = WsClient::connect(addr, None).await;
+    let reply = other
+        .request(json!({"type":"subscribe","id":8,"channel":"news","since":{"epoch":"not-it","offset":5}}))
+        .await;
+    assert_eq!(reply["recovered"], false);
+    assert_eq!(position(&reply), (epoch.clone(), 9));
+    assert_eq!(
+        other.request(json!({"type":"ping","id":2})).await,
+        json!({"type":"pong","id":2}),
+        "no partial replay"
+    );
+}
+
+#[tokio::test]
+async fn recovery_beyond_the_history_window_is_refused_whole() {
+    let mut config = test_config();
+    config.namespaces.global.history_size = 3;
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    let (epoch, last) = publish_numbered(addr, "short", 1..11).await;
+    assert_eq!(last, 10);
+    let mut client = WsClient::connect(addr, None).await;
+    // Offsets 3..=10 missed, but only 8..=10 are kept: no partial replay.
+    let reply = client
+        .request(json!({"type":"subscribe","id":1,"channel":"short","since":{"epoch":epoch,"offset":2}}))
+        .await;
+    assert_eq!(
+        (reply["recovered"].as_bool(), position(&reply)),
+        (Some(false), (epoch.clone(), 10))
+    );
+    assert_eq!(
+        client.request(json!({"type":"ping","id":2})).await,
+        json!({"type":"pong","id":2})
+    );
+    // Within the window it works.
+    let mut near = WsClient::connect(addr, None).await;
+    let reply = near
+        .request(json!({"type":"subscribe","id":1,"channel":"short","since":{"epoch":epoch,"offset":7}}))
+        .await;
+    assert_eq!(reply["recovered"], true);
+    for i in 8..11 {
+        assert_eq!(near.recv_json().await["data"], i);
+    }
+}
+
+#[tokio::test]
+async fn recovery_over_protobuf() {
+    let gw = start(test_config()).await;
+    let addr = gw.local_addr();
+    let (epoch, _) = publish_numbered(addr, "pb", 1..4).await;
+    let mut proto = WsClient::connect(addr, Some("pubsub.v1.proto")).await;
     let since = Some(StreamPosition {
-        epoch: "e".into(),
-        offset: 3,
+        epoch: epoch.clone(),
+        offset: 1,
     });
     proto
         .send(pb_frame(
             Some(1),
             Command::Subscribe {
-                channel: ch("news"),
+                channel: ch("pb"),
                 since,
             },
         ))
         .await;
-    assert!(
-        matches!(pb_next(&mut proto).await.kind, Some(Kind::Subscribed(s)) if s.recovered == Some(false))
-    );
+    match pb_next(&mut proto).await.kind {
+        Some(Kind::Subscribed(s)) => {
+            assert_eq!(
+                (s.recovered, s.offset, s.epoch.as_deref()),
+                (Some(true), Some(3), Some(epoch.as_str()))
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    for i in 2..4u64 {
+        match pb_next(&mut proto).await.kind {
+            Some(Kind::Message(m)) => {
+                assert_eq!((m.offset, m.data), (Some(i), bytes::Bytes::from(i.to_string())))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]

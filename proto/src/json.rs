@@ -261,6 +261,18 @@ pub fn encode_reply(msg: &ServerMessage) -> String {
             message: Some(message),
             ..Out::default()
         },
+        Reply::Gap {
+            channel,
+            epoch,
+            offset,
+        } => Out {
+            kind: "gap",
+            id,
+            channel: Some(channel.as_str()),
+            epoch: Some(epoch),
+            offset: Some(*offset),
+            ..Out::default()
+        },
     };
     // Serializing a struct of strings and integers into a String cannot fail.
     serde_json::to_string(&out).unwrap_or_else(|_| String::from(r#"{"type":"error","code":"internal"}"#))
@@ -566,6 +578,17 @@ mod tests {
                     reply: Reply::Pong,
                 },
                 json!({"type":"pong"}),
+            ),
+            (
+                ServerMessage {
+                    id: None,
+                    reply: Reply::Gap {
+                        channel: ch("news"),
+                        epoch: "e2".into(),
+                        offset: 0,
+                    },
+                },
+                json!({"type":"gap","channel":"news","epoch":"e2","offset":0}),
             ),
             (
                 ServerMessage::error(None, ErrorCode::Unavailable, "broker \"down\""),

@@ -110,6 +110,14 @@ pub enum Reply {
         code: ErrorCode,
         message: String,
     },
+    /// Publications up to `offset` in `epoch` could not be delivered (the
+    /// node could not fill a hole from history); the stream continues after
+    /// `offset`. The client should resync its state from its backend.
+    Gap {
+        channel: ChannelName,
+        epoch: String,
+        offset: u64,
+    },
 }
 
 /// A publication on a channel, as delivered to subscribers.

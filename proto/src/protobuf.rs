@@ -117,6 +117,15 @@ pub fn encode_reply(msg: &ServerMessage) -> Vec<u8> {
             code: code.as_str().to_owned(),
             message: message.clone(),
         }),
+        Reply::Gap {
+            channel,
+            epoch,
+            offset,
+        } => K::Gap(pb::Gap {
+            channel: channel.to_string(),
+            epoch: epoch.clone(),
+            offset: *offset,
+        }),
     };
     pb::ServerMessage {
         id: msg.id,

@@ -16,6 +16,7 @@
 
 mod names;
 mod push;
+mod streams;
 mod supervisor;
 
 use std::sync::Arc;
@@ -28,7 +29,9 @@ use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, IntoConnectionInfo, ProtocolVersion, RedisError, ServerErrorKind};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::{BoxFuture, Broker, BrokerError, BrokerMetrics, Health, Listener, Published};
+use crate::{
+    BoxFuture, Broker, BrokerError, BrokerMetrics, Health, History, Listener, Published, StreamOptions,
+};
 use names::Names;
 pub use names::validate_prefix;
 use supervisor::Control;
@@ -83,6 +86,7 @@ struct Shared {
     metrics: BrokerMetrics,
     /// The publishing connection while connected.
     publisher: RwLock<Option<MultiplexedConnection>>,
+    scripts: streams::Scripts,
     health: watch::Sender<Health>,
 }
 
@@ -138,6 +142,7 @@ impl RedisBroker {
             listener,
             metrics,
             publisher: RwLock::new(None),
+            scripts: streams::Scripts::new(),
             health: watch::Sender::new(Health::down("connecting to Redis")),
         });
         let (control, requests) = mpsc::unbounded_channel();
@@ -162,7 +167,12 @@ impl RedisBroker {
 }
 
 impl Broker for RedisBroker {
-    fn publish(&self, channel: ChannelName, data: Bytes) -> BoxFuture<'_, Result<Published, BrokerError>> {
+    fn publish(
+        &self,
+        channel: ChannelName,
+        data: Bytes,
+        options: StreamOptions,
+    ) -> BoxFuture<'_, Result<Published, BrokerError>> {
         let connection = self.shared.publisher.read().clone();
         let shared = self.shared.clone();
         Box::pin(async move {
@@ -174,18 +184,47 @@ impl Broker for RedisBroker {
                 .map(|d| d.as_micros() as u64)
                 .unwrap_or(0);
             let redis_channel = shared.names.channel(channel.as_str());
+            let (meta, stream) = shared.names.stream_keys(channel.as_str());
             let payload = envelope::encode(
                 &Publication::new(channel, data),
                 &shared.config.node_id,
                 published_at_us,
             );
-            redis::cmd("PUBLISH")
-                .arg(redis_channel)
-                .arg(payload)
-                .query_async::<i64>(&mut connection)
-                .await
-                .map_err(classify)?;
-            Ok(Published::default())
+            streams::publish(
+                &shared.scripts,
+                &mut connection,
+                (&meta, &stream),
+                &redis_channel,
+                payload,
+                options,
+            )
+            .await
+            .map_err(classify)
+        })
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        since: Option<u64>,
+        limit: usize,
+        options: StreamOptions,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        let connection = self.shared.publisher.read().clone();
+        Box::pin(async move {
+            let Some(mut connection) = connection else {
+                return Err(BrokerError::Unavailable("not connected to Redis".into()));
+            };
+            let (meta, stream) = self.shared.names.stream_keys(channel.as_str());
+            streams::history(
+                &self.shared.scripts,
+                &mut connection,
+                (&meta, &stream),
+                since,
+                limit,
+                options,
+            )
+            .await
         })
     }
 

@@ -25,6 +25,14 @@ impl Names {
         format!("{}:{{{channel}}}", self.prefix)
     }
 
+    /// The keys of a channel's stream: (meta hash, history stream).
+    pub fn stream_keys(&self, channel: &str) -> (String, String) {
+        (
+            format!("{}:{{{channel}}}:m", self.prefix),
+            format!("{}:{{{channel}}}:s", self.prefix),
+        )
+    }
+
     /// This node's probe channel.
     pub fn probe(&self) -> &str {
         &self.probe
@@ -55,6 +63,10 @@ mod tests {
         assert_eq!(names.channel("news"), "gw:{news}");
         assert_eq!(names.channel("chat:room#1"), "gw:{chat:room#1}");
         assert_eq!(names.probe(), "gw:!probe:node-1");
+        assert_eq!(
+            names.stream_keys("news"),
+            ("gw:{news}:m".to_string(), "gw:{news}:s".to_string())
+        );
         assert!(validate_prefix("prod.eu:gw").is_ok());
         assert!(validate_prefix("").is_err());
         assert!(validate_prefix("a{b}").is_err());

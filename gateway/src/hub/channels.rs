@@ -1,79 +1,151 @@
-//! The channel table: which local peers subscribe to which channel, and the
-//! fan-out of incoming publications to them.
+//! The channel table: which local peers subscribe to which channel, each
+//! channel's stream state, and the fan-out of what arrives.
 //!
-//! A peer joining a channel whose broker subscription is not confirmed yet
-//! waits in the entry's `waiting` list; the subscription manager activates
-//! the entry once the broker confirmed (or fails it). A publication is handed
-//! to every active subscriber's outbox while the shard lock is held, which
-//! keeps per-channel order identical for all subscribers and never waits on
-//! a socket.
+//! Everything about one channel changes under its shard lock: the fan-out,
+//! joins and leaves, activation, repairs. That single lock is what makes the
+//! guarantees simple to state:
+//! - a peer joining a channel is positioned at the stream's current offset
+//!   at that instant; from then on it receives every later publication,
+//!   in order, without duplicates (recovery is merged in `finish_sync`);
+//! - no publication reaches a peer before its `subscribed` reply (while
+//!   syncing, the peer's share is buffered in its subscriber entry);
+//! - no publication reaches a peer after it left.
+//!
+//! Nothing here waits: a peer's outbox never blocks the fan-out, history
+//! reads happen in the repair task, broker subscriptions in the manager.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
-use broker_adapter::{BrokerError, BrokerEvent, Listener};
-use metrics::Gauge;
+use broker_adapter::{BrokerError, BrokerEvent, History, Listener, StreamOptions};
+use metrics::{Counter, Gauge};
 use parking_lot::Mutex;
-use pubsub_proto::{ChannelName, Publication};
+use pubsub_proto::{ChannelName, Publication, close};
 use tokio::sync::{mpsc, oneshot};
 
+use super::stream::{Arrival, Output, Stream};
 use crate::delivery::Delivery;
-use crate::outbox::Outgoing;
+use crate::outbox::{CloseRequest, Outgoing};
 use crate::peer::Peer;
 
 const SHARDS: usize = 64;
 
+/// Where a joining peer starts: the last offset of the channel delivered to
+/// local subscribers when it joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub epoch: Arc<str>,
+    pub offset: u64,
+}
+
 /// The outcome of a join: at once, or once the broker confirmed.
 pub enum Join {
-    Joined,
-    Waiting(oneshot::Receiver<Result<(), BrokerError>>),
+    Joined(Joined),
+    Waiting(oneshot::Receiver<Result<Joined, BrokerError>>),
+}
+
+/// One local peer on one channel.
+struct Subscriber {
+    peer: Arc<Peer>,
+    /// Until the session finished its recovery read: what arrived meanwhile.
+    syncing: Option<Vec<Arc<Delivery>>>,
+    /// Publications at or below this offset are not sent (the client has
+    /// them already). Reset when the epoch changes.
+    floor: u64,
 }
 
 struct Waiter {
     peer: Arc<Peer>,
-    /// Queued to the peer at the moment it becomes a subscriber, so nothing
-    /// published on the channel can reach the peer before it.
-    first: Outgoing,
-    done: oneshot::Sender<Result<(), BrokerError>>,
+    done: oneshot::Sender<Result<Joined, BrokerError>>,
 }
 
-#[derive(Default)]
 struct Entry {
-    subscribers: Vec<Arc<Peer>>,
+    subscribers: Vec<Subscriber>,
     waiting: Vec<Waiter>,
-    /// The broker subscription for this channel is confirmed.
-    active: bool,
+    stream: Stream,
+    options: StreamOptions,
 }
 
 impl Entry {
     fn is_empty(&self) -> bool {
         self.subscribers.is_empty() && self.waiting.is_empty()
     }
+
+    /// Hands stream output to every subscriber, in order.
+    fn fan_out(&mut self, channel: &ChannelName, outputs: Vec<Output>, counters: &Counters) {
+        for output in outputs {
+            let delivery = match output {
+                Output::Publication(publication) => Delivery::new(publication),
+                Output::Gap { epoch, offset } => {
+                    counters.gap_notices.increment(1);
+                    for subscriber in &mut self.subscribers {
+                        subscriber.floor = 0;
+                    }
+                    Delivery::gap(channel.clone(), epoch, offset)
+                }
+            };
+            for subscriber in &mut self.subscribers {
+                subscriber.offer(&delivery);
+            }
+        }
+    }
 }
 
-/// Local subscribers per channel, sharded by channel name.
+impl Subscriber {
+    fn offer(&mut self, delivery: &Arc<Delivery>) {
+        if let Some(buffer) = &mut self.syncing {
+            if buffer.len() >= self.peer.outbox.max_messages() {
+                self.syncing = None;
+                self.peer.outbox.close(CloseRequest {
+                    code: close::SLOW_CONSUMER,
+                    reason: "slow consumer: too much arrived while recovering",
+                    flush_queue: false,
+                });
+                return;
+            }
+            buffer.push(delivery.clone());
+            return;
+        }
+        if delivery.offset().is_some_and(|o| o <= self.floor) {
+            return;
+        }
+        // An overflowing peer closes itself (4008); the others go on.
+        self.peer.outbox.push(Outgoing::Publication(delivery.clone()));
+    }
+}
+
+/// Counters the table keeps.
+pub struct Counters {
+    pub subscriptions: Gauge,
+    pub channels: Gauge,
+    pub gap_notices: Counter,
+    pub repairs: Counter,
+}
+
+/// Local subscribers and stream state per channel, sharded by channel name.
 pub struct Channels {
     shards: Box<[Mutex<HashMap<ChannelName, Entry>>]>,
     hasher: RandomState,
     /// Channels whose wanted broker state may have changed, for the manager.
     dirty: mpsc::UnboundedSender<ChannelName>,
-    subscriptions_gauge: Gauge,
-    channels_gauge: Gauge,
+    /// Channels whose history must be read, for the repair task.
+    repairs: mpsc::UnboundedSender<ChannelName>,
+    counters: Counters,
 }
 
 impl Channels {
     pub fn new(
         dirty: mpsc::UnboundedSender<ChannelName>,
-        subscriptions_gauge: Gauge,
-        channels_gauge: Gauge,
+        repairs: mpsc::UnboundedSender<ChannelName>,
+        counters: Counters,
     ) -> Channels {
         Channels {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             dirty,
-            subscriptions_gauge,
-            channels_gauge,
+            repairs,
+            counters,
         }
     }
 
@@ -81,32 +153,79 @@ impl Channels {
         &self.shards[self.hasher.hash_one(channel) as usize % SHARDS]
     }
 
-    /// Adds `peer` as a subscriber of `channel`, queueing `first` to it at
-    /// that moment. Joins at once when the broker subscription exists.
-    pub fn join(&self, channel: &ChannelName, peer: &Arc<Peer>, first: Outgoing) -> Join {
+    /// Adds `peer` to `channel` in syncing mode: what arrives from now on is
+    /// buffered for it until [`Channels::finish_sync`]. Joins at once when
+    /// the channel's position is known; otherwise waits for the manager.
+    pub fn join(&self, channel: &ChannelName, peer: &Arc<Peer>, options: StreamOptions) -> Join {
         let mut shard = self.shard(channel.as_str()).lock();
         let entry = match shard.get_mut(channel.as_str()) {
             Some(entry) => entry,
             None => {
-                self.channels_gauge.increment(1.0);
+                self.counters.channels.increment(1.0);
                 // A new entry needs the broker: tell the manager.
                 let _ = self.dirty.send(channel.clone());
-                shard.entry(channel.clone()).or_default()
+                shard.entry(channel.clone()).or_insert_with(|| Entry {
+                    subscribers: Vec::new(),
+                    waiting: Vec::new(),
+                    stream: Stream::default(),
+                    options,
+                })
             }
         };
-        if entry.active {
-            peer.outbox.push(first);
-            entry.subscribers.push(peer.clone());
-            self.subscriptions_gauge.increment(1.0);
-            return Join::Joined;
+        match entry.stream.position() {
+            Some((epoch, offset)) => {
+                entry.subscribers.push(Subscriber {
+                    peer: peer.clone(),
+                    syncing: Some(Vec::new()),
+                    floor: offset,
+                });
+                self.counters.subscriptions.increment(1.0);
+                Join::Joined(Joined { epoch, offset })
+            }
+            None => {
+                let (done, wait) = oneshot::channel();
+                entry.waiting.push(Waiter {
+                    peer: peer.clone(),
+                    done,
+                });
+                Join::Waiting(wait)
+            }
         }
-        let (done, wait) = oneshot::channel();
-        entry.waiting.push(Waiter {
-            peer: peer.clone(),
-            first,
-            done,
-        });
-        Join::Waiting(wait)
+    }
+
+    /// Ends `peer_id`'s sync on `channel`: queues `first` (the `subscribed`
+    /// reply), then `replay` (recovered publications), then what arrived
+    /// since it joined, skipping anything at or below `floor`.
+    pub fn finish_sync(
+        &self,
+        channel: &ChannelName,
+        peer_id: u64,
+        first: Outgoing,
+        replay: Vec<Publication>,
+        floor: u64,
+    ) {
+        let mut shard = self.shard(channel.as_str()).lock();
+        let Some(subscriber) = shard
+            .get_mut(channel.as_str())
+            .and_then(|entry| entry.subscribers.iter_mut().find(|s| s.peer.id == peer_id))
+        else {
+            return;
+        };
+        let outbox = &subscriber.peer.outbox;
+        outbox.push(first);
+        for publication in replay {
+            outbox.push(Outgoing::Publication(Delivery::new(publication)));
+        }
+        subscriber.floor = floor;
+        for delivery in subscriber.syncing.take().unwrap_or_default() {
+            if delivery.offset().is_some_and(|o| o <= subscriber.floor) {
+                continue;
+            }
+            if delivery.is_gap() {
+                subscriber.floor = 0;
+            }
+            outbox.push(Outgoing::Publication(delivery));
+        }
     }
 
     /// Removes `peer_id` from `channel`, as subscriber or waiter.
@@ -115,15 +234,15 @@ impl Channels {
         let Some(entry) = shard.get_mut(channel.as_str()) else {
             return;
         };
-        if let Some(i) = entry.subscribers.iter().position(|p| p.id == peer_id) {
+        if let Some(i) = entry.subscribers.iter().position(|s| s.peer.id == peer_id) {
             entry.subscribers.swap_remove(i);
-            self.subscriptions_gauge.decrement(1.0);
+            self.counters.subscriptions.decrement(1.0);
         } else {
             entry.waiting.retain(|w| w.peer.id != peer_id);
         }
         if entry.is_empty() {
             shard.remove(channel.as_str());
-            self.channels_gauge.decrement(1.0);
+            self.counters.channels.decrement(1.0);
             let _ = self.dirty.send(channel.clone());
         }
     }
@@ -133,31 +252,50 @@ impl Channels {
         self.shard(channel.as_str()).lock().contains_key(channel.as_str())
     }
 
-    /// The broker subscription for `channel` is confirmed: waiters become
-    /// subscribers and their joins resolve.
-    pub fn activate(&self, channel: &ChannelName) {
+    /// The stream options of a channel's entry.
+    pub fn options(&self, channel: &ChannelName) -> Option<StreamOptions> {
+        self.shard(channel.as_str())
+            .lock()
+            .get(channel.as_str())
+            .map(|e| e.options)
+    }
+
+    /// The broker subscription is confirmed and the position read: the
+    /// stream goes live there and waiters join at the resulting offset.
+    pub fn activate(&self, channel: &ChannelName, position: &History) {
         let mut shard = self.shard(channel.as_str()).lock();
         let Some(entry) = shard.get_mut(channel.as_str()) else {
             return;
         };
-        entry.active = true;
+        let outputs = entry.stream.positioned(position);
+        entry.fan_out(channel, outputs, &self.counters);
+        let Some((epoch, offset)) = entry.stream.position() else {
+            return;
+        };
         for waiter in entry.waiting.drain(..) {
+            let joined = Joined {
+                epoch: epoch.clone(),
+                offset,
+            };
             // A waiter whose session ended meanwhile is dropped here.
-            if waiter.done.send(Ok(())).is_ok() {
-                waiter.peer.outbox.push(waiter.first);
-                entry.subscribers.push(waiter.peer);
-                self.subscriptions_gauge.increment(1.0);
+            if waiter.done.send(Ok(joined)).is_ok() {
+                entry.subscribers.push(Subscriber {
+                    peer: waiter.peer,
+                    syncing: Some(Vec::new()),
+                    floor: offset,
+                });
+                self.counters.subscriptions.increment(1.0);
             }
         }
         if entry.is_empty() {
             shard.remove(channel.as_str());
-            self.channels_gauge.decrement(1.0);
+            self.counters.channels.decrement(1.0);
             let _ = self.dirty.send(channel.clone());
         }
     }
 
-    /// The broker refused or failed to subscribe `channel`: its waiters get
-    /// the error, and the entry goes if nobody else is on it.
+    /// The broker could not subscribe `channel` (or read its position): its
+    /// waiters get the error, and the entry goes if nobody else is on it.
     pub fn fail(&self, channel: &ChannelName, error: &BrokerError) {
         let mut shard = self.shard(channel.as_str()).lock();
         let Some(entry) = shard.get_mut(channel.as_str()) else {
@@ -168,36 +306,71 @@ impl Channels {
         }
         if entry.is_empty() {
             shard.remove(channel.as_str());
-            self.channels_gauge.decrement(1.0);
+            self.counters.channels.decrement(1.0);
+            // The broker may hold a subscription for it: let the manager check.
+            let _ = self.dirty.send(channel.clone());
         }
+    }
+
+    /// Where a repair of `channel` reads history from, and how.
+    pub fn repair_point(&self, channel: &ChannelName) -> Option<(u64, StreamOptions)> {
+        let shard = self.shard(channel.as_str()).lock();
+        let entry = shard.get(channel.as_str())?;
+        entry.stream.repair_from().map(|last| (last, entry.options))
+    }
+
+    /// The history read for a repair of `channel` came back.
+    pub fn repaired(&self, channel: &ChannelName, history: Result<History, BrokerError>) {
+        let mut shard = self.shard(channel.as_str()).lock();
+        let Some(entry) = shard.get_mut(channel.as_str()) else {
+            return;
+        };
+        self.counters.repairs.increment(1);
+        let outputs = entry.stream.repaired(history);
+        entry.fan_out(channel, outputs, &self.counters);
     }
 
     /// Number of channels with local subscribers or waiters.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
+
+    /// Puts every live channel into repair (the broker connection came back
+    /// and publications may have been missed).
+    fn repair_all(&self) {
+        for shard in self.shards.iter() {
+            for (channel, entry) in shard.lock().iter_mut() {
+                if entry.stream.start_repair() {
+                    let _ = self.repairs.send(channel.clone());
+                }
+            }
+        }
+    }
 }
 
 impl Listener for Channels {
     fn on_publication(&self, publication: Publication) {
-        let shard = self.shard(publication.channel.as_str()).lock();
-        let Some(entry) = shard.get(publication.channel.as_str()) else {
+        let channel = publication.channel.clone();
+        let mut shard = self.shard(channel.as_str()).lock();
+        let Some(entry) = shard.get_mut(channel.as_str()) else {
             return;
         };
-        if entry.subscribers.is_empty() {
-            return;
-        }
-        let delivery = Delivery::new(publication);
-        for peer in &entry.subscribers {
-            // An overflowing peer closes itself (4008); the others go on.
-            peer.outbox.push(Outgoing::Publication(delivery.clone()));
+        match entry.stream.arrive(publication) {
+            Arrival::Deliver(outputs) => entry.fan_out(&channel, outputs, &self.counters),
+            Arrival::Held => {}
+            Arrival::NeedsRepair => {
+                let _ = self.repairs.send(channel);
+            }
         }
     }
 
     fn on_event(&self, event: BrokerEvent) {
         match event {
             BrokerEvent::Lost { reason } => tracing::warn!(%reason, "broker connection lost"),
-            BrokerEvent::Restored => tracing::info!("broker connection restored"),
+            BrokerEvent::Restored => {
+                tracing::info!("broker connection restored: catching up every channel from history");
+                self.repair_all();
+            }
         }
     }
 }

@@ -3,26 +3,34 @@
 //! Sessions and the HTTP API talk to the hub, never to the broker directly.
 //! The hub keeps one broker subscription per channel with local subscribers
 //! (reference-counted through the channel table, driven by the subscription
-//! manager) and checks publications before they go to the broker.
+//! manager), keeps each channel's stream gap-free for local subscribers
+//! (the repair task reads history when a hole appears or after an outage),
+//! and plans client recovery.
 //!
 //! Data flow: session → hub → broker → (every node's) hub → outboxes →
 //! sessions.
 
 mod channels;
+mod recovery;
+mod repair;
+mod stream;
 mod subscriptions;
 
 use std::sync::Arc;
 
-use broker_adapter::{Broker, BrokerError, Health, Listener, Published};
+use broker_adapter::{Broker, BrokerError, Health, History, Listener, Published};
 use bytes::Bytes;
-use pubsub_proto::ChannelName;
+use pubsub_proto::{ChannelName, StreamPosition};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
+use crate::namespaces::Namespaces;
 use crate::outbox::Outgoing;
 use crate::peer::Peer;
-use channels::{Channels, Join};
+pub use channels::Joined;
+use channels::{Channels, Counters, Join};
+pub use recovery::Plan;
 
 /// Where a publication came from, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,50 +53,80 @@ pub struct Hub {
     channels: Arc<Channels>,
     broker: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
+    namespaces: Namespaces,
     max_publication_size: usize,
 }
 
 impl Hub {
     /// Builds the hub around the broker that `make_broker` creates (given
     /// the listener it must deliver into) and starts the subscription
-    /// manager.
+    /// manager and the repair task.
     pub fn start(
         metrics: Arc<Metrics>,
+        namespaces: Namespaces,
         max_publication_size: usize,
         make_broker: impl FnOnce(Arc<dyn Listener>) -> Arc<dyn Broker>,
-    ) -> (Hub, JoinHandle<()>) {
+    ) -> (Hub, Vec<JoinHandle<()>>) {
         let (dirty_tx, dirty_rx) = mpsc::unbounded_channel();
-        let channels = Arc::new(Channels::new(
-            dirty_tx,
-            metrics.subscriptions.clone(),
-            metrics.channels.clone(),
-        ));
+        let (repair_tx, repair_rx) = mpsc::unbounded_channel();
+        let counters = Counters {
+            subscriptions: metrics.subscriptions.clone(),
+            channels: metrics.channels.clone(),
+            gap_notices: metrics.gap_notices.clone(),
+            repairs: metrics.repairs.clone(),
+        };
+        let channels = Arc::new(Channels::new(dirty_tx, repair_tx, counters));
         let broker = make_broker(channels.clone());
-        let manager = tokio::spawn(subscriptions::run(channels.clone(), broker.clone(), dirty_rx));
+        let tasks = vec![
+            tokio::spawn(subscriptions::run(channels.clone(), broker.clone(), dirty_rx)),
+            tokio::spawn(repair::run(channels.clone(), broker.clone(), repair_rx)),
+        ];
         let hub = Hub {
             channels,
             broker,
             metrics,
+            namespaces,
             max_publication_size,
         };
-        (hub, manager)
+        (hub, tasks)
     }
 
-    /// Subscribes `peer` to `channel`. `first` (the `subscribed` reply) is
-    /// queued to the peer before any publication on the channel. Resolves
-    /// once the broker subscription is confirmed.
-    pub async fn subscribe(
-        &self,
-        channel: &ChannelName,
-        peer: &Arc<Peer>,
-        first: Outgoing,
-    ) -> Result<(), BrokerError> {
-        match self.channels.join(channel, peer, first) {
-            Join::Joined => Ok(()),
+    /// Joins `peer` to `channel` in syncing mode: what arrives from now on
+    /// waits for [`Hub::finish_subscribe`]. Resolves with the position the
+    /// peer joined at, once the broker subscription is confirmed.
+    pub async fn subscribe(&self, channel: &ChannelName, peer: &Arc<Peer>) -> Result<Joined, BrokerError> {
+        let options = self.namespaces.of(channel).stream_options();
+        match self.channels.join(channel, peer, options) {
+            Join::Joined(joined) => Ok(joined),
             Join::Waiting(done) => done
                 .await
                 .unwrap_or_else(|_| Err(BrokerError::Internal("subscription manager stopped".into()))),
         }
+    }
+
+    /// Decides what a joined peer gets: with `since`, reads history and
+    /// plans an exact replay or reports that recovery is impossible.
+    pub async fn plan_recovery(
+        &self,
+        channel: &ChannelName,
+        joined: &Joined,
+        since: Option<StreamPosition>,
+    ) -> Result<Plan, BrokerError> {
+        let options = self.namespaces.of(channel).stream_options();
+        let history = match recovery::need(joined, since.as_ref(), options.history_size) {
+            recovery::Need::Nothing => None,
+            recovery::Need::History { since, limit } => {
+                Some(self.broker.history(channel, Some(since), limit, options).await?)
+            }
+        };
+        Ok(recovery::plan(joined, since, history))
+    }
+
+    /// Ends a subscribe: queues `first` (the `subscribed` reply), the
+    /// planned replay, then everything that arrived since the join.
+    pub fn finish_subscribe(&self, channel: &ChannelName, peer_id: u64, first: Outgoing, plan: Plan) {
+        self.channels
+            .finish_sync(channel, peer_id, first, plan.replay, plan.floor);
     }
 
     /// Removes `peer_id` from `channel`. Never waits.
@@ -96,7 +134,8 @@ impl Hub {
         self.channels.leave(channel, peer_id);
     }
 
-    /// Publishes `data` on `channel` through the broker.
+    /// Publishes `data` on `channel` through the broker, as the channel's
+    /// next offset.
     pub async fn publish(
         &self,
         channel: ChannelName,
@@ -109,12 +148,24 @@ impl Hub {
                 limit: self.max_publication_size,
             });
         }
-        let published = self.broker.publish(channel, data).await?;
+        let options = self.namespaces.of(&channel).stream_options();
+        let published = self.broker.publish(channel, data, options).await?;
         match source {
             Source::Api => self.metrics.published_api.increment(1),
             Source::Client => self.metrics.published_client.increment(1),
         }
         Ok(published)
+    }
+
+    /// A channel's position and, with `since`, its history after it.
+    pub async fn history(
+        &self,
+        channel: &ChannelName,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<History, BrokerError> {
+        let options = self.namespaces.of(channel).stream_options();
+        self.broker.history(channel, since, limit, options).await
     }
 
     /// The broker's health, updated as it changes.

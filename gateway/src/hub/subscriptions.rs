@@ -7,11 +7,16 @@
 //! broker sees the operations on one channel in order (an unsubscribe can
 //! never overtake the subscribe that follows it), and many changes at once
 //! (a mass reconnect) become a few batched calls.
+//!
+//! After subscribing, it reads each channel's position (epoch and last
+//! offset) and activates the channel there: waiting peers join at that
+//! position, and publications that arrived in between are merged by offset.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use broker_adapter::{Broker, BrokerError};
+use futures_util::StreamExt;
 use pubsub_proto::ChannelName;
 use tokio::sync::mpsc;
 
@@ -19,8 +24,10 @@ use super::channels::Channels;
 
 /// Most channels sent to the broker in one call.
 const MAX_BATCH: usize = 4096;
+/// Position reads in flight at once.
+const READ_CONCURRENCY: usize = 64;
 
-/// Runs until the channel table is dropped.
+/// Runs until the dirty-channel sender is dropped.
 pub async fn run(
     channels: Arc<Channels>,
     broker: Arc<dyn Broker>,
@@ -36,7 +43,8 @@ pub async fn run(
             match (channels.wants(&channel), subscribed.contains(&channel)) {
                 (true, false) => subscribe.push(channel),
                 (false, true) => unsubscribe.push(channel),
-                // Left and rejoined before we got to it: still subscribed.
+                // Left and rejoined before we got to it: still subscribed,
+                // but the new entry needs its position.
                 (true, true) => reactivate.push(channel),
                 (false, false) => {}
             }
@@ -51,16 +59,11 @@ pub async fn run(
                 subscribed.remove(channel);
             }
         }
-        for channel in &reactivate {
-            channels.activate(channel);
-        }
         if !subscribe.is_empty() {
             match broker.subscribe(&subscribe).await {
                 Ok(()) => {
-                    for channel in subscribe {
-                        channels.activate(&channel);
-                        subscribed.insert(channel);
-                    }
+                    subscribed.extend(subscribe.iter().cloned());
+                    reactivate.append(&mut subscribe);
                 }
                 // The broker refused something in the batch (an ACL, say) but
                 // is up: find out channel by channel, so one refused channel
@@ -69,8 +72,8 @@ pub async fn run(
                     for channel in subscribe {
                         match broker.subscribe(std::slice::from_ref(&channel)).await {
                             Ok(()) => {
-                                channels.activate(&channel);
-                                subscribed.insert(channel);
+                                subscribed.insert(channel.clone());
+                                reactivate.push(channel);
                             }
                             Err(error) => {
                                 tracing::warn!(%error, %channel, "broker refused a subscription");
@@ -85,6 +88,30 @@ pub async fn run(
                         channels.fail(channel, &error);
                     }
                 }
+            }
+        }
+        activate(&channels, &broker, reactivate).await;
+    }
+}
+
+/// Reads the position of each channel and activates it there.
+async fn activate(channels: &Arc<Channels>, broker: &Arc<dyn Broker>, list: Vec<ChannelName>) {
+    let mut reads = futures_util::stream::iter(list.into_iter().filter_map(|channel| {
+        // Gone meanwhile: nothing to activate.
+        let options = channels.options(&channel)?;
+        let broker = broker.clone();
+        Some(async move {
+            let position = broker.history(&channel, None, 0, options).await;
+            (channel, position)
+        })
+    }))
+    .buffer_unordered(READ_CONCURRENCY);
+    while let Some((channel, position)) = reads.next().await {
+        match position {
+            Ok(position) => channels.activate(&channel, &position),
+            Err(error) => {
+                tracing::warn!(%error, %channel, "cannot read the channel's position");
+                channels.fail(&channel, &error);
             }
         }
     }

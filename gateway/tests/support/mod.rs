@@ -226,6 +226,28 @@ pub async fn get(addr: SocketAddr, path: &str) -> HttpAnswer {
     http(addr, Method::GET, path, &[], Bytes::new()).await
 }
 
+/// `value` without the given keys (to compare the rest of an object).
+pub fn without(value: &Value, keys: &[&str]) -> Value {
+    let mut value = value.clone();
+    if let Some(object) = value.as_object_mut() {
+        for key in keys {
+            object.remove(*key);
+        }
+    }
+    value
+}
+
+/// The (epoch, offset) of a message, reply or answer.
+pub fn position(value: &Value) -> (String, u64) {
+    let epoch = value["epoch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no epoch in {value}"));
+    let offset = value["offset"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no offset in {value}"));
+    (epoch.to_string(), offset)
+}
+
 /// The value of an unlabelled sample in a Prometheus text body.
 pub fn metric(body: &str, name: &str) -> Option<f64> {
     body.lines()
@@ -235,8 +257,13 @@ pub fn metric(body: &str, name: &str) -> Option<f64> {
 }
 
 /// Polls `check` until it is true or the wait runs out.
-pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+pub async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
+    eventually_within(what, WAIT, check).await
+}
+
+/// Polls `check` until it is true or `within` runs out.
+pub async fn eventually_within(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
         if check().await {
             return;

@@ -1,0 +1,184 @@
+//! Channel streams in Redis: offsets, epochs and history, kept atomically
+//! with the publication by Lua scripts.
+//!
+//! Per channel two keys, sharing the channel's hash tag (so one script
+//! touches one cluster slot):
+//! - `<prefix>:{channel}:m`, a hash: `e` the epoch, `o` the last offset;
+//! - `<prefix>:{channel}:s`, a stream: the last `history_size` messages, the
+//!   entry id of each is `<offset>-0`.
+//!
+//! The publish script assigns the next offset, appends to the stream and
+//! PUBLISHes in one round trip. The message it publishes (and stores) is the
+//! protobuf envelope the node sent with the `offset` and `epoch` fields
+//! appended by the script: protobuf merges concatenated messages, so the
+//! result decodes as one envelope with the position set. Both keys expire
+//! `history_ttl` after the last publication; when the hash is gone the
+//! stream restarts with a new epoch.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pubsub_proto::{Publication, envelope};
+use redis::{Script, Value};
+
+use crate::{BrokerError, History, Published, StreamOptions, new_epoch};
+
+/// Encodes a protobuf varint and the position fields (6: offset, 7: epoch)
+/// in Lua, so the script can append them to the envelope.
+const PROTOBUF_POSITION: &str = r#"
+local function varint(n)
+  local out = {}
+  repeat
+    local b = n % 128
+    n = (n - b) / 128
+    if n > 0 then b = b + 128 end
+    out[#out + 1] = string.char(b)
+  until n == 0
+  return table.concat(out)
+end
+local function position(offset, epoch)
+  return string.char(48) .. varint(offset) .. string.char(58) .. varint(#epoch) .. epoch
+end
+"#;
+
+/// KEYS: meta, stream. ARGV: pub/sub channel, envelope, history size,
+/// ttl seconds, epoch for a new stream. Returns {offset, epoch}.
+const PUBLISH: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local ttl = tonumber(ARGV[4])
+redis.call('EXPIRE', KEYS[1], ttl)
+local message = ARGV[2] .. position(offset, epoch)
+local size = tonumber(ARGV[3])
+if size > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'm', message)
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+redis.call('PUBLISH', ARGV[1], message)
+return {offset, epoch}
+"#;
+
+/// KEYS: meta, stream. ARGV: since (-1: position only), limit, ttl seconds,
+/// epoch for a new stream. Returns {epoch, offset, entries}.
+const HISTORY: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+end
+local offset = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+local since = tonumber(ARGV[1])
+local entries = {}
+if since >= 0 and since < offset then
+  entries = redis.call('XRANGE', KEYS[2], '(' .. since .. '-0', '+', 'COUNT', tonumber(ARGV[2]))
+end
+return {epoch, offset, entries}
+"#;
+
+/// The compiled scripts (EVALSHA, loaded on first use or after a restart).
+pub(super) struct Scripts {
+    publish: Script,
+    history: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        Scripts {
+            publish: Script::new(&format!("{PROTOBUF_POSITION}{PUBLISH}")),
+            history: Script::new(HISTORY),
+        }
+    }
+}
+
+fn ttl_seconds(options: StreamOptions) -> u64 {
+    options.history_ttl.as_secs().max(1)
+}
+
+/// Publishes `envelope` (without position) as the channel's next offset.
+pub(super) async fn publish(
+    scripts: &Scripts,
+    connection: &mut redis::aio::MultiplexedConnection,
+    keys: (&str, &str),
+    redis_channel: &str,
+    envelope: Vec<u8>,
+    options: StreamOptions,
+) -> Result<Published, redis::RedisError> {
+    let (offset, epoch): (u64, String) = scripts
+        .publish
+        .key(keys.0)
+        .key(keys.1)
+        .arg(redis_channel)
+        .arg(envelope)
+        .arg(options.history_size)
+        .arg(ttl_seconds(options))
+        .arg(new_epoch())
+        .invoke_async(connection)
+        .await?;
+    Ok(Published {
+        offset,
+        epoch: Arc::from(epoch),
+    })
+}
+
+/// Reads the channel's position and, with `since`, its history after it.
+pub(super) async fn history(
+    scripts: &Scripts,
+    connection: &mut redis::aio::MultiplexedConnection,
+    keys: (&str, &str),
+    since: Option<u64>,
+    limit: usize,
+    options: StreamOptions,
+) -> Result<History, BrokerError> {
+    let since_arg: i64 = since.map_or(-1, |s| s.min(i64::MAX as u64) as i64);
+    let (epoch, offset, entries): (String, u64, Value) = scripts
+        .history
+        .key(keys.0)
+        .key(keys.1)
+        .arg(since_arg)
+        .arg(limit.max(1))
+        .arg(ttl_seconds(options))
+        .arg(new_epoch())
+        .invoke_async(connection)
+        .await
+        .map_err(super::classify)?;
+    let publications = parse_entries(entries)?;
+    Ok(History {
+        epoch: Arc::from(epoch),
+        offset,
+        publications,
+    })
+}
+
+/// Decodes XRANGE entries: `[[id, [field, value, ...]], ...]`.
+fn parse_entries(entries: Value) -> Result<Vec<Publication>, BrokerError> {
+    let Value::Array(entries) = entries else {
+        return Ok(Vec::new());
+    };
+    let mut publications = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let message = match entry {
+            Value::Array(mut parts) if parts.len() == 2 => match parts.pop() {
+                Some(Value::Array(fields)) => fields.into_iter().nth(1),
+                Some(Value::Map(fields)) => fields.into_iter().next().map(|(_, v)| v),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(Value::BulkString(bytes)) = message else {
+            return Err(BrokerError::Internal(
+                "unexpected history entry from Redis".into(),
+            ));
+        };
+        let envelope = envelope::decode(Bytes::from(bytes))
+            .map_err(|e| BrokerError::Internal(format!("unreadable history entry: {e}")))?;
+        publications.push(envelope.publication);
+    }
+    Ok(publications)
+}

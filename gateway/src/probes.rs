@@ -1,0 +1,52 @@
+//! The probes Kubernetes and load balancers use, and the metrics endpoint:
+//! `GET /healthz` (liveness: never depends on the broker), `GET /readyz`
+//! (readiness: draining or broker down makes it 503 with the failing check
+//! named), `GET /metrics` (Prometheus text format).
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use serde_json::json;
+
+use crate::http_api::{Body, json_response};
+use crate::node::Node;
+
+/// `GET /healthz`: the process is alive.
+pub fn healthz() -> Response<Body> {
+    json_response(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: ready for connections, or 503 naming what fails.
+pub fn readyz(node: &Node) -> Response<Body> {
+    let draining = node.is_draining();
+    let broker = node.hub.broker_health().borrow().clone();
+    let mut failing = Vec::new();
+    if draining {
+        failing.push("draining");
+    }
+    if !broker.up {
+        failing.push("broker");
+    }
+    let checks = json!({
+        "draining": draining,
+        "broker": {"kind": node.hub.broker_kind(), "up": broker.up, "detail": broker.detail},
+    });
+    if failing.is_empty() {
+        json_response(StatusCode::OK, &json!({"status": "ready", "checks": checks}))
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "not_ready", "failing": failing, "checks": checks}),
+        )
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub fn metrics(node: &Node) -> Response<Body> {
+    let mut response = Response::new(Body::new(Bytes::from(node.metrics.render())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
