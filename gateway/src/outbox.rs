@@ -144,11 +144,17 @@ impl Outbox {
         Push::Queued
     }
 
-    /// Asks the session to close the connection. The first request wins.
+    /// Asks the session to close the connection.
     pub fn close(&self, request: CloseRequest) {
         let mut state = self.state.lock();
-        if state.close.is_some() {
-            return;
+        // The first request wins, except that a close that must not wait
+        // (stale, overflow) overrides a graceful one that is still flushing:
+        // otherwise a client that stopped reading during a drain would hold
+        // its connection until the process exits.
+        match &state.close {
+            Some(current) if current.flush_queue && !request.flush_queue => {}
+            Some(_) => return,
+            None => {}
         }
         let flush = request.flush_queue;
         state.close = Some(request);
@@ -258,6 +264,32 @@ mod tests {
             assert_eq!(outbox.push(frame(&"a".repeat(50))), Push::Queued);
             let _ = outbox.take();
         }
+    }
+
+    #[test]
+    fn an_immediate_close_overrides_a_graceful_one_still_flushing() {
+        let outbox = Outbox::new(1 << 20, 100);
+        outbox.push(frame("stuck"));
+        outbox.close(CloseRequest {
+            code: close::SERVICE_RESTART,
+            reason: "drain",
+            flush_queue: true,
+        });
+        outbox.close(CloseRequest {
+            code: close::GOING_AWAY,
+            reason: "stale",
+            flush_queue: false,
+        });
+        match outbox.take() {
+            Taken::Close(c) => assert_eq!((c.code, c.flush_queue), (close::GOING_AWAY, false)),
+            _ => panic!("the queue was dropped for the immediate close"),
+        }
+        outbox.close(CloseRequest {
+            code: close::SERVICE_RESTART,
+            reason: "again",
+            flush_queue: true,
+        });
+        assert_eq!(outbox.close_request().map(|c| c.code), Some(close::GOING_AWAY));
     }
 
     #[test]

@@ -125,7 +125,7 @@ impl Registry {
     }
 }
 
-fn drain_close() -> CloseRequest {
+pub fn drain_close() -> CloseRequest {
     CloseRequest {
         code: close::SERVICE_RESTART,
         reason: "node is shutting down; reconnect",

@@ -102,6 +102,10 @@ where
     node.registry.insert(peer.clone());
     node.metrics.connections.increment(1.0);
     node.metrics.connections_total.increment(1);
+    // Upgraded just as the drain began (after its last sweep): leave too.
+    if node.is_draining() {
+        peer.outbox.close(crate::registry::drain_close());
+    }
     tracing::debug!(peer = peer.id, ?encoding, "session started");
 
     let mut session = Session {

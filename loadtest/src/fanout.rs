@@ -16,8 +16,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::clients::{self, connect_and_subscribe};
-use crate::procstat;
+use crate::{clients, procstat};
+use clients::connect_and_subscribe;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
-use crate::clients::{self, connect_and_subscribe};
-use crate::procstat;
+use crate::{clients, procstat};
+use clients::connect_and_subscribe;
 
 #[derive(clap::Args)]
 pub struct Args {

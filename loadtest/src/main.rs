@@ -8,10 +8,10 @@
 //!   report deliveries/s, loss and latency percentiles, and the CPU time of
 //!   the gateway and of this generator.
 
-mod clients;
 mod fanout;
 mod idle;
-mod procstat;
+
+use loadtest::{clients, procstat};
 
 use clap::{Parser, Subcommand};
 
