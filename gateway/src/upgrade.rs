@@ -192,14 +192,7 @@ fn negotiate(headers: &HeaderMap) -> Result<Negotiated, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_static(value));
-        }
-        map
-    }
+    use crate::http_api::tests::headers;
 
     #[test]
     fn negotiation_follows_the_clients_preference() {

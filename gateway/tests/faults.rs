@@ -18,16 +18,6 @@ const CHANNELS: usize = 6;
 /// Publications per second, per publisher.
 const RATE: u32 = 60;
 
-async fn node(redis_url: &str, id: &str) -> GatewayProcess {
-    let process = GatewayProcess::spawn(&["--redis-url", redis_url, "--node-id", id]);
-    let addr = process.addr;
-    eventually(&format!("{id} ready"), async || {
-        get(addr, "/readyz").await.status == 200
-    })
-    .await;
-    process
-}
-
 fn ws(addr: SocketAddr) -> String {
     format!("ws://{addr}/ws")
 }
@@ -65,6 +55,20 @@ async fn checker(name: &str, nodes: &[SocketAddr; 3]) -> Checker {
 /// Writes the report where CI shows it, even for a passing test.
 fn show(test: &str, report: &Report) {
     let _ = writeln!(std::io::stderr(), "[{test}] {report}");
+}
+
+/// Kills Redis, keeps it down for a second, restarts it on the same port
+/// and waits until every node is ready again.
+async fn restart_redis(redis: &mut RedisServer, nodes: &[SocketAddr]) {
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.restart();
+    for &addr in nodes {
+        eventually("ready after the restart", async || {
+            get(addr, "/readyz").await.status == 200
+        })
+        .await;
+    }
 }
 
 async fn three_nodes(redis: &RedisServer) -> [GatewayProcess; 3] {
@@ -131,15 +135,7 @@ async fn a_redis_restart_with_aof_is_gap_filled_by_the_nodes() {
     let addrs = nodes.each_ref().map(|n| n.addr);
     let mut checker = checker("aof", &addrs).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    redis.kill();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    redis.restart();
-    for addr in addrs {
-        eventually("ready after the restart", async || {
-            get(addr, "/readyz").await.status == 200
-        })
-        .await;
-    }
+    restart_redis(&mut redis, &addrs).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     checker.stop_publishers().await;
     let report = checker.settle_and_verify(Duration::from_secs(10)).await;
@@ -166,15 +162,7 @@ async fn a_redis_restart_without_persistence_is_announced_not_hidden() {
     let addrs = nodes.each_ref().map(|n| n.addr);
     let mut checker = checker("nopersist", &addrs).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    redis.kill();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    redis.restart();
-    for addr in addrs {
-        eventually("ready after the restart", async || {
-            get(addr, "/readyz").await.status == 200
-        })
-        .await;
-    }
+    restart_redis(&mut redis, &addrs).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     checker.stop_publishers().await;
     let report = checker.settle_and_verify(Duration::from_secs(10)).await;

@@ -17,17 +17,6 @@ use support::redis::RedisServer;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
-/// A gateway process on `redis_url`, waited on until ready.
-async fn node(redis_url: &str, id: &str) -> GatewayProcess {
-    let process = GatewayProcess::spawn(&["--redis-url", redis_url, "--node-id", id]);
-    let addr = process.addr;
-    eventually(&format!("{id} ready"), async || {
-        get(addr, "/readyz").await.status == 200
-    })
-    .await;
-    process
-}
-
 async fn metric_of(addr: SocketAddr, name: &str) -> f64 {
     metric(&get(addr, "/metrics").await.text(), name).unwrap_or(-1.0)
 }

@@ -273,6 +273,17 @@ pub async fn eventually_within(what: &str, within: Duration, mut check: impl Asy
     panic!("timed out waiting for: {what}");
 }
 
+/// A gateway process on `redis_url`, waited on until ready.
+pub async fn node(redis_url: &str, id: &str) -> GatewayProcess {
+    let process = GatewayProcess::spawn(&["--redis-url", redis_url, "--node-id", id]);
+    let addr = process.addr;
+    eventually(&format!("{id} ready"), async || {
+        get(addr, "/readyz").await.status == 200
+    })
+    .await;
+    process
+}
+
 /// The `gateway` binary running as a separate process.
 pub struct GatewayProcess {
     pub child: Child,
