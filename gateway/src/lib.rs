@@ -11,10 +11,14 @@
 //! - `registry`: every session, for heartbeat and drain;
 //! - `http_api`: publish API and probes; [`config`], [`metrics`], `logging`.
 
+mod access;
+mod auth;
+mod client_ip;
 pub mod config;
 mod delivery;
 mod http_api;
 mod hub;
+mod limits;
 pub mod logging;
 pub mod metrics;
 mod namespaces;
@@ -25,6 +29,7 @@ mod probes;
 mod registry;
 pub mod server;
 mod session;
+mod tls;
 mod upgrade;
 
 pub use config::Config;

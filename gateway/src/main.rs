@@ -1,23 +1,31 @@
 //! The `gateway` binary: read the configuration, serve until SIGTERM or
 //! SIGINT, drain, exit 0. A second signal during the drain exits at once.
+//! SIGHUP reloads the TLS certificate and key.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use gateway::config::{Cli, Config};
+use gateway::config::Config;
 use gateway::{Gateway, logging};
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let config = match Config::from_cli(&cli) {
-        Ok(config) => config,
+    let (config, print_config) = match Config::load(std::env::args_os()) {
+        Ok(loaded) => loaded,
+        Err(gateway::config::ConfigError::Flags(error)) => {
+            // --help and --version end here too, with exit code 0.
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
         Err(error) => {
             eprintln!("gateway: {error}");
             return ExitCode::from(2);
         }
     };
-    if cli.print_config {
+    if print_config {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
@@ -33,25 +41,35 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    let (mut terminate, mut interrupt) =
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(t), Ok(i)) => (t, i),
-            _ => {
-                eprintln!("gateway: cannot install signal handlers");
-                return ExitCode::FAILURE;
-            }
-        };
+    let signals = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    );
+    let (mut terminate, mut interrupt, mut hangup) = match signals {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        _ => {
+            eprintln!("gateway: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
     let listen = config.listen;
     let gateway = match Gateway::start(config).await {
         Ok(gateway) => gateway,
         Err(error) => {
-            tracing::error!(%error, %listen, "cannot listen");
+            tracing::error!(%error, %listen, "cannot start");
             return ExitCode::FAILURE;
         }
     };
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
-        _ = interrupt.recv() => tracing::info!("SIGINT: draining"),
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => { tracing::info!("SIGTERM: draining"); break }
+            _ = interrupt.recv() => { tracing::info!("SIGINT: draining"); break }
+            _ = hangup.recv() => match gateway.reload_tls() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(error) => tracing::warn!(%error, "SIGHUP: TLS certificate not reloaded"),
+            },
+        }
     }
     tokio::select! {
         _ = gateway.drain() => ExitCode::SUCCESS,

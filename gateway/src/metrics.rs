@@ -43,7 +43,25 @@ pub struct Metrics {
     pub repairs: Counter,
     /// Handles the broker records into.
     pub broker: BrokerMetrics,
+    /// `gateway_rejections_total`, one handle per reason.
+    rejections: Vec<(&'static str, Counter)>,
 }
+
+/// Every `reason` of `gateway_rejections_total` (docs/security.md).
+pub const REJECTION_REASONS: &[&str] = &[
+    "max_connections",
+    "max_connections_per_ip",
+    "connect_rate",
+    "draining",
+    "origin",
+    "unauthorized",
+    "forbidden",
+    "max_subscriptions",
+    "publish_rate",
+    "command_rate",
+    "message_too_big",
+    "body_too_large",
+];
 
 const METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
@@ -143,6 +161,20 @@ impl Metrics {
                 vec![],
             ),
             broker,
+            rejections: REJECTION_REASONS
+                .iter()
+                .map(|&reason| {
+                    let help = "Requests and actions refused by a limit or a security control, by reason.";
+                    (
+                        reason,
+                        counter(
+                            "gateway_rejections_total",
+                            help,
+                            vec![Label::new("reason", reason)],
+                        ),
+                    )
+                })
+                .collect(),
             recorder,
             handle,
         }
@@ -151,6 +183,14 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         self.handle.render()
+    }
+
+    /// Counts one rejection. `reason` must be one of [`REJECTION_REASONS`].
+    pub fn reject(&self, reason: &'static str) {
+        match self.rejections.iter().find(|(r, _)| *r == reason) {
+            Some((_, counter)) => counter.increment(1),
+            None => debug_assert!(false, "unregistered rejection reason {reason}"),
+        }
     }
 
     /// Folds recorded histogram samples into their buckets (call regularly).

@@ -2,35 +2,55 @@
 //! selects a `[namespaces.<name>]` table of the config file; channels without
 //! a namespace, or in a namespace without a table, use the global settings.
 //!
-//! Today a namespace sets how its channels' streams are kept (history size
-//! and TTL); history can be turned off with `history_size = 0` (offsets are
-//! still assigned).
+//! A namespace sets how its channels' streams are kept (history size and
+//! TTL; `history_size = 0` turns history off, offsets are still assigned)
+//! and, with authentication on, who may use them without a token claim:
+//! `allow_anonymous_subscribe` (any connected client may subscribe) and
+//! `allow_client_publish` (any connected client may publish).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use broker_adapter::StreamOptions;
 use pubsub_proto::ChannelName;
+use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 
 /// A `[namespaces.<name>]` table as written in the file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileNamespace {
+pub struct FileNamespace {
     pub history_size: Option<usize>,
     /// `"10m"` or a number of seconds.
     pub history_ttl: Option<toml::Value>,
+    pub allow_anonymous_subscribe: Option<bool>,
+    pub allow_client_publish: Option<bool>,
 }
 
 /// The resolved settings of one namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Namespace {
     pub history_size: usize,
-    #[serde(serialize_with = "as_humantime")]
+    #[serde(serialize_with = "crate::config::print_duration")]
     pub history_ttl: Duration,
+    /// Any connected client may subscribe, without a `channels` claim.
+    pub allow_anonymous_subscribe: bool,
+    /// Any connected client may publish, without a `publish` claim.
+    pub allow_client_publish: bool,
 }
 
 impl Namespace {
+    /// The global settings. Without authentication every client may
+    /// publish (the check never runs); with it, publishing needs a claim.
+    pub fn global(history_size: usize, history_ttl: Duration, auth: bool) -> Namespace {
+        Namespace {
+            history_size,
+            history_ttl,
+            allow_anonymous_subscribe: false,
+            allow_client_publish: !auth,
+        }
+    }
+
     pub fn stream_options(&self) -> StreamOptions {
         StreamOptions {
             history_size: self.history_size,
@@ -40,12 +60,27 @@ impl Namespace {
 }
 
 /// Every namespace's settings plus the global ones.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Namespaces {
-    #[serde(flatten)]
     pub global: Namespace,
-    #[serde(rename = "namespaces", skip_serializing_if = "BTreeMap::is_empty")]
     pub named: BTreeMap<String, Namespace>,
+}
+
+/// Printed as the file has it: the global history settings as top-level
+/// keys, then the `[namespaces.<name>]` tables.
+impl Serialize for Namespaces {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("history_size", &self.global.history_size)?;
+        map.serialize_entry(
+            "history_ttl",
+            &humantime::format_duration(self.global.history_ttl).to_string(),
+        )?;
+        if !self.named.is_empty() {
+            map.serialize_entry("namespaces", &self.named)?;
+        }
+        map.end()
+    }
 }
 
 impl Namespaces {
@@ -58,7 +93,7 @@ impl Namespaces {
     }
 
     /// Resolves the file's tables over the global settings.
-    pub(crate) fn resolve(
+    pub fn resolve(
         global: Namespace,
         file: BTreeMap<String, FileNamespace>,
         parse_duration: impl Fn(&str) -> Result<Duration, String>,
@@ -86,15 +121,13 @@ impl Namespaces {
             let namespace = Namespace {
                 history_size: table.history_size.unwrap_or(global.history_size),
                 history_ttl,
+                allow_anonymous_subscribe: table.allow_anonymous_subscribe.unwrap_or(false),
+                allow_client_publish: table.allow_client_publish.unwrap_or(global.allow_client_publish),
             };
             named.insert(name, namespace);
         }
         Ok(Namespaces { global, named })
     }
-}
-
-fn as_humantime<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_duration(*d).to_string())
 }
 
 #[cfg(test)]
@@ -103,31 +136,31 @@ mod tests {
 
     #[test]
     fn channels_pick_their_namespace_or_the_global_settings() {
-        let global = Namespace {
-            history_size: 100,
-            history_ttl: Duration::from_secs(600),
-        };
+        let global = Namespace::global(100, Duration::from_secs(600), true);
         let mut file = BTreeMap::new();
         file.insert(
             "chat".to_string(),
             FileNamespace {
                 history_size: Some(0),
-                history_ttl: None,
+                allow_client_publish: Some(true),
+                ..FileNamespace::default()
             },
         );
         file.insert(
             "feed".to_string(),
             FileNamespace {
-                history_size: None,
                 history_ttl: Some(toml::Value::String("1h".into())),
+                allow_anonymous_subscribe: Some(true),
+                ..FileNamespace::default()
             },
         );
         let ns = Namespaces::resolve(global, file, crate::config::parse_duration).unwrap();
         let of = |c: &str| *ns.of(&ChannelName::parse(c).unwrap());
         assert_eq!(of("chat:room-1").history_size, 0);
+        assert!(of("chat:room-1").allow_client_publish && !of("chat:room-1").allow_anonymous_subscribe);
         assert_eq!(of("chat:room-1").history_ttl, Duration::from_secs(600));
         assert_eq!(of("feed:x").history_ttl, Duration::from_secs(3600));
-        assert_eq!(of("feed:x").history_size, 100);
+        assert!(of("feed:x").allow_anonymous_subscribe && !of("feed:x").allow_client_publish);
         assert_eq!(of("news"), global);
         assert_eq!(of("other:x"), global);
 

@@ -11,10 +11,14 @@ use broker_adapter::{Broker, BrokerError, Listener};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::access::OriginRule;
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::limits::Admission;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::tls::Tls;
 
 /// Read buffer of each WebSocket. It is allocated for every connection and
 /// kept while the connection lives, so it is sized for commands (small),
@@ -60,6 +64,14 @@ pub struct Node {
     pub hub: Hub,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    /// Client-token verification; `None` when authentication is off.
+    pub auth: Option<Authenticator>,
+    /// Connection limits checked before each upgrade.
+    pub admission: Admission,
+    /// `--allowed-origin` rules; empty allows every origin.
+    pub origins: Vec<OriginRule>,
+    /// TLS for https/wss; `None` for plain http/ws.
+    pub tls: Option<Tls>,
     draining: AtomicBool,
     next_session: AtomicU64,
     /// Reference point for the peers' idle clocks.
@@ -68,10 +80,26 @@ pub struct Node {
 
 impl Node {
     /// Builds the node and starts its background tasks (subscription
-    /// manager, heartbeat, broker health watcher). Fails only on a broker
-    /// configuration that cannot work; an unreachable Redis is retried in
-    /// the background while the node reports not ready.
-    pub fn start(config: Config) -> Result<(Arc<Node>, Vec<JoinHandle<()>>), BrokerError> {
+    /// manager, heartbeat, broker health watcher). Fails on settings that
+    /// cannot work (unreadable keys or certificates, a bad broker
+    /// configuration); an unreachable Redis is retried in the background
+    /// while the node reports not ready.
+    pub fn start(config: Config) -> Result<(Arc<Node>, Vec<JoinHandle<()>>), String> {
+        let auth = Authenticator::from_config(&config)?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
+            _ => None,
+        };
+        let origins = config
+            .allowed_origins
+            .iter()
+            .map(|rule| OriginRule::parse(rule))
+            .collect::<Result<Vec<_>, _>>()?;
+        let admission = Admission::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.max_connect_rate,
+        );
         let metrics = Arc::new(Metrics::new());
         let mut broker_error = None;
         let (hub, mut tasks) = Hub::start(
@@ -88,7 +116,7 @@ impl Node {
         );
         if let Some(error) = broker_error {
             tasks.iter().for_each(JoinHandle::abort);
-            return Err(error);
+            return Err(error.to_string());
         }
         let registry = Arc::new(Registry::default());
         let heartbeat = tokio::spawn(registry.clone().run_heartbeat(config.ping_interval));
@@ -107,6 +135,10 @@ impl Node {
             hub,
             registry,
             metrics,
+            auth,
+            admission,
+            origins,
+            tls,
             draining: AtomicBool::new(false),
             next_session: AtomicU64::new(1),
             epoch: Instant::now(),

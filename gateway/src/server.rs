@@ -7,7 +7,7 @@
 //! 1012 spread over the drain window, then the listener stops.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -24,7 +25,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::http_api::{self, Body, error_response};
 use crate::node::Node;
-use crate::{probes, upgrade};
+use crate::{client_ip, probes, upgrade};
 
 /// How long drained sessions get to finish their close handshakes.
 const SESSION_EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -48,15 +49,22 @@ impl Gateway {
                 "no --api-key configured: the HTTP publish API is open to anyone who can reach it"
             );
         }
-        let (node, background) = Node::start(config)?;
+        let (node, background) = Node::start(config).map_err(|e| anyhow::anyhow!(e))?;
         let (stop, stopped) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(listener, node.clone(), stopped));
         tracing::info!(
             addr = %local_addr,
             node = %node.config.node_id,
             broker = node.hub.broker_kind(),
+            tls = node.tls.is_some(),
+            auth = node.auth.is_some(),
             "gateway listening"
         );
+        if node.auth.is_none() {
+            tracing::warn!(
+                "no --jwt-secret or --jwt-public-key configured: WebSocket clients connect without authentication"
+            );
+        }
         Ok(Gateway {
             node,
             local_addr,
@@ -69,6 +77,15 @@ impl Gateway {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Reloads the TLS certificate and key files (SIGHUP). Open connections
+    /// keep their certificate; new handshakes get the new one.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match &self.node.tls {
+            Some(tls) => tls.reload(),
+            None => Err("TLS is not configured".into()),
+        }
     }
 
     /// The node's shared state.
@@ -112,8 +129,8 @@ async fn accept_loop(listener: TcpListener, node: Arc<Node>, mut stop: watch::Re
         tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(serve_connection(stream, node.clone(), stop.clone()));
+                Ok((stream, peer)) => {
+                    tokio::spawn(accept_connection(stream, peer.ip(), node.clone(), stop.clone()));
                 }
                 Err(error) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -125,12 +142,42 @@ async fn accept_loop(listener: TcpListener, node: Arc<Node>, mut stop: watch::Re
     }
 }
 
-async fn serve_connection(stream: TcpStream, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+/// Everything before HTTP: the PROXY header (from trusted proxies, when
+/// enabled) and the TLS handshake, both within the handshake timeout.
+async fn accept_connection(
+    mut stream: TcpStream,
+    peer: IpAddr,
+    node: Arc<Node>,
+    stop: watch::Receiver<bool>,
+) {
     let _ = stream.set_nodelay(true);
+    let deadline = node.config.handshake_timeout;
+    let mut remote = peer;
+    if node.config.proxy_protocol && client_ip::is_trusted(peer, &node.config.trusted_proxies) {
+        match tokio::time::timeout(deadline, client_ip::read_proxy_header(&mut stream)).await {
+            Ok(Ok(source)) => remote = source.unwrap_or(peer),
+            Ok(Err(error)) => return tracing::debug!(%peer, %error, "dropping connection"),
+            Err(_) => return tracing::debug!(%peer, "no PROXY header in time"),
+        }
+    }
+    match &node.tls {
+        None => serve_connection(stream, remote, node, stop).await,
+        Some(tls) => match tokio::time::timeout(deadline, tls.accept(stream)).await {
+            Ok(Ok(stream)) => serve_connection(stream, remote, node, stop).await,
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        },
+    }
+}
+
+async fn serve_connection<S>(stream: S, remote: IpAddr, node: Arc<Node>, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service_node = node.clone();
     let service = service_fn(move |request| {
         let node = service_node.clone();
-        async move { Ok::<_, Infallible>(route(node, request).await) }
+        async move { Ok::<_, Infallible>(route(node, request, remote).await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -151,7 +198,8 @@ async fn serve_connection(stream: TcpStream, node: Arc<Node>, mut stop: watch::R
     }
 }
 
-async fn route(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
+/// `remote`: where the connection comes from (after PROXY protocol).
+async fn route(node: Arc<Node>, request: Request<Incoming>, remote: IpAddr) -> Response<Body> {
     let path = request.uri().path();
     let allowed: &'static str = match path {
         "/ws" | "/healthz" | "/readyz" | "/metrics" | "/api/history" => "GET",
@@ -178,7 +226,7 @@ async fn route(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
         return response;
     }
     match path {
-        "/ws" => upgrade::handle(&node, request),
+        "/ws" => upgrade::handle(&node, request, remote),
         "/healthz" => probes::healthz(),
         "/readyz" => probes::readyz(&node),
         "/metrics" => probes::metrics(&node),

@@ -6,6 +6,7 @@
 //! with a plain HTTP status and a JSON error body, before any WebSocket
 //! exists.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -17,27 +18,28 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+use crate::client_ip;
 use crate::http_api::{Body, error_response};
+use crate::limits::Refused;
 use crate::node::Node;
 use crate::session;
 
-/// Answers an upgrade request and, on success, starts the session.
-pub fn handle(node: &Arc<Node>, mut request: Request<Incoming>) -> Response<Body> {
+/// Answers an upgrade request from `remote` and, on success, starts the
+/// session. Refusals, cheapest first: draining (503), malformed handshake
+/// (400/426), Origin (403), subprotocol (400), token (401), limits (503).
+pub fn handle(node: &Arc<Node>, mut request: Request<Incoming>, remote: IpAddr) -> Response<Body> {
     if node.is_draining() {
-        let mut response = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "this node is shutting down; connect to another node",
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
+        node.metrics.reject("draining");
+        return retry_later("draining", "this node is shutting down; connect to another node");
     }
     let key = match check_request(request.headers()) {
         Ok(key) => key,
         Err(response) => return response,
     };
+    if let Err(message) = check_origin(node, request.headers()) {
+        node.metrics.reject("origin");
+        return error_response(StatusCode::FORBIDDEN, "forbidden_origin", &message);
+    }
     let encoding = match negotiate(request.headers()) {
         Ok(encoding) => encoding,
         Err(offered) => {
@@ -53,6 +55,37 @@ pub fn handle(node: &Arc<Node>, mut request: Request<Incoming>) -> Response<Body
         }
     };
 
+    // Server-side clients may authenticate at the upgrade; browsers use `connect`.
+    let identity = match (&node.auth, bearer_token(request.headers())) {
+        (Some(auth), Some(token)) => match auth.verify(token) {
+            Ok(identity) => Some(identity),
+            Err(message) => {
+                node.metrics.reject("unauthorized");
+                let mut response = error_response(StatusCode::UNAUTHORIZED, "unauthorized", &message);
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return response;
+            }
+        },
+        _ => None,
+    };
+    let client = client_ip::from_request(remote, request.headers(), &node.config.trusted_proxies);
+    let ticket = match node.admission.admit(client) {
+        Ok(ticket) => ticket,
+        Err(refused) => {
+            node.metrics.reject(refused.reason());
+            let message = match refused {
+                Refused::NodeFull => {
+                    "this node has no room for more connections; retry (another node may have)"
+                }
+                Refused::IpFull => "too many connections from your address",
+                Refused::RateLimited => "too many new connections right now; retry shortly",
+            };
+            return retry_later(refused.reason(), message);
+        }
+    };
+
     let on_upgrade = hyper::upgrade::on(&mut request);
     let config = node.websocket_config();
     let node = node.clone();
@@ -61,7 +94,7 @@ pub fn handle(node: &Arc<Node>, mut request: Request<Incoming>) -> Response<Body
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                     .await;
-                session::run(ws, encoding.encoding, node).await;
+                session::run(ws, encoding.encoding, node, ticket, identity).await;
             }
             Err(error) => tracing::debug!(%error, "upgrade did not complete"),
         }
@@ -82,6 +115,44 @@ pub fn handle(node: &Arc<Node>, mut request: Request<Incoming>) -> Response<Body
         );
     }
     response
+}
+
+/// A 503 with `Retry-After`, so clients back off before retrying.
+fn retry_later(code: &str, message: &str) -> Response<Body> {
+    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, code, message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// With `--allowed-origin` rules, a browser's `Origin` must match one.
+/// Requests without `Origin` (non-browser clients) pass unless
+/// `--require-origin`.
+fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), String> {
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    match origin {
+        None if node.config.require_origin => Err("an Origin header is required".into()),
+        None => Ok(()),
+        Some(_) if node.origins.is_empty() => Ok(()),
+        Some(origin) if node.origins.iter().any(|rule| rule.allows(origin)) => Ok(()),
+        Some(origin) => {
+            let shown: String = origin.chars().take(100).collect();
+            Err(format!("origin {shown:?} is not allowed"))
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 /// Validates the handshake headers and returns the client's key.

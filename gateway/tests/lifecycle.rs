@@ -166,13 +166,13 @@ fn binary_reads_flags_env_and_file_in_order() {
     );
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(printed.contains("node_id = \"from-file\""), "{printed}");
-    assert!(printed.contains("drain = \"4s\""), "env beats file: {printed}");
+    assert!(printed.contains("drain_seconds = 4"), "env beats file: {printed}");
     assert!(
         printed.contains("ping_interval = \"3s\""),
         "flag beats env: {printed}"
     );
     assert!(
-        printed.contains("api_keys = [\"<redacted>\", \"<redacted>\"]"),
+        printed.contains("api_key = [\"<redacted>\", \"<redacted>\"]"),
         "{printed}"
     );
 

@@ -24,6 +24,15 @@ pub const INTERNAL_ERROR: u16 = 1011;
 pub const SERVICE_RESTART: u16 = 1012;
 /// Try again later: the node is overloaded. Reconnect after a backoff.
 pub const TRY_AGAIN_LATER: u16 = 1013;
+/// Unauthorized: the token is missing, invalid or expired (with
+/// authentication on). Get a new token before reconnecting.
+pub const UNAUTHORIZED: u16 = 4001;
+/// Forbidden: the connection tried something its identity may never do
+/// (refreshing with another user's token). Do not reconnect unchanged.
+pub const FORBIDDEN: u16 = 4003;
 /// Slow consumer: the client did not read fast enough and its outbound
 /// queue overflowed. Reconnect, and recover what was missed.
 pub const SLOW_CONSUMER: u16 = 4008;
+/// Rate limited: the client kept publishing over its rate limit. Reconnect
+/// after a backoff, and publish less.
+pub const RATE_LIMITED: u16 = 4029;

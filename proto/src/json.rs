@@ -201,6 +201,8 @@ struct Out<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     recovered: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'a str>,
@@ -271,6 +273,18 @@ pub fn encode_reply(msg: &ServerMessage) -> String {
             channel: Some(channel.as_str()),
             epoch: Some(epoch),
             offset: Some(*offset),
+            ..Out::default()
+        },
+        Reply::TokenExpiring { expires_in_ms } => Out {
+            kind: "token_expiring",
+            id,
+            expires_in_ms: Some(*expires_in_ms),
+            ..Out::default()
+        },
+        Reply::Refreshed { expires_in_ms } => Out {
+            kind: "refreshed",
+            id,
+            expires_in_ms: Some(*expires_in_ms),
             ..Out::default()
         },
     };

@@ -118,6 +118,14 @@ pub enum Reply {
         epoch: String,
         offset: u64,
     },
+    /// The token expires in `expires_in_ms`: send `refresh` with a new one.
+    TokenExpiring {
+        expires_in_ms: u64,
+    },
+    /// A `refresh` was accepted; the new token expires in `expires_in_ms`.
+    Refreshed {
+        expires_in_ms: u64,
+    },
 }
 
 /// A publication on a channel, as delivered to subscribers.
@@ -166,6 +174,15 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or an unexpected failure on the server.
     Internal,
+    /// Authentication is required, or the token is invalid or expired.
+    Unauthorized,
+    /// The connection's identity may not do this (subscribe or publish to
+    /// this channel).
+    Forbidden,
+    /// A per-connection limit was reached (subscriptions).
+    LimitExceeded,
+    /// Too many publications; slow down.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -180,6 +197,10 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 
@@ -194,6 +215,10 @@ impl ErrorCode {
             "too_large" => ErrorCode::TooLarge,
             "unavailable" => ErrorCode::Unavailable,
             "internal" => ErrorCode::Internal,
+            "unauthorized" => ErrorCode::Unauthorized,
+            "forbidden" => ErrorCode::Forbidden,
+            "limit_exceeded" => ErrorCode::LimitExceeded,
+            "rate_limited" => ErrorCode::RateLimited,
             _ => return None,
         })
     }

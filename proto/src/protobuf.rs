@@ -126,6 +126,12 @@ pub fn encode_reply(msg: &ServerMessage) -> Vec<u8> {
             epoch: epoch.clone(),
             offset: *offset,
         }),
+        Reply::TokenExpiring { expires_in_ms } => K::TokenExpiring(pb::TokenExpiring {
+            expires_in_ms: *expires_in_ms,
+        }),
+        Reply::Refreshed { expires_in_ms } => K::Refreshed(pb::Refreshed {
+            expires_in_ms: *expires_in_ms,
+        }),
     };
     pb::ServerMessage {
         id: msg.id,

@@ -10,8 +10,17 @@
 //! Reading and writing never block each other: a client that does not read
 //! fills its outbox and is closed with 4008 while its commands are still
 //! read. Every way a session ends goes through [`End`], and the cleanup
-//! (unsubscribe everywhere, leave the registry) runs in `Drop`, so it also
-//! runs if the task panics.
+//! (unsubscribe everywhere, leave the registry, give back the admission
+//! ticket) runs in `Drop`, so it also runs if the task panics.
+//!
+//! Per connection, the session also enforces: authentication (a `connect`
+//! within the handshake timeout, `token_expiring` ahead of the token's
+//! expiry, close 4001 at expiry unless refreshed) and the frame rate (a
+//! client sending faster than `--command-rate` is simply read more slowly).
+//! The commands themselves, with their permission and limit checks, are in
+//! `commands.rs`.
+
+mod commands;
 
 use std::collections::HashSet;
 use std::future::{Future, poll_fn};
@@ -19,15 +28,12 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use broker_adapter::BrokerError;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use pubsub_proto::{
-    ChannelName, ClientCommand, Command, DecodeError, Encoding, ErrorCode, Reply, ServerMessage,
-    StreamPosition, close, json, protobuf,
-};
+use pubsub_proto::{ChannelName, Encoding, ErrorCode, ServerMessage, close, json, protobuf};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -35,7 +41,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::hub::{PublishError, Source};
+use crate::auth::Identity;
+use crate::limits::{Ticket, TokenBucket};
 use crate::node::Node;
 use crate::outbox::{CloseRequest, Outgoing, Taken};
 use crate::peer::Peer;
@@ -85,9 +92,15 @@ enum End {
     Panicked,
 }
 
-/// Runs one connection until it closes.
-pub async fn run<S>(ws: WebSocketStream<S>, encoding: Encoding, node: Arc<Node>)
-where
+/// Runs one connection until it closes. `ticket` is its admission;
+/// `identity` its token, if it authenticated at the upgrade.
+pub async fn run<S>(
+    ws: WebSocketStream<S>,
+    encoding: Encoding,
+    node: Arc<Node>,
+    ticket: Ticket,
+    identity: Option<Identity>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = Arc::new(Peer::new(
@@ -108,12 +121,21 @@ where
     }
     tracing::debug!(peer = peer.id, ?encoding, "session started");
 
+    let frames = (node.config.command_rate > 0).then(|| TokenBucket::per_second(node.config.command_rate));
+    let publishes = (node.config.publish_rate > 0).then(|| TokenBucket::per_second(node.config.publish_rate));
     let mut session = Session {
         node,
         peer,
         subscriptions: HashSet::new(),
         connected: false,
+        identity,
+        auth_timer: None,
+        frames,
+        publishes,
+        publish_refusals: (0, Instant::now()),
+        _ticket: ticket,
     };
+    session.auth_timer = session.next_auth_timer();
     let (mut sink, mut stream) = ws.split();
     // A bug in a session must not take the node down, and the client gets
     // a proper close (1011) rather than a dropped socket.
@@ -130,6 +152,34 @@ struct Session {
     /// Channels subscribed, or being subscribed, by this session.
     subscriptions: HashSet<ChannelName>,
     connected: bool,
+    /// Who the client is, once authenticated (authentication on).
+    identity: Option<Identity>,
+    /// The next authentication deadline, with authentication on.
+    auth_timer: Option<AuthTimer>,
+    /// Inbound frame rate (`--command-rate`).
+    frames: Option<TokenBucket>,
+    /// Publish rate (`--publish-rate`).
+    publishes: Option<TokenBucket>,
+    /// Publishes refused for rate since the window began.
+    publish_refusals: (u32, Instant),
+    /// The admission place; given back when the session ends.
+    _ticket: Ticket,
+}
+
+/// What the authentication timer waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuthEvent {
+    /// The client has not sent `connect` within the handshake timeout.
+    ConnectDeadline,
+    /// Time to send `token_expiring`.
+    Expiring,
+    /// The token expired.
+    Expired,
+}
+
+struct AuthTimer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    event: AuthEvent,
 }
 
 impl Session {
@@ -141,11 +191,21 @@ impl Session {
         let writer = write_loop(sink, &peer, &node);
         tokio::pin!(writer);
         let mut pending: Option<Pending> = None;
+        // Set while the client sends faster than its frame rate.
+        let mut throttle: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             tokio::select! {
                 biased;
                 close = peer.outbox.killed() => return End::Killed(close),
                 end = &mut writer => return end,
+                event = poll_fn(|cx| match self.auth_timer.as_mut() {
+                    Some(timer) => timer.sleep.as_mut().poll(cx).map(|()| timer.event),
+                    None => Poll::Pending,
+                }), if self.auth_timer.is_some() => {
+                    if let Some(end) = self.on_auth_event(event) {
+                        return end;
+                    }
+                }
                 outcome = poll_fn(|cx| match pending.as_mut() {
                     Some(command) => command.as_mut().poll(cx),
                     None => Poll::Pending,
@@ -153,11 +213,21 @@ impl Session {
                     pending = None;
                     self.apply(outcome);
                 }
-                inbound = stream.next(), if pending.is_none() => match inbound {
+                () = poll_fn(|cx| match throttle.as_mut() {
+                    Some(sleep) => sleep.as_mut().poll(cx),
+                    None => Poll::Pending,
+                }), if throttle.is_some() => throttle = None,
+                inbound = stream.next(), if pending.is_none() && throttle.is_none() => match inbound {
                     None => return End::Gone,
                     Some(Err(error)) => return End::ReadError(error),
                     Some(Ok(message)) => {
                         self.peer.touch();
+                        if let Some(bucket) = self.frames.as_mut()
+                            && !bucket.try_take()
+                        {
+                            self.node.metrics.reject("command_rate");
+                            throttle = Some(Box::pin(tokio::time::sleep(bucket.wait_time())));
+                        }
                         match self.on_message(message) {
                             Step::Continue => {}
                             Step::Wait(command) => pending = Some(command),
@@ -186,130 +256,6 @@ impl Session {
             (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => Step::Continue,
             (Message::Close(_), _) => Step::ClientClosed,
         }
-    }
-
-    fn on_command(&mut self, decoded: Result<ClientCommand, DecodeError>) -> Step {
-        let ClientCommand { id, command } = match decoded {
-            Ok(command) => command,
-            Err(error) => {
-                self.reply(error.into_reply());
-                return Step::Continue;
-            }
-        };
-        match command {
-            Command::Connect { .. } => {
-                if self.connected {
-                    self.reply(ServerMessage::error(
-                        id,
-                        ErrorCode::BadRequest,
-                        "already connected",
-                    ));
-                } else {
-                    self.connected = true;
-                    self.reply(ServerMessage {
-                        id,
-                        reply: Reply::Connected {
-                            client: format!("{}-{}", self.node.config.node_id, self.peer.id),
-                            node: self.node.config.node_id.clone(),
-                            ping_interval_ms: self.node.config.ping_interval.as_millis() as u64,
-                        },
-                    });
-                }
-            }
-            Command::Subscribe { channel, since } => {
-                if !self.subscriptions.insert(channel.clone()) {
-                    self.reply(ServerMessage::error(
-                        id,
-                        ErrorCode::AlreadySubscribed,
-                        format!("already subscribed to {channel}"),
-                    ));
-                    return Step::Continue;
-                }
-                let (node, peer) = (self.node.clone(), self.peer.clone());
-                return Step::Wait(Box::pin(async move {
-                    let failed = |channel: ChannelName, error: BrokerError| {
-                        let code = broker_error_code(&error);
-                        let reply =
-                            ServerMessage::error(id, code, format!("cannot subscribe to {channel}: {error}"));
-                        Outcome::SubscribeFailed(channel, reply)
-                    };
-                    let joined = match node.hub.subscribe(&channel, &peer).await {
-                        Ok(joined) => joined,
-                        Err(error) => return failed(channel, error),
-                    };
-                    let plan = match node.hub.plan_recovery(&channel, &joined, since).await {
-                        Ok(plan) => plan,
-                        Err(error) => {
-                            // The history read failed: leave, so the client
-                            // can retry with the same position later.
-                            node.hub.unsubscribe(&channel, peer.id);
-                            return failed(channel, error);
-                        }
-                    };
-                    let subscribed = ServerMessage {
-                        id,
-                        reply: Reply::Subscribed {
-                            channel: channel.clone(),
-                            position: Some(plan.position.clone()),
-                            recovered: plan.recovered,
-                        },
-                    };
-                    let first = Outgoing::Frame(encode(peer.encoding, &subscribed));
-                    node.hub.finish_subscribe(&channel, peer.id, first, plan);
-                    Outcome::Done
-                }));
-            }
-            Command::Unsubscribe { channel } => {
-                if self.subscriptions.remove(&channel) {
-                    self.node.hub.unsubscribe(&channel, self.peer.id);
-                    self.reply(ServerMessage {
-                        id,
-                        reply: Reply::Unsubscribed { channel },
-                    });
-                } else {
-                    self.reply(ServerMessage::error(
-                        id,
-                        ErrorCode::NotSubscribed,
-                        format!("not subscribed to {channel}"),
-                    ));
-                }
-            }
-            Command::Publish { channel, data } => {
-                let node = self.node.clone();
-                return Step::Wait(Box::pin(async move {
-                    let reply = match node.hub.publish(channel.clone(), data, Source::Client).await {
-                        Ok(published) => Reply::Published {
-                            channel,
-                            position: Some(StreamPosition {
-                                epoch: published.epoch.to_string(),
-                                offset: published.offset,
-                            }),
-                        },
-                        Err(error) => {
-                            let code = match &error {
-                                PublishError::TooLarge { .. } => ErrorCode::TooLarge,
-                                PublishError::Broker(error) => broker_error_code(error),
-                            };
-                            Reply::Error {
-                                code,
-                                message: error.to_string(),
-                            }
-                        }
-                    };
-                    Outcome::Reply(ServerMessage { id, reply })
-                }));
-            }
-            Command::Ping => self.reply(ServerMessage {
-                id,
-                reply: Reply::Pong,
-            }),
-            Command::Refresh { .. } => self.reply(ServerMessage::error(
-                id,
-                ErrorCode::BadRequest,
-                "refresh needs token authentication, which is not enabled on this node",
-            )),
-        }
-        Step::Continue
     }
 
     fn apply(&mut self, outcome: Outcome) {

@@ -1,0 +1,292 @@
+//! Every setting as a command-line flag, with its environment variable and
+//! built-in default. The TOML file's keys are these flags' names with `_`
+//! for `-` (see `file.rs`); `gateway --help` prints this list.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use super::values::{parse_duration, parse_size};
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Command-line flags. Each is also read from `GATEWAY_<NAME>` and from the
+/// TOML file given by `--config`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "Horizontally scaled WebSocket pub/sub gateway",
+    long_about = "Horizontally scaled WebSocket pub/sub gateway.\n\n\
+        Clients subscribe over WebSocket at /ws; backends publish with POST /api/publish. \
+        Every flag can also be set with an environment variable GATEWAY_<NAME> or in the TOML \
+        file given by --config (keys are the flag names with '_' for '-'). \
+        Flags override environment variables, which override the file."
+)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "GATEWAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address to serve HTTP and WebSocket (or HTTPS and wss with --tls-cert) on.
+    #[arg(
+        long,
+        env = "GATEWAY_LISTEN",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// Node id reported to clients [default: hostname plus a random suffix].
+    #[arg(long, env = "GATEWAY_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+
+    /// API key accepted by the HTTP API as `Authorization: Bearer <key>`. Repeat the flag (or
+    /// separate with commas in the environment) for several keys. Without any key the API is
+    /// open to anyone who can reach it.
+    #[arg(
+        long,
+        env = "GATEWAY_API_KEY",
+        value_name = "KEY",
+        value_delimiter = ',',
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub api_key: Vec<String>,
+
+    /// Interval between server pings, such as `25s`. A client that sends nothing (not even a
+    /// pong) for twice this long is disconnected.
+    #[arg(long, env = "GATEWAY_PING_INTERVAL", value_name = "DURATION", value_parser = parse_duration, default_value = "25s")]
+    pub ping_interval: Duration,
+
+    /// Seconds over which clients are disconnected (close 1012) on SIGTERM.
+    #[arg(
+        long,
+        env = "GATEWAY_DRAIN_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = 10
+    )]
+    pub drain_seconds: u64,
+
+    /// Time a new connection has to complete its handshake (TLS and HTTP request head), a
+    /// request its body, and, with authentication, a WebSocket client its `connect`.
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+
+    /// Largest inbound WebSocket message or frame, such as `64KiB`; larger closes with 1009.
+    #[arg(long, env = "GATEWAY_MAX_MESSAGE_SIZE", value_name = "BYTES", value_parser = parse_size, default_value = "64KiB")]
+    pub max_message_size: usize,
+
+    /// Largest publication data from any source; larger is refused with `too_large`.
+    #[arg(long, env = "GATEWAY_MAX_PUBLICATION_SIZE", value_name = "BYTES", value_parser = parse_size, default_value = "64KiB")]
+    pub max_publication_size: usize,
+
+    /// Largest HTTP request body; larger is answered 413.
+    #[arg(long, env = "GATEWAY_MAX_BODY_SIZE", value_name = "BYTES", value_parser = parse_size, default_value = "64KiB")]
+    pub max_body_size: usize,
+
+    /// Bytes queued for one client before it is disconnected as a slow consumer (close 4008).
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_BYTES", value_name = "BYTES", value_parser = parse_size, default_value = "1MiB")]
+    pub outbound_queue_bytes: usize,
+
+    /// Messages queued for one client before it is disconnected as a slow consumer.
+    #[arg(
+        long,
+        env = "GATEWAY_OUTBOUND_QUEUE_MESSAGES",
+        value_name = "COUNT",
+        default_value_t = 4096
+    )]
+    pub outbound_queue_messages: usize,
+
+    /// Publications kept per channel for recovery; 0 keeps none (offsets are still assigned).
+    /// `[namespaces.<name>]` tables in the config file override it per namespace.
+    #[arg(
+        long,
+        env = "GATEWAY_HISTORY_SIZE",
+        value_name = "COUNT",
+        default_value_t = 100
+    )]
+    pub history_size: usize,
+
+    /// How long a channel's history and offsets survive without publications; after that the
+    /// channel starts a new epoch.
+    #[arg(long, env = "GATEWAY_HISTORY_TTL", value_name = "DURATION", value_parser = parse_duration, default_value = "10m")]
+    pub history_ttl: Duration,
+
+    /// Redis URL (`redis://[user:password@]host:port[/db]`, or `rediss://` for TLS). With it, nodes
+    /// share publications through Redis; without it the node uses its embedded broker.
+    #[arg(
+        long,
+        env = "GATEWAY_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis channel and key, so several deployments can share one Redis.
+    #[arg(
+        long,
+        env = "GATEWAY_REDIS_PREFIX",
+        value_name = "PREFIX",
+        default_value = "gw"
+    )]
+    pub redis_prefix: String,
+
+    /// PEM file with the CA certificate(s) that signed the Redis server's certificate, for
+    /// `rediss://` with a private CA [default: the system's trusted roots].
+    #[arg(long, env = "GATEWAY_REDIS_CA_FILE", value_name = "FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// PEM certificate chain: serve https:// and wss:// (TLS 1.2+). Reloaded on SIGHUP.
+    #[arg(long, env = "GATEWAY_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert. Reloaded on SIGHUP.
+    #[arg(long, env = "GATEWAY_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// HS256 secret for client tokens (JWT). Setting any --jwt-* key makes authentication required.
+    #[arg(
+        long,
+        env = "GATEWAY_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// File holding the HS256 secret for client tokens.
+    #[arg(long, env = "GATEWAY_JWT_SECRET_FILE", value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// PEM public key for RS256 (RSA key) or ES256 (P-256 key) client tokens.
+    #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Required `iss` of client tokens.
+    #[arg(long, env = "GATEWAY_JWT_ISSUER", value_name = "ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of client tokens.
+    #[arg(long, env = "GATEWAY_JWT_AUDIENCE", value_name = "AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew tolerated when checking `exp` and `nbf`.
+    #[arg(long, env = "GATEWAY_JWT_LEEWAY", value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    pub jwt_leeway: Duration,
+
+    /// Origin allowed to open WebSockets: exact (`https://app.example.com`) or a subdomain
+    /// wildcard (`https://*.example.com`). Repeatable. Without any, every origin is allowed.
+    #[arg(
+        long,
+        env = "GATEWAY_ALLOWED_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origin: Vec<String>,
+
+    /// Refuse WebSocket upgrades without an `Origin` header (non-browser clients).
+    #[arg(long, env = "GATEWAY_REQUIRE_ORIGIN")]
+    pub require_origin: bool,
+
+    /// Proxy (IP or CIDR) whose `X-Forwarded-For` (or PROXY protocol header) names the client.
+    /// Repeatable. Connections from elsewhere are taken at their source address.
+    #[arg(
+        long,
+        env = "GATEWAY_TRUSTED_PROXY",
+        value_name = "NET",
+        value_delimiter = ','
+    )]
+    pub trusted_proxy: Vec<String>,
+
+    /// Expect a PROXY protocol (v1 or v2) header on connections from trusted proxies.
+    #[arg(long, env = "GATEWAY_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+
+    /// Most WebSocket connections on this node; more are answered 503 with Retry-After
+    /// [0: 90% of the open-files limit].
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_CONNECTIONS",
+        value_name = "COUNT",
+        default_value_t = 0
+    )]
+    pub max_connections: usize,
+
+    /// Most WebSocket connections from one client IP [0: no limit].
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_CONNECTIONS_PER_IP",
+        value_name = "COUNT",
+        default_value_t = 0
+    )]
+    pub max_connections_per_ip: usize,
+
+    /// Most new WebSocket connections per second on this node (token bucket, bursts of one
+    /// second's worth); more are answered 503 with Retry-After [0: no limit].
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_CONNECT_RATE",
+        value_name = "PER_SECOND",
+        default_value_t = 0
+    )]
+    pub max_connect_rate: u32,
+
+    /// Most channels one connection may subscribe to; more get error `limit_exceeded`.
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_SUBSCRIPTIONS",
+        value_name = "COUNT",
+        default_value_t = 1000
+    )]
+    pub max_subscriptions: usize,
+
+    /// Publications per second one connection may make (bursts of one second's worth); more get
+    /// error `rate_limited`, and a client that keeps going is closed with 4029 [0: no limit].
+    #[arg(
+        long,
+        env = "GATEWAY_PUBLISH_RATE",
+        value_name = "PER_SECOND",
+        default_value_t = 0
+    )]
+    pub publish_rate: u32,
+
+    /// Frames per second (commands, pings, pongs) read from one connection; a client sending
+    /// faster is read more slowly, without affecting others [0: no limit].
+    #[arg(
+        long,
+        env = "GATEWAY_COMMAND_RATE",
+        value_name = "PER_SECOND",
+        default_value_t = 1000
+    )]
+    pub command_rate: u32,
+
+    /// Log format.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter, such as `info` or `gateway=debug,info`.
+    #[arg(
+        long,
+        env = "GATEWAY_LOG_LEVEL",
+        value_name = "FILTER",
+        default_value = "info"
+    )]
+    pub log_level: String,
+
+    /// Print the resolved configuration as TOML (secrets redacted) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}

@@ -1,0 +1,440 @@
+//! Configuration: command-line flags, `GATEWAY_*` environment variables and
+//! an optional TOML file, resolved into one [`Config`].
+//!
+//! Precedence is flag > environment > file > built-in default. `cli.rs`
+//! lists every setting once (flag, variable, default, help); `file.rs`
+//! layers the file under them; this module resolves and checks the result.
+//! docs/operations.md documents every setting.
+
+mod cli;
+mod file;
+mod values;
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use cli::{Cli, LogFormat};
+pub use values::print::duration as print_duration;
+pub use values::{parse_duration, parse_size};
+
+use crate::namespaces::{Namespace, Namespaces};
+use values::print;
+
+/// The resolved configuration of one gateway node. `--print-config` prints
+/// it in the config file's own format.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub node_id: String,
+    #[serde(rename = "api_key", serialize_with = "print::secrets")]
+    pub api_keys: Vec<String>,
+    #[serde(serialize_with = "print::duration")]
+    pub ping_interval: Duration,
+    #[serde(rename = "drain_seconds", serialize_with = "as_seconds")]
+    pub drain: Duration,
+    #[serde(serialize_with = "print::duration")]
+    pub handshake_timeout: Duration,
+    pub max_message_size: usize,
+    pub max_publication_size: usize,
+    pub max_body_size: usize,
+    pub outbound_queue_bytes: usize,
+    pub outbound_queue_messages: usize,
+    #[serde(serialize_with = "print::url")]
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
+    pub redis_ca_file: Option<PathBuf>,
+    /// TLS certificate chain and key (PEM): serve https/wss.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Client-token key: exactly one of the three enables authentication.
+    #[serde(serialize_with = "print::secret")]
+    pub jwt_secret: Option<String>,
+    pub jwt_secret_file: Option<PathBuf>,
+    pub jwt_public_key: Option<PathBuf>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    #[serde(serialize_with = "print::duration")]
+    pub jwt_leeway: Duration,
+    #[serde(rename = "allowed_origin")]
+    pub allowed_origins: Vec<String>,
+    pub require_origin: bool,
+    #[serde(rename = "trusted_proxy", serialize_with = "print::networks")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub proxy_protocol: bool,
+    /// Resolved: never 0.
+    pub max_connections: usize,
+    /// 0: no limit.
+    pub max_connections_per_ip: usize,
+    /// Per second; 0: no limit.
+    pub max_connect_rate: u32,
+    pub max_subscriptions: usize,
+    /// Per second and connection; 0: no limit.
+    pub publish_rate: u32,
+    /// Inbound frames per second and connection; 0: no limit.
+    pub command_rate: u32,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    /// History and permissions, global and per namespace (last: TOML tables
+    /// must follow plain keys).
+    #[serde(flatten)]
+    pub namespaces: Namespaces,
+}
+
+fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+/// A configuration that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Flags(clap::Error),
+    #[error("invalid setting {name}: {message}")]
+    Invalid { name: &'static str, message: String },
+}
+
+impl Default for Config {
+    /// The built-in defaults (no flags, environment or file).
+    fn default() -> Self {
+        // The built-in defaults are valid.
+        Config::resolve(file::builtin_defaults(), Default::default())
+            .unwrap_or_else(|e| panic!("built-in defaults are invalid: {e}"))
+    }
+}
+
+impl Config {
+    /// Parses `args` (the command line, program name first), the environment
+    /// and the file `--config` names. Also says whether `--print-config`
+    /// was given.
+    pub fn load<I, T>(args: I) -> Result<(Config, bool), ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let (cli, namespaces) = file::load(args)?;
+        let print = cli.print_config;
+        Ok((Config::resolve(cli, namespaces)?, print))
+    }
+
+    fn resolve(
+        cli: Cli,
+        namespaces: std::collections::BTreeMap<String, crate::namespaces::FileNamespace>,
+    ) -> Result<Config, ConfigError> {
+        let auth = cli.jwt_secret.is_some() || cli.jwt_secret_file.is_some() || cli.jwt_public_key.is_some();
+        let trusted_proxies = cli
+            .trusted_proxy
+            .iter()
+            .map(|net| values::parse_network(net).map_err(|m| invalid("trusted_proxy", m)))
+            .collect::<Result<_, _>>()?;
+        let max_connections = match cli.max_connections {
+            0 => values::open_files_limit().map_or(usize::MAX, |limit| limit / 10 * 9),
+            n => n,
+        };
+        let config = Config {
+            listen: cli.listen,
+            node_id: cli.node_id.unwrap_or_else(values::default_node_id),
+            api_keys: cli.api_key,
+            ping_interval: cli.ping_interval,
+            drain: Duration::from_secs(cli.drain_seconds.min(u64::from(u32::MAX))),
+            handshake_timeout: cli.handshake_timeout,
+            max_message_size: cli.max_message_size,
+            max_publication_size: cli.max_publication_size,
+            max_body_size: cli.max_body_size,
+            outbound_queue_bytes: cli.outbound_queue_bytes,
+            outbound_queue_messages: cli.outbound_queue_messages,
+            redis_url: cli.redis_url.filter(|u| !u.trim().is_empty()),
+            redis_prefix: cli.redis_prefix,
+            redis_ca_file: cli.redis_ca_file,
+            tls_cert: cli.tls_cert,
+            tls_key: cli.tls_key,
+            jwt_secret: cli.jwt_secret,
+            jwt_secret_file: cli.jwt_secret_file,
+            jwt_public_key: cli.jwt_public_key,
+            jwt_issuer: cli.jwt_issuer,
+            jwt_audience: cli.jwt_audience,
+            jwt_leeway: cli.jwt_leeway,
+            allowed_origins: cli.allowed_origin,
+            require_origin: cli.require_origin,
+            trusted_proxies,
+            proxy_protocol: cli.proxy_protocol,
+            max_connections,
+            max_connections_per_ip: cli.max_connections_per_ip,
+            max_connect_rate: cli.max_connect_rate,
+            max_subscriptions: cli.max_subscriptions,
+            publish_rate: cli.publish_rate,
+            command_rate: cli.command_rate,
+            log_format: cli.log_format,
+            log_level: cli.log_level,
+            namespaces: Namespaces::resolve(
+                Namespace::global(cli.history_size, cli.history_ttl, auth),
+                namespaces,
+                parse_duration,
+            )
+            .map_err(|m| invalid("namespaces", m))?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// True when client tokens are required.
+    pub fn auth_enabled(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwt_secret_file.is_some() || self.jwt_public_key.is_some()
+    }
+
+    /// Checks values that parse but cannot work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_node_id(&self.node_id).map_err(|m| invalid("node_id", m))?;
+        if self.api_keys.iter().any(|k| k.trim().is_empty()) {
+            return Err(invalid("api_key", "API keys must not be empty".into()));
+        }
+        if self.ping_interval < Duration::from_millis(100) || self.ping_interval > Duration::from_secs(3600) {
+            return Err(invalid("ping_interval", "must be between 100ms and 1h".into()));
+        }
+        if self.drain > Duration::from_secs(3600) {
+            return Err(invalid("drain_seconds", "must be at most 3600".into()));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(invalid("handshake_timeout", "must be more than zero".into()));
+        }
+        for (name, value, min) in [
+            ("max_message_size", self.max_message_size, 256),
+            ("max_publication_size", self.max_publication_size, 1),
+            ("max_body_size", self.max_body_size, 256),
+            ("outbound_queue_bytes", self.outbound_queue_bytes, 1024),
+            ("outbound_queue_messages", self.outbound_queue_messages, 16),
+            ("max_subscriptions", self.max_subscriptions, 1),
+            ("max_connections", self.max_connections, 1),
+        ] {
+            if value < min {
+                return Err(invalid(name, format!("must be at least {min}")));
+            }
+        }
+        // One publication must fit a client's queue, or every subscriber of
+        // a large publication would be closed as a slow consumer.
+        if self.outbound_queue_bytes < self.max_publication_size + 1024 {
+            return Err(invalid(
+                "outbound_queue_bytes",
+                format!(
+                    "must be at least max_publication_size + 1KiB ({} bytes)",
+                    self.max_publication_size + 1024
+                ),
+            ));
+        }
+        broker_adapter::redis::validate_prefix(&self.redis_prefix).map_err(|m| invalid("redis_prefix", m))?;
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(invalid(
+                "redis_url",
+                "must start with redis:// or rediss:// (TLS)".into(),
+            ));
+        }
+        if self.redis_ca_file.is_some()
+            && !self
+                .redis_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss://"))
+        {
+            return Err(invalid(
+                "redis_ca_file",
+                "only applies to a rediss:// Redis URL".into(),
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(invalid("tls_cert", "--tls-cert and --tls-key go together".into()));
+        }
+        let jwt_keys = [
+            self.jwt_secret.is_some(),
+            self.jwt_secret_file.is_some(),
+            self.jwt_public_key.is_some(),
+        ];
+        if jwt_keys.iter().filter(|set| **set).count() > 1 {
+            return Err(invalid(
+                "jwt_secret",
+                "give one of --jwt-secret, --jwt-secret-file, --jwt-public-key".into(),
+            ));
+        }
+        if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return Err(invalid(
+                "jwt_secret",
+                "must be at least 32 bytes (256 bits) for HS256".into(),
+            ));
+        }
+        for file in [
+            &self.redis_ca_file,
+            &self.tls_cert,
+            &self.tls_key,
+            &self.jwt_secret_file,
+            &self.jwt_public_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Err(e) = std::fs::metadata(file) {
+                return Err(invalid("file", format!("cannot read {}: {e}", file.display())));
+            }
+        }
+        for origin in &self.allowed_origins {
+            crate::access::OriginRule::parse(origin).map_err(|m| invalid("allowed_origin", m))?;
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err(invalid(
+                "proxy_protocol",
+                "needs --trusted-proxy: only trusted proxies send it".into(),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| invalid("log_level", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The configuration as TOML, secrets redacted (for `--print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn invalid(name: &'static str, message: String) -> ConfigError {
+    ConfigError::Invalid { name, message }
+}
+
+/// Node ids appear in client ids and broker channel names, so they are kept
+/// to a conservative character set.
+fn validate_node_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 {
+        return Err("must be 1 to 64 characters".into());
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!("contains {c:?}; allowed are A-Z a-z 0-9 - _ ."));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::load(std::iter::once("gateway").chain(args.iter().copied())).map(|(config, _)| config)
+    }
+
+    fn temp_file(contents: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("gateway-config-{}.toml", fastrand::u64(..)));
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_apply_without_flags_or_file() {
+        let config = Config::default();
+        assert_eq!(config.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(config.ping_interval, Duration::from_secs(25));
+        assert_eq!(config.drain, Duration::from_secs(10));
+        assert_eq!(config.max_message_size, 65536);
+        assert_eq!(config.max_subscriptions, 1000);
+        assert!(config.api_keys.is_empty() && !config.auth_enabled());
+        assert!(config.max_connections > 0);
+        assert!(validate_node_id(&config.node_id).is_ok(), "{}", config.node_id);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let path = temp_file(
+            "listen = \"127.0.0.1:9000\"\nnode_id = \"from-file\"\nping_interval = \"5s\"\n\
+             drain_seconds = 3\nmax_message_size = \"1KiB\"\napi_key = [\"k1\", \"k2\"]\n\
+             require_origin = true\nallowed_origin = [\"https://a.example\"]\n\
+             [namespaces.chat]\nhistory_size = 0\n",
+        );
+        let file = path.to_str().unwrap();
+        let from_file = load(&["--config", file]).unwrap();
+        assert_eq!(from_file.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(from_file.node_id, "from-file");
+        assert_eq!(from_file.ping_interval, Duration::from_secs(5));
+        assert_eq!(from_file.drain, Duration::from_secs(3));
+        assert_eq!(from_file.max_message_size, 1024);
+        assert_eq!(from_file.api_keys, ["k1", "k2"]);
+        assert!(from_file.require_origin);
+        assert_eq!(from_file.allowed_origins, ["https://a.example"]);
+        assert_eq!(from_file.namespaces.named["chat"].history_size, 0);
+
+        let flags = load(&[
+            "--config",
+            file,
+            "--node-id",
+            "from-flag",
+            "--ping-interval",
+            "750ms",
+            "--api-key",
+            "k3",
+        ])
+        .unwrap();
+        assert_eq!(flags.node_id, "from-flag");
+        assert_eq!(flags.ping_interval, Duration::from_millis(750));
+        assert_eq!(flags.api_keys, ["k3"]);
+        assert_eq!(flags.listen, "127.0.0.1:9000".parse().unwrap());
+        std::fs::remove_file(path).ok();
+    }
+
+    #[test]
+    fn bad_settings_are_reported_by_name() {
+        let message = |args: &[&str]| load(args).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message(&["--node-id", "has space"]).contains("node_id"));
+        assert!(message(&["--ping-interval", "1ms"]).contains("ping_interval"));
+        assert!(message(&["--max-message-size", "12XB"]).contains("max-message-size"));
+        assert!(message(&["--tls-cert", "/nonexistent.pem"]).contains("tls"));
+        assert!(message(&["--jwt-secret", "short"]).contains("32 bytes"));
+        let both = message(&["--jwt-secret", &"s".repeat(32), "--jwt-public-key", "/k.pem"]);
+        assert!(both.contains("one of"), "{both}");
+        assert!(message(&["--allowed-origin", "not an origin"]).contains("allowed_origin"));
+        assert!(message(&["--proxy-protocol"]).contains("trusted-proxy"));
+        assert!(message(&["--trusted-proxy", "x.y"]).contains("trusted_proxy"));
+
+        let path = temp_file("listne = \"x\"\n");
+        let typo = message(&["--config", path.to_str().unwrap()]);
+        assert!(typo.contains("unknown setting `listne`"), "{typo}");
+        std::fs::remove_file(path).ok();
+    }
+
+    #[test]
+    fn printed_config_redacts_secrets_and_loads_back() {
+        let secret = "a-very-long-jwt-secret-of-32-bytes!!";
+        let config = load(&[
+            "--api-key",
+            "secret-key",
+            "--redis-url",
+            "redis://:s3cret@localhost:6380/2",
+            "--jwt-secret",
+            secret,
+        ])
+        .unwrap();
+        let text = config.to_toml();
+        for hidden in ["secret-key", "s3cret", secret] {
+            assert!(!text.contains(hidden), "{hidden} leaked: {text}");
+        }
+        assert!(
+            text.contains("redis_url = \"redis://:<redacted>@localhost:6380/2\""),
+            "{text}"
+        );
+        assert!(text.contains("ping_interval = \"25s\""), "{text}");
+        // Without secrets, what is printed is a valid config file.
+        let plain = load(&["--node-id", "printed", "--history-size", "7"]).unwrap();
+        let path = temp_file(&plain.to_toml());
+        let back = load(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(
+            (back.node_id.as_str(), back.namespaces.global.history_size),
+            ("printed", 7)
+        );
+        std::fs::remove_file(path).ok();
+    }
+}

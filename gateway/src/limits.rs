@@ -1,0 +1,221 @@
+//! Admission and rate limits.
+//!
+//! [`Admission`] decides, before a WebSocket upgrade, whether the node takes
+//! one more connection: the per-node limit, the per-client-IP limit and the
+//! new-connection rate. An admitted connection holds a [`Ticket`] for its
+//! whole life; dropping it gives the place back. [`TokenBucket`] is the
+//! rate limiter used for connect rate, per-connection publish rate and
+//! per-connection frame rate.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// A token bucket: `rate` tokens per second, holding at most `capacity`.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket of one second's worth (at least one token).
+    pub fn per_second(rate: u32) -> TokenBucket {
+        let rate = f64::from(rate.max(1));
+        TokenBucket {
+            rate,
+            capacity: rate,
+            tokens: rate,
+            refilled: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        self.refilled = now;
+    }
+
+    /// Takes a token if there is one.
+    pub fn try_take(&mut self) -> bool {
+        self.refill(Instant::now());
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// How long until a token is available (zero if one is).
+    pub fn wait_time(&mut self) -> Duration {
+        self.refill(Instant::now());
+        if self.tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+        }
+    }
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    NodeFull,
+    IpFull,
+    RateLimited,
+}
+
+impl Refused {
+    /// The `reason` label of `gateway_rejections_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::NodeFull => "max_connections",
+            Refused::IpFull => "max_connections_per_ip",
+            Refused::RateLimited => "connect_rate",
+        }
+    }
+}
+
+struct Counts {
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Admission control for new WebSocket connections.
+pub struct Admission {
+    counts: Arc<Counts>,
+    max_total: usize,
+    /// 0: no limit.
+    max_per_ip: usize,
+    rate: Option<Mutex<TokenBucket>>,
+}
+
+/// A place held by an admitted connection; released on drop.
+pub struct Ticket {
+    counts: Arc<Counts>,
+    ip: Option<IpAddr>,
+}
+
+impl Admission {
+    pub fn new(max_total: usize, max_per_ip: usize, rate_per_second: u32) -> Admission {
+        Admission {
+            counts: Arc::new(Counts {
+                total: AtomicUsize::new(0),
+                per_ip: Mutex::new(HashMap::new()),
+            }),
+            max_total,
+            max_per_ip,
+            rate: (rate_per_second > 0).then(|| Mutex::new(TokenBucket::per_second(rate_per_second))),
+        }
+    }
+
+    /// Admits a connection from `ip`, or says why not.
+    pub fn admit(&self, ip: IpAddr) -> Result<Ticket, Refused> {
+        if self.counts.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
+            self.counts.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::NodeFull);
+        }
+        // From here on, dropping the ticket undoes what was counted.
+        let mut ticket = Ticket {
+            counts: self.counts.clone(),
+            ip: None,
+        };
+        if self.max_per_ip > 0 {
+            let mut per_ip = self.counts.per_ip.lock();
+            let count = per_ip.entry(ip).or_insert(0);
+            if *count >= self.max_per_ip {
+                if *count == 0 {
+                    per_ip.remove(&ip);
+                }
+                return Err(Refused::IpFull);
+            }
+            *count += 1;
+            ticket.ip = Some(ip);
+        }
+        if let Some(rate) = &self.rate
+            && !rate.lock().try_take()
+        {
+            return Err(Refused::RateLimited);
+        }
+        Ok(ticket)
+    }
+
+    /// Connections admitted and still open.
+    pub fn open(&self) -> usize {
+        self.counts.total.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.counts.total.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip {
+            let mut per_ip = self.counts.per_ip.lock();
+            if let Some(count) = per_ip.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, last])
+    }
+
+    #[test]
+    fn node_and_ip_limits_hold_and_tickets_give_places_back() {
+        let admission = Admission::new(3, 2, 0);
+        let a1 = admission.admit(ip(1)).unwrap();
+        let _a2 = admission.admit(ip(1)).unwrap();
+        assert_eq!(admission.admit(ip(1)).err(), Some(Refused::IpFull));
+        let _b1 = admission.admit(ip(2)).unwrap();
+        assert_eq!(admission.admit(ip(3)).err(), Some(Refused::NodeFull));
+        assert_eq!(admission.open(), 3);
+        drop(a1);
+        assert_eq!(admission.open(), 2);
+        let _again = admission.admit(ip(1)).unwrap();
+        assert_eq!(admission.counts.per_ip.lock().get(&ip(1)), Some(&2));
+    }
+
+    #[test]
+    fn refusals_leave_no_trace() {
+        let admission = Admission::new(10, 1, 0);
+        let held = admission.admit(ip(1)).unwrap();
+        for _ in 0..5 {
+            assert!(admission.admit(ip(1)).is_err());
+        }
+        assert_eq!(admission.open(), 1);
+        drop(held);
+        assert_eq!(admission.open(), 0);
+        assert!(admission.counts.per_ip.lock().is_empty());
+    }
+
+    #[test]
+    fn the_connect_rate_is_a_token_bucket() {
+        let admission = Admission::new(100, 0, 5);
+        let tickets: Vec<Ticket> = (0..5).map(|_| admission.admit(ip(1)).unwrap()).collect();
+        assert_eq!(admission.admit(ip(1)).err(), Some(Refused::RateLimited));
+        assert_eq!(admission.open(), 5);
+        drop(tickets);
+        let mut bucket = TokenBucket::per_second(10);
+        for _ in 0..10 {
+            assert!(bucket.try_take());
+        }
+        assert!(!bucket.try_take());
+        assert!(bucket.wait_time() > Duration::ZERO && bucket.wait_time() <= Duration::from_millis(100));
+    }
+}
