@@ -170,8 +170,10 @@ mod tests {
     }
 
     fn authenticator(configure: impl FnOnce(&mut Config)) -> Authenticator {
-        let mut config = Config::default();
-        config.jwt_secret = Some(SECRET.into());
+        let mut config = Config {
+            jwt_secret: Some(SECRET.into()),
+            ..Config::default()
+        };
         configure(&mut config);
         Authenticator::from_config(&config).unwrap().unwrap()
     }
