@@ -50,11 +50,13 @@ pub fn may_subscribe(
 
 /// May this connection publish to `channel`?
 pub fn may_publish(
+    auth_enabled: bool,
     namespace: &Namespace,
     identity: Option<&Identity>,
     channel: &ChannelName,
 ) -> Result<(), Refusal> {
-    if namespace.allow_client_publish || identity.is_some_and(|i| any_matches(&i.publish, channel.as_str())) {
+    let open = namespace.allow_client_publish.unwrap_or(!auth_enabled);
+    if open || identity.is_some_and(|i| any_matches(&i.publish, channel.as_str())) {
         Ok(())
     } else {
         Err(format!(
@@ -155,10 +157,10 @@ mod tests {
 
     #[test]
     fn channel_rules_follow_claims_namespaces_and_ownership() {
-        let strict = Namespace::global(100, Duration::from_secs(60), true);
+        let strict = Namespace::global(100, Duration::from_secs(60));
         let open = Namespace {
             allow_anonymous_subscribe: true,
-            allow_client_publish: true,
+            allow_client_publish: Some(true),
             ..strict
         };
         let ann = user("ann", &["chat:*"], &["chat:lobby"]);
@@ -172,11 +174,21 @@ mod tests {
         assert!(may_subscribe(true, &open, Some(&user("43", &["*"], &[])), &ch("inbox:user#42")).is_err());
         assert!(may_subscribe(true, &open, Some(&user("", &["*"], &[])), &ch("inbox:user#")).is_err());
 
-        assert!(may_publish(&strict, Some(&ann), &ch("chat:lobby")).is_ok());
-        assert!(may_publish(&strict, Some(&ann), &ch("chat:other")).is_err());
-        assert!(may_publish(&open, None, &ch("chat:other")).is_ok());
-        let no_auth = Namespace::global(100, Duration::from_secs(60), false);
-        assert!(may_publish(&no_auth, None, &ch("x")).is_ok());
+        assert!(may_publish(true, &strict, Some(&ann), &ch("chat:lobby")).is_ok());
+        assert!(may_publish(true, &strict, Some(&ann), &ch("chat:other")).is_err());
+        assert!(may_publish(true, &open, None, &ch("chat:other")).is_ok());
+        assert!(
+            may_publish(false, &strict, None, &ch("x")).is_ok(),
+            "without auth, open by default"
+        );
+        let closed = Namespace {
+            allow_client_publish: Some(false),
+            ..strict
+        };
+        assert!(
+            may_publish(false, &closed, None, &ch("x")).is_err(),
+            "unless the namespace says no"
+        );
     }
 
     #[test]

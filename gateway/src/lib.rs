@@ -21,7 +21,7 @@ mod hub;
 mod limits;
 pub mod logging;
 pub mod metrics;
-mod namespaces;
+pub mod namespaces;
 mod node;
 mod outbox;
 mod peer;

@@ -36,18 +36,19 @@ pub struct Namespace {
     /// Any connected client may subscribe, without a `channels` claim.
     pub allow_anonymous_subscribe: bool,
     /// Any connected client may publish, without a `publish` claim.
-    pub allow_client_publish: bool,
+    /// `None`: yes without authentication, no with it.
+    pub allow_client_publish: Option<bool>,
 }
 
 impl Namespace {
-    /// The global settings. Without authentication every client may
-    /// publish (the check never runs); with it, publishing needs a claim.
-    pub fn global(history_size: usize, history_ttl: Duration, auth: bool) -> Namespace {
+    /// The global settings: without authentication every client may
+    /// publish; with it, publishing needs a `publish` claim.
+    pub fn global(history_size: usize, history_ttl: Duration) -> Namespace {
         Namespace {
             history_size,
             history_ttl,
             allow_anonymous_subscribe: false,
-            allow_client_publish: !auth,
+            allow_client_publish: None,
         }
     }
 
@@ -122,7 +123,7 @@ impl Namespaces {
                 history_size: table.history_size.unwrap_or(global.history_size),
                 history_ttl,
                 allow_anonymous_subscribe: table.allow_anonymous_subscribe.unwrap_or(false),
-                allow_client_publish: table.allow_client_publish.unwrap_or(global.allow_client_publish),
+                allow_client_publish: table.allow_client_publish.or(global.allow_client_publish),
             };
             named.insert(name, namespace);
         }
@@ -136,7 +137,7 @@ mod tests {
 
     #[test]
     fn channels_pick_their_namespace_or_the_global_settings() {
-        let global = Namespace::global(100, Duration::from_secs(600), true);
+        let global = Namespace::global(100, Duration::from_secs(600));
         let mut file = BTreeMap::new();
         file.insert(
             "chat".to_string(),
@@ -157,10 +158,13 @@ mod tests {
         let ns = Namespaces::resolve(global, file, crate::config::parse_duration).unwrap();
         let of = |c: &str| *ns.of(&ChannelName::parse(c).unwrap());
         assert_eq!(of("chat:room-1").history_size, 0);
-        assert!(of("chat:room-1").allow_client_publish && !of("chat:room-1").allow_anonymous_subscribe);
+        assert!(
+            of("chat:room-1").allow_client_publish == Some(true)
+                && !of("chat:room-1").allow_anonymous_subscribe
+        );
         assert_eq!(of("chat:room-1").history_ttl, Duration::from_secs(600));
         assert_eq!(of("feed:x").history_ttl, Duration::from_secs(3600));
-        assert!(of("feed:x").allow_anonymous_subscribe && !of("feed:x").allow_client_publish);
+        assert!(of("feed:x").allow_anonymous_subscribe && of("feed:x").allow_client_publish.is_none());
         assert_eq!(of("news"), global);
         assert_eq!(of("other:x"), global);
 

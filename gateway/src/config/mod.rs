@@ -128,7 +128,6 @@ impl Config {
         cli: Cli,
         namespaces: std::collections::BTreeMap<String, crate::namespaces::FileNamespace>,
     ) -> Result<Config, ConfigError> {
-        let auth = cli.jwt_secret.is_some() || cli.jwt_secret_file.is_some() || cli.jwt_public_key.is_some();
         let trusted_proxies = cli
             .trusted_proxy
             .iter()
@@ -174,7 +173,7 @@ impl Config {
             log_format: cli.log_format,
             log_level: cli.log_level,
             namespaces: Namespaces::resolve(
-                Namespace::global(cli.history_size, cli.history_ttl, auth),
+                Namespace::global(cli.history_size, cli.history_ttl),
                 namespaces,
                 parse_duration,
             )

@@ -234,7 +234,12 @@ impl Session {
 
     fn publish(&mut self, id: Option<u64>, channel: ChannelName, data: bytes::Bytes) -> Step {
         let namespace = self.node.config.namespaces.of(&channel);
-        if let Err(message) = access::may_publish(namespace, self.identity.as_ref(), &channel) {
+        if let Err(message) = access::may_publish(
+            self.node.auth.is_some(),
+            namespace,
+            self.identity.as_ref(),
+            &channel,
+        ) {
             self.node.metrics.reject("forbidden");
             self.reply(ServerMessage::error(id, ErrorCode::Forbidden, message));
             return Step::Continue;

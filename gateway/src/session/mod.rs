@@ -308,6 +308,15 @@ impl Session {
             reason: Utf8Bytes::from(reason),
         };
         let closed = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            // A violation may follow a reply that explains it (the error for a
+            // bad token): write what is queued before the close frame.
+            if matches!(end, End::Violation(..))
+                && let Taken::Items(items) = self.peer.outbox.take()
+            {
+                for item in items {
+                    sink.feed(item.into_message(self.peer.encoding)).await?;
+                }
+            }
             sink.send(Message::Close(Some(frame))).await?;
             // Read until the client answers the close (or goes away).
             while let Some(Ok(_)) = stream.next().await {}

@@ -7,6 +7,7 @@ pub mod haproxy;
 pub mod pki;
 pub mod proxy;
 pub mod redis;
+pub mod tokens;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -23,10 +24,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long a test waits for something that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -49,9 +50,13 @@ pub fn ws_url(addr: SocketAddr) -> String {
     format!("ws://{addr}/ws")
 }
 
+/// Any byte stream a client can run WebSocket over (TCP, TLS).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// A real WebSocket client.
 pub struct WsClient {
-    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub ws: WebSocketStream<Box<dyn Io>>,
     pub subprotocol: Option<String>,
 }
 
@@ -76,14 +81,25 @@ impl WsClient {
         addr: SocketAddr,
         headers: &[(&str, &str)],
     ) -> Result<(WsClient, HeaderMap), WsError> {
-        let mut request = ws_url(addr).into_client_request()?;
+        let stream = TcpStream::connect(addr).await.map_err(WsError::Io)?;
+        Self::handshake(Box::new(stream), &ws_url(addr), headers).await
+    }
+
+    /// The WebSocket handshake over an already open stream (TLS, or TCP
+    /// after a PROXY header).
+    pub async fn handshake(
+        stream: Box<dyn Io>,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(WsClient, HeaderMap), WsError> {
+        let mut request = url.into_client_request()?;
         for (name, value) in headers {
             request.headers_mut().append(
                 http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
                 value.parse().expect("header value"),
             );
         }
-        let (ws, response) = tokio_tungstenite::connect_async(request).await?;
+        let (ws, response) = tokio_tungstenite::client_async(request, stream).await?;
         let subprotocol = response
             .headers()
             .get("sec-websocket-protocol")

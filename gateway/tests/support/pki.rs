@@ -64,3 +64,59 @@ impl Drop for TestPki {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A TLS connection to `addr` that trusts only the CA in `ca` (PEM),
+/// offering `alpn` protocols, with server name `localhost`.
+pub async fn tls_connect(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(std::io::Error::other)? {
+        roots
+            .add(cert.map_err(std::io::Error::other)?)
+            .map_err(std::io::Error::other)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+    connector.connect(name, tcp).await
+}
+
+/// One HTTPS request; returns the status and body.
+pub async fn https(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    method: http::Method,
+    path: &str,
+    body: &str,
+) -> (http::StatusCode, String) {
+    use http_body_util::BodyExt;
+    let tls = tls_connect(addr, ca, &[b"http/1.1"])
+        .await
+        .expect("TLS handshake");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .expect("HTTP over TLS");
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned())))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}

@@ -1,0 +1,243 @@
+//! Admission limits, per-connection limits and Origin checks, each with its
+//! documented answer and rejection metric.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use serde_json::json;
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::Error as WsError;
+
+fn status_of(result: Result<(WsClient, http::HeaderMap), WsError>) -> Option<(u16, Option<String>)> {
+    match result {
+        Ok(_) => None,
+        Err(WsError::Http(response)) => Some((
+            response.status().as_u16(),
+            response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap_or_default().to_string()),
+        )),
+        Err(other) => panic!("unexpected error {other}"),
+    }
+}
+
+async fn rejections(addr: SocketAddr, reason: &str) -> f64 {
+    let text = get(addr, "/metrics").await.text();
+    let prefix = format!("gateway_rejections_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1.0)
+}
+
+#[tokio::test]
+async fn the_node_connection_limit_answers_503_with_retry_after() {
+    let mut config = test_config();
+    config.max_connections = 3;
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(WsClient::connect(addr, None).await);
+    }
+    assert_eq!(
+        status_of(WsClient::connect_with(addr, &[]).await),
+        Some((503, Some("1".into())))
+    );
+    drop(held.pop());
+    eventually("a place is free again", async || {
+        WsClient::try_connect(addr, None).await.is_ok()
+    })
+    .await;
+    assert!(rejections(addr, "max_connections").await >= 1.0);
+}
+
+#[tokio::test]
+async fn per_ip_limits_use_forwarded_addresses_only_from_trusted_proxies() {
+    let mut config = test_config();
+    config.max_connections_per_ip = 2;
+    config.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    let from = |ip: &'static str| [("x-forwarded-for", ip)];
+    let _a = WsClient::connect_with(addr, &from("198.51.100.1")).await.unwrap();
+    let _b = WsClient::connect_with(addr, &from("198.51.100.1")).await.unwrap();
+    assert_eq!(
+        status_of(WsClient::connect_with(addr, &from("198.51.100.1")).await).map(|s| s.0),
+        Some(503)
+    );
+    // Another client behind the same proxy is counted on its own.
+    let _c = WsClient::connect_with(addr, &from("198.51.100.2")).await.unwrap();
+    // A forged leftmost entry does not help: the rightmost untrusted one counts.
+    let forged = [("x-forwarded-for", "203.0.113.5, 198.51.100.1")];
+    assert_eq!(
+        status_of(WsClient::connect_with(addr, &forged).await).map(|s| s.0),
+        Some(503)
+    );
+    assert!(rejections(addr, "max_connections_per_ip").await >= 2.0);
+
+    // Without trusted proxies the header counts for nothing.
+    let mut config = test_config();
+    config.max_connections_per_ip = 2;
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    let _x = WsClient::connect_with(addr, &from("198.51.100.1")).await.unwrap();
+    let _y = WsClient::connect_with(addr, &from("198.51.100.2")).await.unwrap();
+    assert_eq!(
+        status_of(WsClient::connect_with(addr, &from("198.51.100.3")).await).map(|s| s.0),
+        Some(503)
+    );
+}
+
+/// A WebSocket connection that starts with a PROXY v1 header.
+async fn via_proxy_protocol(addr: SocketAddr, source: &str) -> Result<(WsClient, http::HeaderMap), WsError> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.map_err(WsError::Io)?;
+    let header = format!("PROXY TCP4 {source} 127.0.0.1 40000 {}\r\n", addr.port());
+    tcp.write_all(header.as_bytes()).await.map_err(WsError::Io)?;
+    WsClient::handshake(Box::new(tcp), &ws_url(addr), &[]).await
+}
+
+#[tokio::test]
+async fn proxy_protocol_names_the_client_for_limits() {
+    let mut config = test_config();
+    config.max_connections_per_ip = 1;
+    config.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    config.proxy_protocol = true;
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    let _first = via_proxy_protocol(addr, "192.0.2.10").await.unwrap();
+    assert_eq!(
+        status_of(via_proxy_protocol(addr, "192.0.2.10").await).map(|s| s.0),
+        Some(503)
+    );
+    let _other = via_proxy_protocol(addr, "192.0.2.11").await.unwrap();
+    // A trusted peer that sends no PROXY header is dropped.
+    assert!(WsClient::try_connect(addr, None).await.is_err());
+}
+
+#[tokio::test]
+async fn the_connect_rate_is_limited_per_node() {
+    let mut config = test_config();
+    config.max_connect_rate = 5;
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..12 {
+        match WsClient::connect_with(addr, &[]).await {
+            Ok((client, _)) => accepted.push(client),
+            Err(error) => {
+                assert_eq!(status_of(Err(error)), Some((503, Some("1".into()))));
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        accepted.len() >= 5 && refused >= 5,
+        "{} accepted, {refused} refused",
+        accepted.len()
+    );
+    assert_eq!(rejections(addr, "connect_rate").await, f64::from(refused));
+}
+
+#[tokio::test]
+async fn subscriptions_per_connection_are_limited() {
+    let mut config = test_config();
+    config.max_subscriptions = 3;
+    let gw = start(config).await;
+    let mut client = WsClient::connect(gw.local_addr(), None).await;
+    for i in 0..3 {
+        client.subscribe(&format!("c{i}")).await;
+    }
+    let refused = client
+        .request(json!({"type":"subscribe","id":9,"channel":"c3"}))
+        .await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["id"].as_u64()),
+        (Some("limit_exceeded"), Some(9))
+    );
+    client
+        .request(json!({"type":"unsubscribe","id":1,"channel":"c0"}))
+        .await;
+    assert_eq!(
+        client
+            .request(json!({"type":"subscribe","id":2,"channel":"c3"}))
+            .await["type"],
+        "subscribed"
+    );
+}
+
+#[tokio::test]
+async fn publishing_too_fast_is_refused_then_closed_4029() {
+    let mut config = test_config();
+    config.publish_rate = 5;
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    let mut client = WsClient::connect(addr, None).await;
+    let mut refused = 0;
+    for i in 0..8 {
+        let reply = client
+            .request(json!({"type":"publish","id":i,"channel":"fast","data":i}))
+            .await;
+        if reply["code"] == "rate_limited" {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 2,
+        "a burst of one second's worth, then refusals ({refused})"
+    );
+    // Ignoring the refusals ends the connection.
+    let mut closed = None;
+    for i in 0..100 {
+        client
+            .send_json(json!({"type":"publish","id":100 + i,"channel":"fast","data":i}))
+            .await;
+    }
+    while closed.is_none() {
+        if let tokio_tungstenite::tungstenite::Message::Close(frame) = client.next().await {
+            closed = frame.map(|f| u16::from(f.code));
+        }
+    }
+    assert_eq!(closed, Some(4029));
+    assert!(rejections(addr, "publish_rate").await >= 30.0);
+}
+
+#[tokio::test]
+async fn origins_are_checked_before_the_upgrade() {
+    let mut config = test_config();
+    config.allowed_origins = vec!["https://app.example.com".into(), "https://*.example.org".into()];
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    for allowed in ["https://app.example.com", "https://a.b.example.org"] {
+        assert!(
+            WsClient::connect_with(addr, &[("origin", allowed)]).await.is_ok(),
+            "{allowed}"
+        );
+    }
+    for refused in [
+        "https://evil.com",
+        "http://app.example.com",
+        "https://example.org",
+        "null",
+    ] {
+        assert_eq!(
+            status_of(WsClient::connect_with(addr, &[("origin", refused)]).await).map(|s| s.0),
+            Some(403),
+            "{refused}"
+        );
+    }
+    // Non-browser clients send no Origin: allowed unless required.
+    assert!(WsClient::connect_with(addr, &[]).await.is_ok());
+    let mut strict = test_config();
+    strict.require_origin = true;
+    let gw = start(strict).await;
+    assert_eq!(
+        status_of(WsClient::connect_with(gw.local_addr(), &[]).await).map(|s| s.0),
+        Some(403)
+    );
+    assert!(rejections(gw.local_addr(), "origin").await >= 1.0);
+}

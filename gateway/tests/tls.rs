@@ -1,0 +1,156 @@
+//! wss:// and https:// with a throwaway CA, real TLS clients that trust only
+//! that CA, and certificate rotation on SIGHUP without dropping clients.
+
+mod support;
+
+use http::Method;
+use support::pki::{TestPki, https, tls_connect};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn tls_config(pki: &TestPki) -> gateway::Config {
+    let mut config = test_config();
+    config.tls_cert = Some(pki.server_cert.clone());
+    config.tls_key = Some(pki.server_key.clone());
+    config
+}
+
+async fn wss(addr: std::net::SocketAddr, pki: &TestPki) -> WsClient {
+    let tls = tls_connect(addr, &pki.ca_cert, &[b"http/1.1"])
+        .await
+        .expect("TLS handshake");
+    let (client, _) = WsClient::handshake(Box::new(tls), &format!("wss://localhost:{}/ws", addr.port()), &[])
+        .await
+        .expect("WebSocket over TLS");
+    client
+}
+
+#[tokio::test]
+async fn wss_and_https_with_a_client_that_trusts_only_the_ca() {
+    let pki = TestPki::generate("tls");
+    let gw = start(tls_config(&pki)).await;
+    let addr = gw.local_addr();
+
+    let tls = tls_connect(addr, &pki.ca_cert, &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
+    let (_, session) = tls.get_ref();
+    assert_eq!(
+        session.alpn_protocol(),
+        Some(&b"http/1.1"[..]),
+        "ALPN settles on http/1.1"
+    );
+    let version = session.protocol_version();
+    assert!(matches!(
+        version,
+        Some(rustls::ProtocolVersion::TLSv1_3 | rustls::ProtocolVersion::TLSv1_2)
+    ));
+
+    let mut client = wss(addr, &pki).await;
+    client.subscribe("secure").await;
+    let (status, body) = https(
+        addr,
+        &pki.ca_cert,
+        Method::POST,
+        "/api/publish",
+        r#"{"channel":"secure","data":1}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(client.recv_json().await["data"], 1);
+    assert_eq!(https(addr, &pki.ca_cert, Method::GET, "/readyz", "").await.0, 200);
+}
+
+#[tokio::test]
+async fn plain_tcp_and_untrusted_clients_fail_cleanly() {
+    let pki = TestPki::generate("tls-plain");
+    let gw = start(tls_config(&pki)).await;
+    let addr = gw.local_addr();
+
+    // Plain HTTP on the TLS port: no HTTP answer, the connection just ends.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
+        .await
+        .expect("closed promptly");
+    assert!(read.is_ok() || answer.is_empty());
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("HTTP/1.1"),
+        "no plaintext answer"
+    );
+
+    // A client that trusts another CA refuses the certificate.
+    let other = TestPki::generate("tls-other");
+    let refused = tls_connect(addr, &other.ca_cert, &[b"http/1.1"]).await;
+    let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+
+    // And the node serves TLS clients as before.
+    assert_eq!(
+        https(addr, &pki.ca_cert, Method::GET, "/healthz", "").await.0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn sighup_rotates_the_certificate_without_dropping_connections() {
+    let first = TestPki::generate("rotate-1");
+    let second = TestPki::generate("rotate-2");
+    let dir = std::env::temp_dir().join(format!("gw-rotate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::copy(&first.server_cert, &cert).unwrap();
+    std::fs::copy(&first.server_key, &key).unwrap();
+    let gateway = GatewayProcess::spawn(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let addr = gateway.addr;
+
+    let mut before = wss(addr, &first).await;
+    before.subscribe("rotation").await;
+
+    // cert-manager writes the new pair, then the node is told.
+    std::fs::copy(&second.server_cert, &cert).unwrap();
+    std::fs::copy(&second.server_key, &key).unwrap();
+    gateway.signal("HUP");
+    eventually("the new certificate is served", async || {
+        tls_connect(addr, &second.ca_cert, &[b"http/1.1"]).await.is_ok()
+    })
+    .await;
+    assert!(
+        tls_connect(addr, &first.ca_cert, &[b"http/1.1"]).await.is_err(),
+        "the old one is gone"
+    );
+
+    // The connection made with the old certificate is still alive.
+    let (status, _) = https(
+        addr,
+        &second.ca_cert,
+        Method::POST,
+        "/api/publish",
+        r#"{"channel":"rotation","data":"after"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(before.recv_json().await["data"], "after");
+
+    // A broken reload keeps the working pair.
+    std::fs::write(&key, "not a key").unwrap();
+    gateway.signal("HUP");
+    let log = gateway.log.clone();
+    eventually("the failed reload is logged", async || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains("TLS certificate not reloaded"))
+    })
+    .await;
+    assert!(tls_connect(addr, &second.ca_cert, &[b"http/1.1"]).await.is_ok());
+    std::fs::remove_dir_all(dir).ok();
+}
