@@ -12,12 +12,14 @@ pub fn matches(pattern: &str, name: &str) -> bool {
     // Where the last `*` was, and where in `name` it started matching.
     let mut star: Option<(usize, usize)> = None;
     while ni < n.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
+        // The wildcard test comes first: a `*` in the pattern is never a
+        // literal, even where the name has a `*` too.
+        if pi < p.len() && p[pi] == b'*' {
             star = Some((pi, ni));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == b'?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
         } else if let Some((star_pi, star_ni)) = star {
             // Let the last `*` swallow one more character and retry.
             pi = star_pi + 1;
@@ -58,6 +60,9 @@ mod tests {
             ("", "", true),
             ("", "x", false),
             ("user#*", "user#42", true),
+            // Found by the fuzzer: a `*` in the name must not eat the pattern's.
+            ("*a*a", "a**a", true),
+            ("*b", "*b", true),
         ];
         for (pattern, name, expected) in cases {
             assert_eq!(matches(pattern, name), expected, "{pattern} ~ {name}");

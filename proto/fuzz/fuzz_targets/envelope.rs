@@ -1,0 +1,4 @@
+//! Fuzz target: see `pubsub_proto::properties::envelope`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pubsub_proto::properties::envelope(data));
