@@ -99,7 +99,8 @@ mod tests {
     #[test]
     fn the_seed_corpus_holds() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
-        let targets: [(&str, fn(&[u8])); 5] = [
+        type Property = fn(&[u8]);
+        let targets: [(&str, Property); 5] = [
             ("json_command", super::json_command),
             ("protobuf_command", super::protobuf_command),
             ("envelope", super::envelope),
