@@ -23,7 +23,7 @@ use crate::tls::Tls;
 /// Read buffer of each WebSocket. It is allocated for every connection and
 /// kept while the connection lives, so it is sized for commands (small),
 /// not for bulk upload; larger messages grow it as needed.
-const WS_READ_BUFFER: usize = 1024;
+const WS_READ_BUFFER: usize = 256;
 /// Frames are collected up to this size before a write; the writer flushes
 /// after each batch, so small batches still go out at once.
 const WS_WRITE_BUFFER: usize = 16 * 1024;

@@ -9,13 +9,19 @@
 //!
 //! Closing is also requested through the outbox (drain, stale connection),
 //! so every reason a connection ends arrives at the session the same way.
+//!
+//! The session registers its task's waker here; a push that makes the queue
+//! non-empty, or a close request, wakes it. One waker slot, no waiter list:
+//! there is exactly one consumer.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use std::task::Waker;
+
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use pubsub_proto::Encoding;
-use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::delivery::Delivery;
@@ -86,10 +92,8 @@ struct State {
 /// The outbound queue of one connection.
 pub struct Outbox {
     state: Mutex<State>,
-    /// Wakes the writer: items queued or close requested.
-    ready: Notify,
-    /// Wakes the session: a close that must not wait for the queue.
-    killed: Notify,
+    /// The session's task: woken when items or a close request arrive.
+    waker: AtomicWaker,
     max_bytes: usize,
     max_messages: usize,
 }
@@ -98,8 +102,7 @@ impl Outbox {
     pub fn new(max_bytes: usize, max_messages: usize) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
-            ready: Notify::new(),
-            killed: Notify::new(),
+            waker: AtomicWaker::new(),
             max_bytes,
             max_messages,
         }
@@ -128,18 +131,17 @@ impl Outbox {
             });
             drop(state);
             drop(dropped);
-            self.killed.notify_one();
-            self.ready.notify_one();
+            self.waker.wake();
             return Push::Overflow;
         }
         let was_empty = state.queue.is_empty();
         state.queue.push_back(item);
         state.bytes += size;
         drop(state);
-        // The writer empties the whole queue each time it runs, so it only
+        // The session empties the whole queue each time it runs, so it only
         // needs waking when the queue goes from empty to non-empty.
         if was_empty {
-            self.ready.notify_one();
+            self.waker.wake();
         }
         Push::Queued
     }
@@ -166,10 +168,7 @@ impl Outbox {
         };
         drop(state);
         drop(dropped);
-        if !flush {
-            self.killed.notify_one();
-        }
-        self.ready.notify_one();
+        self.waker.wake();
     }
 
     /// Takes everything queued, or the close request once the queue is empty.
@@ -190,20 +189,15 @@ impl Outbox {
         self.state.lock().close.clone()
     }
 
-    /// Resolves when items or a close may be waiting. Cancel-safe.
-    pub async fn ready(&self) {
-        self.ready.notified().await
+    /// Registers the task to wake when items or a close request arrive.
+    /// Register first, then look (`take`, `kill_request`): nothing is missed.
+    pub fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
     }
 
-    /// Resolves with the close request once a close that must not wait for
-    /// the queue (overflow, kill) was made. Cancel-safe.
-    pub async fn killed(&self) -> CloseRequest {
-        loop {
-            if let Some(close) = self.close_request().filter(|c| !c.flush_queue) {
-                return close;
-            }
-            self.killed.notified().await;
-        }
+    /// A close that must not wait for the queue (overflow, stale), if any.
+    pub fn kill_request(&self) -> Option<CloseRequest> {
+        self.close_request().filter(|c| !c.flush_queue)
     }
 }
 
@@ -313,20 +307,33 @@ mod tests {
         }
     }
 
+    /// Waits the way the session does: register, then look.
+    fn kill_waiter(outbox: Arc<Outbox>) -> tokio::task::JoinHandle<CloseRequest> {
+        tokio::spawn(std::future::poll_fn(move |cx| {
+            outbox.register(cx.waker());
+            match outbox.kill_request() {
+                Some(close) => std::task::Poll::Ready(close),
+                None => std::task::Poll::Pending,
+            }
+        }))
+    }
+
     #[tokio::test]
-    async fn killed_resolves_only_for_immediate_closes() {
+    async fn the_registered_task_is_woken_for_kills_only_when_they_are_kills() {
         let outbox = Arc::new(Outbox::new(1 << 20, 100));
+        let waiter = kill_waiter(outbox.clone());
+        tokio::task::yield_now().await;
         outbox.close(CloseRequest {
             code: close::SERVICE_RESTART,
             reason: "drain",
             flush_queue: true,
         });
-        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), outbox.killed()).await;
-        assert!(waiting.is_err(), "a graceful close must not kill");
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "a graceful close is not a kill");
+        waiter.abort();
 
         let outbox = Arc::new(Outbox::new(1 << 20, 1));
-        let o = outbox.clone();
-        let killed = tokio::spawn(async move { o.killed().await });
+        let killed = kill_waiter(outbox.clone());
         tokio::task::yield_now().await;
         outbox.push(frame("a"));
         outbox.push(frame("b"));

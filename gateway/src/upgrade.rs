@@ -87,14 +87,17 @@ pub fn handle(node: &Arc<Node>, mut request: Request<Incoming>, remote: IpAddr) 
     };
 
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let config = node.websocket_config();
     let node = node.clone();
+    // What this task keeps across awaits stays with the connection for its
+    // whole life: keep it small (the identity boxed, the config read later).
+    let identity = identity.map(Box::new);
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                    .await;
-                session::run(ws, encoding.encoding, node, ticket, identity).await;
+                let config = Some(node.websocket_config());
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config).await;
+                // Its own task: it holds the connection's state and nothing else.
+                tokio::spawn(session::start(ws, encoding.encoding, node, ticket, identity));
             }
             Err(error) => tracing::debug!(%error, "upgrade did not complete"),
         }

@@ -81,7 +81,7 @@ impl Session {
                         {
                             return self.refuse_identity_change(id);
                         }
-                        self.identity = Some(identity);
+                        self.identity = Some(Box::new(identity));
                     }
                     Err(message) => {
                         self.node.metrics.reject("unauthorized");
@@ -123,7 +123,7 @@ impl Session {
                     return self.refuse_identity_change(id);
                 }
                 let expires_in_ms = identity.expires_in().as_millis() as u64;
-                self.identity = Some(identity);
+                self.identity = Some(Box::new(identity));
                 self.auth_timer = self.next_auth_timer();
                 self.reply(ServerMessage {
                     id,
@@ -174,7 +174,7 @@ impl Session {
         if let Err(message) = access::may_subscribe(
             self.node.auth.is_some(),
             namespace,
-            self.identity.as_ref(),
+            self.identity.as_deref(),
             &channel,
         ) {
             self.node.metrics.reject("forbidden");
@@ -237,25 +237,24 @@ impl Session {
         if let Err(message) = access::may_publish(
             self.node.auth.is_some(),
             namespace,
-            self.identity.as_ref(),
+            self.identity.as_deref(),
             &channel,
         ) {
             self.node.metrics.reject("forbidden");
             self.reply(ServerMessage::error(id, ErrorCode::Forbidden, message));
             return Step::Continue;
         }
-        if let Some(bucket) = self.publishes.as_mut()
-            && !bucket.try_take()
+        if let Some(limit) = self.publishes.as_mut()
+            && !limit.bucket.try_take()
         {
             self.node.metrics.reject("publish_rate");
-            let (count, since) = &mut self.publish_refusals;
-            if since.elapsed() > REFUSAL_WINDOW {
-                (*count, *since) = (0, Instant::now());
+            if limit.since.elapsed() > REFUSAL_WINDOW {
+                (limit.refused, limit.since) = (0, Instant::now());
             }
-            *count += 1;
+            limit.refused += 1;
             // Ignoring `rate_limited` for a while (three seconds' worth of
             // refused publishes within the window) ends the connection.
-            if *count > self.node.config.publish_rate.saturating_mul(3).max(30) {
+            if limit.refused > self.node.config.publish_rate.saturating_mul(3).max(30) {
                 return Step::Violation(close::RATE_LIMITED, "publish rate limit ignored");
             }
             self.reply(ServerMessage::error(
