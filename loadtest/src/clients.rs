@@ -1,24 +1,164 @@
-//! Opening many WebSocket clients quickly, spread over loopback source
-//! addresses when asked (each source address has its own ephemeral ports).
+//! Opening WebSocket clients the way a real deployment sees them: `ws://` or
+//! `wss://`, JSON or protobuf subprotocol, an optional bearer token, from a
+//! chosen loopback source address (each source address has its own range of
+//! ephemeral ports, which is how one machine opens more than ~28k
+//! connections to one node).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpSocket;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-pub type Ws = WebSocketStream<tokio::net::TcpStream>;
+use crate::wire::{self, Frame, Protocol};
 
-/// Connects to `url` (a `ws://host:port/path`) from `source` (port chosen by
-/// the kernel) and subscribes to `channel`, waiting for the reply.
-pub async fn connect_and_subscribe(url: &str, source: Option<IpAddr>, channel: &str) -> anyhow::Result<Ws> {
-    let request = url.into_client_request()?;
-    let host = request.uri().host().unwrap_or("127.0.0.1");
-    let port = request.uri().port_u16().unwrap_or(80);
-    let target: SocketAddr = format!("{host}:{port}").parse()?;
+/// A plain or TLS client socket.
+pub enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+pub type Ws = WebSocketStream<Io>;
+
+/// How clients reach the gateway: everything but the URL and source address.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClientOptions {
+    pub protocol: Protocol,
+    /// Sent as `Authorization: Bearer` with the upgrade request.
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the gateway's certificate (`wss://`).
+    pub ca: Option<std::path::PathBuf>,
+    /// Accept any server certificate (`wss://` against a self-signed test node).
+    pub insecure: bool,
+}
+
+/// A ready-made client configuration: TLS built once, shared by every client.
+#[derive(Clone)]
+pub struct Connector {
+    options: ClientOptions,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl Connector {
+    pub fn new(options: ClientOptions) -> anyhow::Result<Connector> {
+        let tls = if options.ca.is_some() || options.insecure {
+            Some(tls_connector(options.ca.as_deref(), options.insecure)?)
+        } else {
+            None
+        };
+        Ok(Connector { options, tls })
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.options.protocol
+    }
+
+    /// Opens a WebSocket to `url` from `source` (port chosen by the kernel).
+    pub async fn connect(&self, url: &str, source: Option<IpAddr>) -> anyhow::Result<Ws> {
+        let mut request = url.into_client_request()?;
+        let secure = request.uri().scheme_str() == Some("wss");
+        let host = request.uri().host().unwrap_or("127.0.0.1").to_owned();
+        let port = request.uri().port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let target = tokio::net::lookup_host((host.as_str(), port))
+            .await?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{host} did not resolve"))?;
+        let headers = request.headers_mut();
+        headers.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(self.options.protocol.subprotocol()),
+        );
+        if let Some(token) = &self.options.token {
+            headers.insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {token}"))?,
+            );
+        }
+        let stream = connect_tcp(target, source).await?;
+        let io = if secure {
+            let tls = match &self.tls {
+                Some(tls) => tls.clone(),
+                None => tls_connector(None, false)?,
+            };
+            let name = rustls::pki_types::ServerName::try_from(host)?;
+            Io::Tls(Box::new(tls.connect(name, stream).await?))
+        } else {
+            Io::Plain(stream)
+        };
+        let mut config = WebSocketConfig::default();
+        // Many frames per read syscall: the generator must keep up with the
+        // gateway, on the same cores.
+        config.read_buffer_size = 64 * 1024;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(request, io, Some(config)).await?;
+        Ok(ws)
+    }
+
+    /// Opens a WebSocket and subscribes to `channel`, waiting for the reply.
+    pub async fn connect_and_subscribe(
+        &self,
+        url: &str,
+        source: Option<IpAddr>,
+        channel: &str,
+    ) -> anyhow::Result<Ws> {
+        let mut ws = self.connect(url, source).await?;
+        let protocol = self.options.protocol;
+        ws.send(wire::subscribe(protocol, 1, channel)).await?;
+        while let Some(message) = ws.next().await {
+            match wire::parse(protocol, &message?) {
+                Frame::Subscribed => return Ok(ws),
+                Frame::Error(text) => anyhow::bail!("subscribe to {channel} refused: {text}"),
+                _ => continue,
+            }
+        }
+        anyhow::bail!("connection closed before the subscribe reply")
+    }
+}
+
+/// Connects a TCP socket from `source`, with Nagle off.
+async fn connect_tcp(target: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<TcpStream> {
     let socket = if target.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -29,21 +169,71 @@ pub async fn connect_and_subscribe(url: &str, source: Option<IpAddr>, channel: &
     }
     let stream = socket.connect(target).await?;
     stream.set_nodelay(true)?;
-    let mut config = WebSocketConfig::default();
-    // Many frames per read syscall when the server coalesces.
-    config.read_buffer_size = 64 * 1024;
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
-    let subscribe = serde_json::json!({"type":"subscribe","id":1,"channel":channel}).to_string();
-    ws.send(Message::text(subscribe)).await?;
-    while let Some(message) = ws.next().await {
-        if let Message::Text(text) = message? {
-            if text.contains("\"subscribed\"") {
-                return Ok(ws);
+    Ok(stream)
+}
+
+fn tls_connector(ca: Option<&Path>, insecure: bool) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let config = if insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(ca) = ca {
+            for cert in CertificateDer::pem_file_iter(ca)? {
+                roots.add(cert?)?;
             }
-            anyhow::bail!("subscribe failed: {text}");
         }
+        anyhow::ensure!(
+            !roots.is_empty(),
+            "wss:// needs --ca FILE (or --insecure against a test node)"
+        );
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// `--insecure`: accepts any certificate but still checks the handshake
+/// signatures, so the TLS cost measured is the real one.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
-    anyhow::bail!("connection closed before the subscribe reply")
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Parses `127.0.0.2,127.0.0.3` into addresses (empty: let the kernel pick).

@@ -1,7 +1,19 @@
-//! The load generator's reusable parts: the loss and duplication
-//! [`checker`] (also used by the gateway's fault tests), client helpers and
-//! process statistics. The `loadtest` binary drives scenarios with them.
+//! The load generator's parts. The `loadtest` binary is a thin command line
+//! over [`scenario`]; the loss and duplication [`checker`] is also used by
+//! the gateway's fault tests.
+//!
+//! Data flows: [`scenario`] asks [`fleet`] for worker processes
+//! ([`worker`]), each opening WebSocket [`clients`] that read [`wire`]
+//! frames; [`publisher`] publishes probes on a schedule; per-step counts and
+//! latency histograms come back as a [`report`], which [`plot`] can chart.
 
 pub mod checker;
 pub mod clients;
+pub mod fleet;
+pub mod plot;
 pub mod procstat;
+pub mod publisher;
+pub mod report;
+pub mod scenario;
+pub mod wire;
+pub mod worker;

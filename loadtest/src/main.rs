@@ -1,22 +1,16 @@
-//! `loadtest`: drives real WebSocket clients and HTTP publishers against
-//! gateway nodes and reports what the nodes sustained.
-//!
-//! Scenarios:
-//! - `idle`: open N connections (each subscribed to a channel), hold them,
-//!   and report the gateway's memory per connection from its PID;
-//! - `fanout`: N subscribers of one channel, publish over HTTP at a rate,
-//!   report deliveries/s, loss and latency percentiles, and the CPU time of
-//!   the gateway and of this generator.
+//! `loadtest`: drives real WebSocket clients and publishers against gateway
+//! nodes and reports what the nodes sustained. See docs/benchmarks.md for
+//! the runs behind the published figures.
 
-mod fanout;
-mod idle;
-
-use loadtest::{clients, procstat};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use loadtest::report::Report;
+use loadtest::scenario::{self, ChurnArgs, Pick, Publishing, Target};
 
 #[derive(Parser)]
-#[command(name = "loadtest", about = "Load generator for pubsub-gateway")]
+#[command(name = "loadtest", about = "Load generator for pubsub-gateway", version)]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
@@ -24,19 +18,194 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
-    /// Hold N idle (subscribed) connections and report server memory per connection.
-    Idle(idle::Args),
-    /// N subscribers of one channel; publish over HTTP at a rate.
-    Fanout(fanout::Args),
+    /// Open N connections (each subscribed), hold them, report server memory per connection.
+    Idle {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 10_000)]
+        connections: u64,
+        /// Channels the connections are spread over.
+        #[arg(long, default_value_t = 1000)]
+        channels: u64,
+        /// How long to hold the connections once open.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        hold: Duration,
+    },
+    /// N subscribers of one channel; publish at a rate, or ramp up to the highest sustainable rate.
+    Fanout {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        publishing: Publishing,
+        #[arg(long, default_value_t = 2000)]
+        subscribers: u64,
+    },
+    /// N connections over M channels; publish to random channels at a rate.
+    Channels {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        publishing: Publishing,
+        #[arg(long, default_value_t = 10_000)]
+        connections: u64,
+        #[arg(long, default_value_t = 5_000)]
+        channels: u64,
+    },
+    /// Clients connect, subscribe and leave at a rate while traffic flows to stable subscribers.
+    Churn {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        publishing: Publishing,
+        #[command(flatten)]
+        churn: ChurnArgs,
+        /// Stable subscribers (checked for loss).
+        #[arg(long, default_value_t = 1000)]
+        connections: u64,
+        #[arg(long, default_value_t = 100)]
+        channels: u64,
+    },
+    /// Light load, latency percentiles (point --url at one node and --api at another for cross-node).
+    Latency {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        publishing: Publishing,
+        #[arg(long, default_value_t = 1)]
+        subscribers: u64,
+    },
+    /// Render `--json` reports to SVG charts.
+    Plot {
+        /// Reports, each optionally named: `name=path.json`.
+        #[arg(required = true)]
+        reports: Vec<String>,
+        /// Output path stem: writes STEM-ramp.svg and STEM-percentiles.svg.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// (internal) A worker process; the coordinator starts these.
+    #[command(hide = true)]
+    Worker,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
-        match cli.scenario {
-            Scenario::Idle(args) => idle::run(args).await,
-            Scenario::Fanout(args) => fanout::run(args).await,
+    let report = match cli.scenario {
+        Scenario::Worker => return loadtest::worker::main(),
+        Scenario::Plot { reports, out } => return plot(&reports, &out),
+        scenario => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(run(scenario))?
         }
-    })
+    };
+    // Loss, duplicates or dropped connections fail the run, so scripts and
+    // CI can rely on the exit status.
+    if !report.clean() {
+        eprintln!("run was not clean: lost, duplicated, failed or dropped (see above)");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn run(scenario: Scenario) -> anyhow::Result<Report> {
+    match scenario {
+        Scenario::Idle {
+            target,
+            connections,
+            channels,
+            hold,
+        } => scenario::idle(target, connections, channels, hold).await,
+        Scenario::Fanout {
+            target,
+            publishing,
+            subscribers,
+        } => {
+            scenario::traffic(
+                "fanout",
+                target,
+                publishing,
+                subscribers,
+                1,
+                Pick::RoundRobin,
+                None,
+            )
+            .await
+        }
+        Scenario::Channels {
+            target,
+            publishing,
+            connections,
+            channels,
+        } => {
+            scenario::traffic(
+                "channels",
+                target,
+                publishing,
+                connections,
+                channels,
+                Pick::Random,
+                None,
+            )
+            .await
+        }
+        Scenario::Churn {
+            target,
+            publishing,
+            churn,
+            connections,
+            channels,
+        } => {
+            scenario::traffic(
+                "churn",
+                target,
+                publishing,
+                connections,
+                channels,
+                Pick::Random,
+                Some(churn),
+            )
+            .await
+        }
+        Scenario::Latency {
+            target,
+            publishing,
+            subscribers,
+        } => {
+            scenario::traffic(
+                "latency",
+                target,
+                publishing,
+                subscribers,
+                1,
+                Pick::RoundRobin,
+                None,
+            )
+            .await
+        }
+        Scenario::Plot { .. } | Scenario::Worker => unreachable!("handled before the runtime starts"),
+    }
+}
+
+fn plot(reports: &[String], out: &std::path::Path) -> anyhow::Result<()> {
+    let mut loaded = Vec::new();
+    for spec in reports {
+        let (name, path) = match spec.split_once('=') {
+            Some((name, path)) => (name.to_owned(), PathBuf::from(path)),
+            None => {
+                let path = PathBuf::from(spec);
+                let name = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (name, path)
+            }
+        };
+        loaded.push((name, Report::read_json(&path)?));
+    }
+    for path in loadtest::plot::plot(&loaded, out)? {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
