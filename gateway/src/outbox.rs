@@ -184,6 +184,11 @@ impl Outbox {
         }
     }
 
+    /// True when frames are queued (a close request alone does not count).
+    pub fn has_items(&self) -> bool {
+        !self.state.lock().queue.is_empty()
+    }
+
     /// The close request, if one was made.
     pub fn close_request(&self) -> Option<CloseRequest> {
         self.state.lock().close.clone()

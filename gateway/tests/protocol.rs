@@ -424,6 +424,34 @@ async fn messages_arrive_in_publish_order() {
 }
 
 #[tokio::test]
+async fn a_write_delay_gathers_frames_without_losing_or_reordering_any() {
+    let mut config = test_config();
+    config.write_delay = std::time::Duration::from_millis(20);
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    let mut subscriber = WsClient::connect(addr, None).await;
+    // Replies go through the same gathered writes.
+    subscriber.subscribe("gathered").await;
+    let mut publisher = WsClient::connect(addr, None).await;
+    for i in 0..300u64 {
+        let reply = publisher
+            .request(json!({"type":"publish","id":i,"channel":"gathered","data":i}))
+            .await;
+        assert_eq!(reply["type"], "published");
+    }
+    let mut got = Vec::new();
+    while got.len() < 300 {
+        got.push(subscriber.recv_json().await["data"].as_u64().expect("numbered"));
+    }
+    assert_eq!(got, (0..300).collect::<Vec<_>>());
+    // A ping still gets its pong, and the connection closes normally.
+    assert_eq!(
+        subscriber.request(json!({"type":"ping","id":7})).await["type"],
+        "pong"
+    );
+}
+
+#[tokio::test]
 async fn websocket_ping_frames_are_answered() {
     let gw = start(test_config()).await;
     let mut client = WsClient::connect(gw.local_addr(), None).await;

@@ -27,7 +27,7 @@ use crate::wire::{self, Frame};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Job {
     pub client: ClientOptions,
-    /// Connection `i` (global index) goes to `urls[i % urls.len()]`...
+    /// Connection `i` (global index) goes to one of these (see [`Job::url`])...
     pub urls: Vec<String>,
     pub source: Option<IpAddr>,
     /// ... and this worker holds `first .. first + count`.
@@ -44,6 +44,16 @@ pub struct Job {
 }
 
 impl Job {
+    /// The node of connection `i`. Connection `i` is subscriber number
+    /// `i / channels` of channel `i % channels`; their sum, round robin,
+    /// spreads each channel's subscribers over the nodes and balances the
+    /// nodes.
+    pub fn url(&self, i: u64) -> &str {
+        let channels = self.channels.max(1);
+        let turn = i % channels + i / channels;
+        &self.urls[(turn % self.urls.len() as u64) as usize]
+    }
+
     pub fn channel(&self, i: u64) -> String {
         format!("{}{}", self.channel_prefix, i % self.channels.max(1))
     }
@@ -179,7 +189,7 @@ async fn run() -> anyhow::Result<()> {
     });
     for i in job.first..job.first + job.count {
         let permit = permits.clone().acquire_owned().await?;
-        let url = job.urls[(i % job.urls.len() as u64) as usize].clone();
+        let url = job.url(i).to_owned();
         let channel = job.channel(i);
         let channel_index = i % job.channels.max(1);
         let (connector, stats, stopping) = (connector.clone(), stats.clone(), stopping.clone());
@@ -330,7 +340,31 @@ async fn churn(
 
 #[cfg(test)]
 mod tests {
-    use super::Window;
+    use super::{Job, Window};
+
+    #[test]
+    fn subscribers_of_a_channel_are_spread_over_the_nodes() {
+        let job = |channels| Job {
+            client: Default::default(),
+            urls: vec!["a".into(), "b".into()],
+            source: None,
+            first: 0,
+            count: 0,
+            channel_prefix: String::new(),
+            channels,
+            concurrency: 1,
+            churn_rate: 0.0,
+            churn_hold_ms: 0,
+        };
+        let many = job(5000);
+        for c in [0, 1, 4999] {
+            assert_ne!(many.url(c), many.url(c + 5000), "channel {c}");
+        }
+        let a = (0..10_000).filter(|&i| many.url(i) == "a").count();
+        assert_eq!(a, 5000);
+        let one = job(1);
+        assert_eq!((one.url(0), one.url(1), one.url(2)), ("a", "b", "a"));
+    }
 
     #[test]
     fn the_window_finds_duplicates_in_and_out_of_order() {

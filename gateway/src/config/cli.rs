@@ -84,6 +84,12 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub handshake_timeout: Duration,
 
+    /// How long a connection gathers outgoing frames before writing them, such as `5ms`. `0`
+    /// (the default) writes at once; a few milliseconds turn many small writes into one under
+    /// heavy fan-out, at the cost of that much latency.
+    #[arg(long, env = "GATEWAY_WRITE_DELAY", value_name = "DURATION", value_parser = parse_duration, default_value = "0s")]
+    pub write_delay: Duration,
+
     /// Largest inbound WebSocket message or frame, such as `64KiB`; larger closes with 1009.
     #[arg(long, env = "GATEWAY_MAX_MESSAGE_SIZE", value_name = "BYTES", value_parser = parse_size, default_value = "64KiB")]
     pub max_message_size: usize,

@@ -38,6 +38,8 @@ pub struct Config {
     pub drain: Duration,
     #[serde(serialize_with = "print::duration")]
     pub handshake_timeout: Duration,
+    #[serde(serialize_with = "print::duration")]
+    pub write_delay: Duration,
     pub max_message_size: usize,
     pub max_publication_size: usize,
     pub max_body_size: usize,
@@ -144,6 +146,7 @@ impl Config {
             ping_interval: cli.ping_interval,
             drain: Duration::from_secs(cli.drain_seconds.min(u64::from(u32::MAX))),
             handshake_timeout: cli.handshake_timeout,
+            write_delay: cli.write_delay,
             max_message_size: cli.max_message_size,
             max_publication_size: cli.max_publication_size,
             max_body_size: cli.max_body_size,
@@ -199,6 +202,9 @@ impl Config {
         }
         if self.drain > Duration::from_secs(3600) {
             return Err(invalid("drain_seconds", "must be at most 3600".into()));
+        }
+        if self.write_delay > Duration::from_secs(1) {
+            return Err(invalid("write_delay", "must be at most 1s".into()));
         }
         if self.handshake_timeout.is_zero() {
             return Err(invalid("handshake_timeout", "must be more than zero".into()));

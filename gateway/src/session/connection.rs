@@ -69,6 +69,9 @@ pub(super) struct Open<S> {
     outgoing: VecDeque<Outgoing>,
     /// Frames handed to the socket and not yet flushed.
     flushing: bool,
+    /// With `--write-delay`: armed when frames arrive at an idle writer;
+    /// the frames queued until it fires go out in one write.
+    gather: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> Connection<S> {
@@ -80,6 +83,7 @@ impl<S> Connection<S> {
             throttle: None,
             outgoing: VecDeque::new(),
             flushing: false,
+            gather: None,
         })
     }
 }
@@ -209,6 +213,9 @@ where
     /// Moves queued frames to the socket and flushes. `Ready` ends the
     /// session (a requested close once everything is written, or an error).
     fn poll_writes(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        if self.poll_gather(cx).is_pending() {
+            return Poll::Pending;
+        }
         let encoding = self.session.peer.encoding;
         let mut delivered = 0;
         let mut handed = 0;
@@ -267,6 +274,32 @@ where
             self.session.node.metrics.delivered.increment(delivered);
         }
         result
+    }
+
+    /// `--write-delay`: when frames arrive at an idle writer, waits that long
+    /// before writing so that what is published meanwhile shares the write
+    /// (one syscall, one TCP segment) instead of one write per frame. Only
+    /// a close that must not wait skips the delay.
+    fn poll_gather(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let delay = self.session.node.config.write_delay;
+        if delay.is_zero() {
+            return Poll::Ready(());
+        }
+        if self.gather.is_none() {
+            let idle = self.outgoing.is_empty() && !self.flushing;
+            if !idle || !self.session.peer.outbox.has_items() {
+                return Poll::Ready(());
+            }
+            self.gather = Some(Box::pin(tokio::time::sleep(delay)));
+        }
+        let Some(timer) = self.gather.as_mut() else {
+            return Poll::Ready(());
+        };
+        if timer.as_mut().poll(cx).is_pending() && self.session.peer.outbox.kill_request().is_none() {
+            return Poll::Pending;
+        }
+        self.gather = None;
+        Poll::Ready(())
     }
 
     /// Sends the close frame `end` calls for and waits (bounded) for the

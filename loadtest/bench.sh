@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Reproduces the figures in docs/benchmarks.md: starts a throwaway Redis and
+# N gateway nodes on loopback, runs one loadtest scenario against them, and
+# leaves the JSON report in $OUT (default target/bench).
+#
+#   loadtest/bench.sh NODES SCENARIO [loadtest args...]
+#   loadtest/bench.sh 2 fanout --subscribers 2000 --rate 100 --ramp 1.5
+#   loadtest/bench.sh 1 idle --connections 19000          # one node, no Redis
+#
+# Each node's WebSocket URL, API URL and PID are passed to loadtest; add
+# arguments to refine (the latency scenario subscribes on the last node only). With NODES=1 the node runs on the embedded broker
+# unless REDIS=1 is set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+nodes="${1:?nodes}"; scenario="${2:?scenario}"; shift 2
+out="${OUT:-target/bench}"; mkdir -p "$out"
+cargo build --release -q -p gateway -p loadtest
+bin=target/release
+
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+redis_args=()
+if (( nodes > 1 )) || [[ "${REDIS:-0}" == 1 ]]; then
+  redis-server --port 16390 --bind 127.0.0.1 --save "" --appendonly no --dir "$work" --loglevel warning &
+  pids+=($!)
+  until redis-cli -p 16390 ping >/dev/null 2>&1; do sleep 0.05; done
+  redis_args=(--redis-url redis://127.0.0.1:16390)
+fi
+
+urls=(); apis=(); gw_pids=()
+for n in $(seq 1 "$nodes"); do
+  port=$((18080 + n))
+  "$bin/gateway" --listen "127.0.0.1:$port" --node-id "bench-$n" --log-level warn "${redis_args[@]}" ${GATEWAY_ARGS:-} &
+  pids+=($!); gw_pids+=($!)
+  urls+=("ws://127.0.0.1:$port/ws"); apis+=("http://127.0.0.1:$port")
+  until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do sleep 0.05; done
+done
+join() { local IFS=,; echo "$*"; }
+
+# Cross-node latency: subscribers on the last node, publications via the first.
+[[ "$scenario" == latency ]] && urls=("${urls[-1]}")
+
+report="$out/$scenario-$nodes-node-$(date +%H%M%S).json"
+"$bin/loadtest" "$scenario" --url "$(join "${urls[@]}")" --api "${apis[0]}" \
+  --pid "$(join "${gw_pids[@]}")" --json "$report" "$@"
