@@ -129,9 +129,9 @@ impl Connector {
             Io::Plain(stream)
         };
         let mut config = WebSocketConfig::default();
-        // Many frames per read syscall: the generator must keep up with the
-        // gateway, on the same cores.
-        config.read_buffer_size = 64 * 1024;
+        // Several gathered frames per read syscall, without holding much
+        // memory per client (tens of thousands of clients per worker).
+        config.read_buffer_size = 8 * 1024;
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, io, Some(config)).await?;
         Ok(ws)
     }
@@ -165,12 +165,36 @@ async fn connect_tcp(target: SocketAddr, source: Option<IpAddr>) -> anyhow::Resu
         TcpSocket::new_v6()?
     };
     if let Some(source) = source {
+        // Pick the port at connect time, by the whole 4-tuple: otherwise
+        // bind() must find a port unused towards *every* destination, which
+        // crawls once thousands of earlier connections sit in TIME_WAIT.
+        set_bind_address_no_port(&socket);
+        socket.set_reuseaddr(true)?;
         socket.bind(SocketAddr::new(source, 0))?;
     }
     let stream = socket.connect(target).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }
+
+#[cfg(target_os = "linux")]
+fn set_bind_address_no_port(socket: &TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a c_int option value of the right size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_bind_address_no_port(_socket: &TcpSocket) {}
 
 fn tls_connector(ca: Option<&Path>, insecure: bool) -> anyhow::Result<tokio_rustls::TlsConnector> {
     use rustls::pki_types::CertificateDer;

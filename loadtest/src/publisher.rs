@@ -291,17 +291,21 @@ async fn ws_publisher(
     }
 }
 
-/// Waits until `at` precisely. tokio's timer has millisecond granularity, so
-/// this sleeps to just before the slot and yields until it.
+/// Waits until `at`, precisely and without spinning: tokio's timer has
+/// millisecond granularity, so it sleeps on the timer to within a
+/// millisecond and then sleeps the thread for the rest (the generator shares
+/// the cores with the gateway; a busy wait would steal them).
 async fn pace_until(at: Instant) {
-    let early = Duration::from_millis(2);
-    if let Some(sleep) = at
+    let coarse = Duration::from_millis(1);
+    if let Some(wait) = at
         .checked_duration_since(Instant::now())
-        .and_then(|d| d.checked_sub(early))
+        .and_then(|d| d.checked_sub(coarse))
     {
-        tokio::time::sleep(sleep).await;
+        tokio::time::sleep(wait).await;
     }
-    while Instant::now() < at {
-        tokio::task::yield_now().await;
+    if let Some(rest) = at.checked_duration_since(Instant::now()) {
+        std::thread::sleep(rest);
     }
+    // Let the requests and replies in flight make progress (one thread).
+    tokio::task::yield_now().await;
 }

@@ -124,6 +124,8 @@ pub struct Connections {
     pub connect_secs: f64,
     /// Handshake + subscribe completions per second.
     pub connect_rate: f64,
+    /// Connections that dropped while held (`idle`).
+    pub dropped: u64,
     pub first_errors: Vec<String>,
 }
 
@@ -169,6 +171,9 @@ impl Report {
             "connections   {} open of {} ({} failed) in {:.2} s: {:.0}/s",
             c.open, c.requested, c.failed, c.connect_secs, c.connect_rate
         );
+        if c.dropped > 0 {
+            println!("  {} connections dropped while held", c.dropped);
+        }
         for error in &c.first_errors {
             println!("  error: {error}");
         }
@@ -249,6 +254,7 @@ impl Report {
     /// Zero loss, zero duplicates, zero disconnects in every step.
     pub fn clean(&self) -> bool {
         self.connections.failed == 0
+            && self.connections.dropped == 0
             && self
                 .steps
                 .iter()

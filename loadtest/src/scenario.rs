@@ -230,11 +230,7 @@ pub async fn idle(target: Target, connections: u64, channels: u64, hold: Duratio
     tokio::time::sleep(hold).await;
     // Connections that dropped while held.
     let (counts, _, _) = fleet.step().await?;
-    report.steps.push(Step {
-        disconnects: counts.disconnects,
-        duration_secs: hold.as_secs_f64(),
-        ..Step::default()
-    });
+    report.connections.dropped = counts.disconnects;
     fleet.stop().await?;
     target.finish(&report)?;
     Ok(report)

@@ -246,6 +246,7 @@ fn scenarios_run_against_two_redis_backed_nodes_without_loss() {
         "1s",
     ]);
     assert_eq!(report.connections.open, 300);
+    assert_eq!(report.connections.dropped, 0);
     let memory = report.memory.expect("memory figures");
     assert!(memory.rss_after > 0);
 }
