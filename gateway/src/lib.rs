@@ -9,13 +9,17 @@
 //! - `outbox`, `delivery`, `peer`: per-connection queue, encode-once frames,
 //!   the handle others hold on a connection;
 //! - `registry`: every session, for heartbeat and drain;
-//! - `http_api`: publish API and probes; [`config`], [`metrics`], `logging`.
+//! - `http_api`: publish API; `probes`: health, readiness, metrics; `demo`:
+//!   the demo page; [`config`], [`metrics`], `logging`;
+//! - [`healthcheck`]: the `--healthcheck` client for container images.
 
 mod access;
 mod auth;
 mod client_ip;
 pub mod config;
 mod delivery;
+// mod demo;
+pub mod healthcheck;
 mod http_api;
 mod hub;
 mod limits;

@@ -1,15 +1,18 @@
 //! The `gateway` binary: read the configuration, serve until SIGTERM or
 //! SIGINT, drain, exit 0. A second signal during the drain exits at once.
-//! SIGHUP reloads the TLS certificate and key.
+//! SIGHUP reloads the TLS certificate and key. `--print-config` and
+//! `--healthcheck` do their one thing and exit.
 
 use std::process::ExitCode;
 
-use gateway::config::Config;
-use gateway::{Gateway, logging};
+use std::time::Duration;
+
+use gateway::config::{Action, Config};
+use gateway::{Gateway, healthcheck, logging};
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
-    let (config, print_config) = match Config::load(std::env::args_os()) {
+    let (config, action) = match Config::load(std::env::args_os()) {
         Ok(loaded) => loaded,
         Err(gateway::config::ConfigError::Flags(error)) => {
             // --help and --version end here too, with exit code 0.
@@ -25,9 +28,26 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if print_config {
-        print!("{}", config.to_toml());
-        return ExitCode::SUCCESS;
+    match action {
+        Action::Serve => {}
+        Action::PrintConfig => {
+            print!("{}", config.to_toml());
+            return ExitCode::SUCCESS;
+        }
+        Action::Healthcheck(url) => {
+            let url = url.unwrap_or_else(|| healthcheck::default_url(&config));
+            return match healthcheck::check(&url, Duration::from_secs(3)) {
+                Ok(200) => ExitCode::SUCCESS,
+                Ok(status) => {
+                    eprintln!("gateway: {url} answered {status}");
+                    ExitCode::FAILURE
+                }
+                Err(error) => {
+                    eprintln!("gateway: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     }
     logging::init(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -36,6 +36,12 @@ pub struct Metrics {
     pub slow_consumer_disconnects: Counter,
     /// 1 while the broker is reachable.
     pub broker_up: Gauge,
+    /// 1 while `/readyz` answers 200 (set when scraped).
+    pub ready: Gauge,
+    /// 1 once the node is draining (set when scraped).
+    pub draining: Gauge,
+    /// The node's `--max-connections`.
+    pub connections_limit: Gauge,
     /// Holes in a channel's stream that history could not fill (a gap
     /// notice went to the channel's subscribers).
     pub gap_notices: Counter,
@@ -114,6 +120,20 @@ impl Metrics {
         };
         let published =
             "Publications accepted by the broker, by source (api = HTTP API, client = WebSocket).";
+        recorder.describe_gauge(
+            KeyName::from("gateway_build_info"),
+            None,
+            SharedString::from("Always 1; the version label names the running gateway's version."),
+        );
+        recorder
+            .register_gauge(
+                &Key::from_parts(
+                    "gateway_build_info",
+                    vec![Label::new("version", env!("CARGO_PKG_VERSION"))],
+                ),
+                &METADATA,
+            )
+            .set(1.0);
         Metrics {
             connections: gauge("gateway_connections", "Open WebSocket connections."),
             connections_total: counter(
@@ -149,6 +169,15 @@ impl Metrics {
             broker_up: gauge(
                 "gateway_broker_up",
                 "1 while the broker is reachable, 0 otherwise.",
+            ),
+            ready: gauge(
+                "gateway_ready",
+                "1 while the node is ready for connections (/readyz answers 200), 0 otherwise.",
+            ),
+            draining: gauge("gateway_draining", "1 once the node is draining (shutting down)."),
+            connections_limit: gauge(
+                "gateway_connections_limit",
+                "The most WebSocket connections this node accepts (--max-connections).",
             ),
             gap_notices: counter(
                 "gateway_gap_notices_total",
@@ -233,6 +262,14 @@ mod tests {
             "gateway_channels 0",
             "gateway_messages_delivered_total 0",
             "gateway_slow_consumer_disconnects_total 0",
+            "gateway_ready 0",
+            "gateway_draining 0",
+            "gateway_connections_limit 0",
+            concat!(
+                "gateway_build_info{version=\"",
+                env!("CARGO_PKG_VERSION"),
+                "\"} 1"
+            ),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

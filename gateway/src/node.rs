@@ -101,6 +101,7 @@ impl Node {
             config.max_connect_rate,
         );
         let metrics = Arc::new(Metrics::new());
+        metrics.connections_limit.set(config.max_connections as f64);
         let mut broker_error = None;
         let (hub, mut tasks) = Hub::start(
             metrics.clone(),

@@ -59,6 +59,20 @@ pub struct CloseRequest {
     /// Write what is queued before the close frame (drain) or drop it (slow
     /// consumer, where the queue is the problem).
     pub flush_queue: bool,
+    /// A suggested reconnect delay for the client. When set, the close
+    /// frame's reason is `{"reason":"<reason>","reconnect_after_ms":N}`, so
+    /// that drained clients spread their reconnects (docs/protocol.md).
+    pub reconnect_after_ms: Option<u32>,
+}
+
+impl CloseRequest {
+    /// The close frame's reason text.
+    pub fn reason_text(&self) -> std::borrow::Cow<'static, str> {
+        match self.reconnect_after_ms {
+            None => self.reason.into(),
+            Some(ms) => format!(r#"{{"reason":"{}","reconnect_after_ms":{ms}}}"#, self.reason).into(),
+        }
+    }
 }
 
 /// What a push did.
@@ -128,6 +142,7 @@ impl Outbox {
                 code: pubsub_proto::close::SLOW_CONSUMER,
                 reason: "slow consumer: outbound queue full",
                 flush_queue: false,
+                reconnect_after_ms: None,
             });
             drop(state);
             drop(dropped);
@@ -273,11 +288,13 @@ mod tests {
             code: close::SERVICE_RESTART,
             reason: "drain",
             flush_queue: true,
+            reconnect_after_ms: None,
         });
         outbox.close(CloseRequest {
             code: close::GOING_AWAY,
             reason: "stale",
             flush_queue: false,
+            reconnect_after_ms: None,
         });
         match outbox.take() {
             Taken::Close(c) => assert_eq!((c.code, c.flush_queue), (close::GOING_AWAY, false)),
@@ -287,6 +304,7 @@ mod tests {
             code: close::SERVICE_RESTART,
             reason: "again",
             flush_queue: true,
+            reconnect_after_ms: None,
         });
         assert_eq!(outbox.close_request().map(|c| c.code), Some(close::GOING_AWAY));
     }
@@ -299,11 +317,13 @@ mod tests {
             code: close::SERVICE_RESTART,
             reason: "drain",
             flush_queue: true,
+            reconnect_after_ms: None,
         });
         outbox.close(CloseRequest {
             code: close::GOING_AWAY,
             reason: "ignored",
             flush_queue: true,
+            reconnect_after_ms: None,
         });
         assert_eq!(items(outbox.take()), ["last"]);
         match outbox.take() {
@@ -332,6 +352,7 @@ mod tests {
             code: close::SERVICE_RESTART,
             reason: "drain",
             flush_queue: true,
+            reconnect_after_ms: None,
         });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "a graceful close is not a kill");

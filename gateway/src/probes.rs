@@ -16,17 +16,23 @@ pub fn healthz() -> Response<Body> {
     json_response(StatusCode::OK, &json!({"status": "ok"}))
 }
 
+/// The checks that fail, in `/readyz` order (empty: ready).
+fn failing_checks(node: &Node, broker_up: bool) -> Vec<&'static str> {
+    let mut failing = Vec::new();
+    if node.is_draining() {
+        failing.push("draining");
+    }
+    if !broker_up {
+        failing.push("broker");
+    }
+    failing
+}
+
 /// `GET /readyz`: ready for connections, or 503 naming what fails.
 pub fn readyz(node: &Node) -> Response<Body> {
     let draining = node.is_draining();
     let broker = node.hub.broker_health().borrow().clone();
-    let mut failing = Vec::new();
-    if draining {
-        failing.push("draining");
-    }
-    if !broker.up {
-        failing.push("broker");
-    }
+    let failing = failing_checks(node, broker.up);
     let checks = json!({
         "draining": draining,
         "broker": {"kind": node.hub.broker_kind(), "up": broker.up, "detail": broker.detail},
@@ -43,6 +49,13 @@ pub fn readyz(node: &Node) -> Response<Body> {
 
 /// `GET /metrics`: Prometheus text format.
 pub fn metrics(node: &Node) -> Response<Body> {
+    // Readiness is a function of state read here, so it is exact at scrape time.
+    let broker_up = node.hub.broker_health().borrow().up;
+    let ready = failing_checks(node, broker_up).is_empty();
+    node.metrics.ready.set(if ready { 1.0 } else { 0.0 });
+    node.metrics
+        .draining
+        .set(if node.is_draining() { 1.0 } else { 0.0 });
     let mut response = Response::new(Body::new(Bytes::from(node.metrics.render())));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

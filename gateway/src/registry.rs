@@ -91,14 +91,17 @@ impl Registry {
                 code: close::GOING_AWAY,
                 reason: "no traffic from client for two ping intervals",
                 flush_queue: false,
+                reconnect_after_ms: None,
             });
         }
     }
 
     /// Closes every client with 1012 (service restart), spread evenly over
-    /// `window` so that clients do not all reconnect at the same moment.
-    /// Returns when every close has been requested.
-    pub async fn drain(&self, window: Duration) {
+    /// `window` so that clients do not all reconnect at the same moment;
+    /// each close carries a reconnect hint drawn from `[0, jitter]` to
+    /// spread the reconnects further. Returns when every close has been
+    /// requested.
+    pub async fn drain(&self, window: Duration, jitter: Duration) {
         let mut peers: Vec<Arc<Peer>> = self
             .shards
             .iter()
@@ -114,21 +117,24 @@ impl Registry {
             if due > Instant::now() {
                 tokio::time::sleep_until(due).await;
             }
-            peer.outbox.close(drain_close());
+            peer.outbox.close(drain_close(jitter));
         }
         // Sessions that registered while the snapshot was taken.
         for shard in self.shards.iter() {
             for peer in shard.lock().values() {
-                peer.outbox.close(drain_close());
+                peer.outbox.close(drain_close(jitter));
             }
         }
     }
 }
 
-pub fn drain_close() -> CloseRequest {
+/// The close of a drained client: 1012 with a reconnect hint in `[0, jitter]`.
+pub fn drain_close(jitter: Duration) -> CloseRequest {
+    let jitter_ms = jitter.as_millis().min(u128::from(u32::MAX)) as u32;
     CloseRequest {
         code: close::SERVICE_RESTART,
-        reason: "node is shutting down; reconnect",
+        reason: "draining",
         flush_queue: true,
+        reconnect_after_ms: Some(fastrand::u32(0..=jitter_ms)),
     }
 }

@@ -97,7 +97,11 @@ impl Gateway {
     /// has ended (or the grace period ran out) and the listener is closed.
     pub async fn drain(self) {
         self.node.set_draining();
-        self.node.registry.drain(self.node.config.drain).await;
+        let config = &self.node.config;
+        self.node
+            .registry
+            .drain(config.drain, config.drain_reconnect_jitter)
+            .await;
         let deadline = tokio::time::Instant::now() + SESSION_EXIT_GRACE;
         while !self.node.registry.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -201,8 +205,10 @@ where
 /// `remote`: where the connection comes from (after PROXY protocol).
 async fn route(node: Arc<Node>, request: Request<Incoming>, remote: IpAddr) -> Response<Body> {
     let path = request.uri().path();
+    let demo = node.config.demo && (path == "/demo" || path.starts_with("/demo/"));
     let allowed: &'static str = match path {
         "/ws" | "/healthz" | "/readyz" | "/metrics" | "/api/history" => "GET",
+        _ if demo => "GET",
         "/api/publish" | "/api/broadcast" => "POST",
         _ => {
             return error_response(
@@ -232,6 +238,7 @@ async fn route(node: Arc<Node>, request: Request<Incoming>, remote: IpAddr) -> R
         "/metrics" => probes::metrics(&node),
         "/api/publish" => http_api::publish(node, request).await,
         "/api/history" => http_api::history(node, request).await,
+        // _ if demo => demo::serve(path),
         _ => http_api::broadcast(node, request).await,
     }
 }

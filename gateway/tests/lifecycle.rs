@@ -205,7 +205,14 @@ fn binary_reads_flags_env_and_file_in_order() {
 
 #[tokio::test]
 async fn sigterm_drains_clients_with_1012_spread_over_the_window_then_exits_0() {
-    let mut gateway = GatewayProcess::spawn(&["--drain-seconds", "2", "--node-id", "drain-test"]);
+    let mut gateway = GatewayProcess::spawn(&[
+        "--drain-seconds",
+        "2",
+        "--drain-reconnect-jitter",
+        "3s",
+        "--node-id",
+        "drain-test",
+    ]);
     let addr = gateway.addr;
 
     const CLIENTS: usize = 40;
@@ -233,6 +240,10 @@ async fn sigterm_drains_clients_with_1012_spread_over_the_window_then_exits_0() 
         let mut at = Vec::new();
         for mut c in clients {
             let frame = c.expect_close().await;
+            let hint: serde_json::Value = serde_json::from_str(&frame.reason).expect("JSON close reason");
+            assert_eq!(hint["reason"], "draining", "{hint}");
+            let after = hint["reconnect_after_ms"].as_u64().expect("a reconnect hint");
+            assert!(after <= 3000, "{hint}");
             at.push((u16::from(frame.code), signalled.elapsed()));
         }
         at
@@ -312,4 +323,37 @@ async fn binary_serves_the_whole_flow_as_a_separate_process() {
     // The open-API warning is not logged when a key is set.
     let log = gateway.log.lock().unwrap().join("\n");
     assert!(!log.contains("HTTP publish API is open"), "{log}");
+}
+
+#[tokio::test]
+async fn healthcheck_exits_0_for_a_live_node_and_1_otherwise() {
+    let gateway = GatewayProcess::spawn(&["--node-id", "checked"]);
+    let run = |args: Vec<String>| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(args)
+            .output()
+            .expect("gateway runs")
+    };
+    let live = run(vec![
+        "--healthcheck".into(),
+        format!("http://{}/healthz", gateway.addr),
+    ]);
+    assert!(live.status.success(), "{}", String::from_utf8_lossy(&live.stderr));
+    // Without a URL it checks its own configuration's listener.
+    let own = run(vec![
+        "--listen".into(),
+        gateway.addr.to_string(),
+        "--healthcheck".into(),
+    ]);
+    assert!(own.status.success(), "{}", String::from_utf8_lossy(&own.stderr));
+    let missing = run(vec![
+        "--healthcheck".into(),
+        format!("http://{}/nothing", gateway.addr),
+    ]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
+    drop(gateway);
+    let closed = run(vec!["--healthcheck".into(), "http://127.0.0.1:1/healthz".into()]);
+    assert_eq!(closed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&closed.stderr).contains("cannot connect"));
 }

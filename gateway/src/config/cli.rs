@@ -79,6 +79,12 @@ pub struct Cli {
     )]
     pub drain_seconds: u64,
 
+    /// Longest reconnect delay suggested to drained clients, such as `5s`. Each client's close
+    /// (1012) carries `reconnect_after_ms`, drawn uniformly from zero to this, so that the
+    /// clients of a drained node do not all reconnect elsewhere at once.
+    #[arg(long, env = "GATEWAY_DRAIN_RECONNECT_JITTER", value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    pub drain_reconnect_jitter: Duration,
+
     /// Time a new connection has to complete its handshake (TLS and HTTP request head), a
     /// request its body, and, with authentication, a WebSocket client its `connect`.
     #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
@@ -292,7 +298,17 @@ pub struct Cli {
     )]
     pub log_level: String,
 
+    /// Serve the demo page (a browser client of this node) at /demo/.
+    #[arg(long, env = "GATEWAY_DEMO")]
+    pub demo: bool,
+
     /// Print the resolved configuration as TOML (secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
+
+    /// Check a running node's health and exit: GET the URL (default: /healthz on this
+    /// configuration's --listen address, over TLS when --tls-cert is set), exit 0 on 200 and 1
+    /// otherwise. For container health checks, where the image has no shell or curl.
+    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+    pub healthcheck: Option<String>,
 }

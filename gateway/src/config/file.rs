@@ -50,6 +50,7 @@ where
                     && a.get_long().is_some()
                     && key != "config"
                     && key != "print_config"
+                    && key != "healthcheck"
             });
             if !known {
                 return Err(ConfigError::Parse {

@@ -37,6 +37,8 @@ pub struct Config {
     #[serde(rename = "drain_seconds", serialize_with = "as_seconds")]
     pub drain: Duration,
     #[serde(serialize_with = "print::duration")]
+    pub drain_reconnect_jitter: Duration,
+    #[serde(serialize_with = "print::duration")]
     pub handshake_timeout: Duration,
     #[serde(serialize_with = "print::duration")]
     pub write_delay: Duration,
@@ -80,6 +82,8 @@ pub struct Config {
     pub command_rate: u32,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Serve the demo page at /demo/.
+    pub demo: bool,
     /// History and permissions, global and per namespace (last: TOML tables
     /// must follow plain keys).
     #[serde(flatten)]
@@ -88,6 +92,18 @@ pub struct Config {
 
 fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_secs())
+}
+
+/// What the command line asks the binary to do with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Run the node.
+    Serve,
+    /// `--print-config`: print the resolved configuration and exit.
+    PrintConfig,
+    /// `--healthcheck [URL]`: check a running node and exit (`None`: this
+    /// configuration's own `/healthz`).
+    Healthcheck(Option<String>),
 }
 
 /// A configuration that cannot be used, with the reason.
@@ -114,16 +130,19 @@ impl Default for Config {
 
 impl Config {
     /// Parses `args` (the command line, program name first), the environment
-    /// and the file `--config` names. Also says whether `--print-config`
-    /// was given.
-    pub fn load<I, T>(args: I) -> Result<(Config, bool), ConfigError>
+    /// and the file `--config` names. Also says what to do with it.
+    pub fn load<I, T>(args: I) -> Result<(Config, Action), ConfigError>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
         let (cli, namespaces) = file::load(args)?;
-        let print = cli.print_config;
-        Ok((Config::resolve(cli, namespaces)?, print))
+        let action = match (&cli.healthcheck, cli.print_config) {
+            (Some(url), _) => Action::Healthcheck(Some(url.clone()).filter(|u| !u.is_empty())),
+            (None, true) => Action::PrintConfig,
+            (None, false) => Action::Serve,
+        };
+        Ok((Config::resolve(cli, namespaces)?, action))
     }
 
     fn resolve(
@@ -145,6 +164,7 @@ impl Config {
             api_keys: cli.api_key,
             ping_interval: cli.ping_interval,
             drain: Duration::from_secs(cli.drain_seconds.min(u64::from(u32::MAX))),
+            drain_reconnect_jitter: cli.drain_reconnect_jitter,
             handshake_timeout: cli.handshake_timeout,
             write_delay: cli.write_delay,
             max_message_size: cli.max_message_size,
@@ -175,6 +195,7 @@ impl Config {
             command_rate: cli.command_rate,
             log_format: cli.log_format,
             log_level: cli.log_level,
+            demo: cli.demo,
             namespaces: Namespaces::resolve(
                 Namespace::global(cli.history_size, cli.history_ttl),
                 namespaces,
@@ -202,6 +223,9 @@ impl Config {
         }
         if self.drain > Duration::from_secs(3600) {
             return Err(invalid("drain_seconds", "must be at most 3600".into()));
+        }
+        if self.drain_reconnect_jitter > Duration::from_secs(600) {
+            return Err(invalid("drain_reconnect_jitter", "must be at most 10m".into()));
         }
         if self.write_delay > Duration::from_secs(1) {
             return Err(invalid("write_delay", "must be at most 1s".into()));

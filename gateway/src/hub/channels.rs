@@ -101,6 +101,7 @@ impl Subscriber {
                     code: close::SLOW_CONSUMER,
                     reason: "slow consumer: too much arrived while recovering",
                     flush_queue: false,
+                    reconnect_after_ms: None,
                 });
                 return;
             }

@@ -19,6 +19,7 @@
 //! async/await, the same loop kept every branch's future and moved-from
 //! values side by side and cost about 1 KiB more per connection.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -305,11 +306,11 @@ where
     /// Sends the close frame `end` calls for and waits (bounded) for the
     /// client's answer.
     async fn finish(mut self, end: End) {
-        let (code, reason): (u16, &str) = match &end {
-            End::Requested(close) | End::Killed(close) => (close.code, close.reason),
-            End::Violation(code, reason) => (*code, reason),
+        let (code, reason): (u16, Cow<'static, str>) = match &end {
+            End::Requested(close) | End::Killed(close) => (close.code, close.reason_text()),
+            End::Violation(code, reason) => (*code, Cow::Borrowed(*reason)),
             End::ReadError(error) => match read_error_close(error) {
-                Some(close) => close,
+                Some((code, reason)) => (code, Cow::Borrowed(reason)),
                 None => return self.session.log_end(&end),
             },
             End::ClientClosed => {
@@ -318,7 +319,7 @@ where
                 return self.session.log_end(&end);
             }
             End::WriteError(_) | End::Gone => return self.session.log_end(&end),
-            End::Panicked => (close::INTERNAL_ERROR, "internal error"),
+            End::Panicked => (close::INTERNAL_ERROR, Cow::Borrowed("internal error")),
         };
         if code == close::SLOW_CONSUMER {
             self.session.node.metrics.slow_consumer_disconnects.increment(1);
@@ -326,7 +327,10 @@ where
         self.session.log_end(&end);
         let frame = CloseFrame {
             code: CloseCode::from(code),
-            reason: Utf8Bytes::from(reason),
+            reason: match reason {
+                Cow::Borrowed(text) => Utf8Bytes::from_static(text),
+                Cow::Owned(text) => Utf8Bytes::from(text),
+            },
         };
         let encoding = self.session.peer.encoding;
         let (session, ws) = (&self.session, &mut self.ws);

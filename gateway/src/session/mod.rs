@@ -128,7 +128,8 @@ where
     node.metrics.connections_total.increment(1);
     // Upgraded just as the drain began (after its last sweep): leave too.
     if node.is_draining() {
-        peer.outbox.close(crate::registry::drain_close());
+        peer.outbox
+            .close(crate::registry::drain_close(node.config.drain_reconnect_jitter));
     }
     tracing::debug!(peer = peer.id, ?encoding, "session started");
     let frames = (node.config.command_rate > 0).then(|| TokenBucket::per_second(node.config.command_rate));

@@ -309,11 +309,18 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    /// Starts `gateway --listen 127.0.0.1:0 --log-format json <args>` and
-    /// waits for it to report its address.
+    /// Starts `gateway --listen 127.0.0.1:0 --log-format json <args>` (or
+    /// the `--listen` that `args` give) and waits for it to report its
+    /// address.
     pub fn spawn(args: &[&str]) -> GatewayProcess {
+        let listen: &[&str] = if args.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(listen)
+            .args(["--log-format", "json"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
