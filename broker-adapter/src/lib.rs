@@ -11,6 +11,8 @@
 //! - [`memory::MemoryBroker`]: embedded, in-process; the default for a single
 //!   node without Redis.
 //! - [`redis::RedisBroker`]: Redis Pub/Sub, for many nodes.
+//! - [`redis::cluster::RedisClusterBroker`]: Redis Cluster with sharded
+//!   pub/sub, for more than one Redis can carry.
 //!
 //! The node keeps one broker subscription per channel with local subscribers
 //! and drives `subscribe`/`unsubscribe` from a single task, so implementations
@@ -99,6 +101,8 @@ pub struct BrokerMetrics {
     pub probe_failures: metrics::Counter,
     /// Broker messages dropped as unreadable.
     pub dropped: metrics::Counter,
+    /// The up/down gauge of one shard (Redis Cluster), by shard label.
+    pub shard_up: Arc<dyn Fn(&str) -> metrics::Gauge + Send + Sync>,
 }
 
 impl Default for BrokerMetrics {
@@ -109,6 +113,7 @@ impl Default for BrokerMetrics {
             reconnects: metrics::Counter::noop(),
             probe_failures: metrics::Counter::noop(),
             dropped: metrics::Counter::noop(),
+            shard_up: Arc::new(|_| metrics::Gauge::noop()),
         }
     }
 }
@@ -120,6 +125,13 @@ pub enum BrokerEvent {
     Lost { reason: String },
     /// The broker is reachable again and every subscription is restored.
     Restored,
+    /// Publications on these channels may have been missed (their shard
+    /// failed over, their slot moved, their subscription was restored), and
+    /// the subscriptions are in place again: catch up from history.
+    Missed {
+        channels: Vec<ChannelName>,
+        reason: String,
+    },
 }
 
 /// Health of a broker as the node's readiness check sees it.

@@ -5,6 +5,8 @@
 //! once at start; hot paths only touch an atomic. Every metric is documented
 //! in docs/operations.md.
 
+use std::sync::Arc;
+
 use broker_adapter::BrokerMetrics;
 use metrics::{Counter, Gauge, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -16,7 +18,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// Registered metric handles of one node.
 pub struct Metrics {
-    recorder: PrometheusRecorder,
+    recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     /// Open WebSocket connections.
     pub connections: Gauge,
@@ -82,6 +84,7 @@ impl Metrics {
             .map(PrometheusBuilder::build_recorder)
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
+        let recorder = Arc::new(recorder);
         let counter = |name: &'static str, help: &'static str, labels: Vec<Label>| {
             recorder.describe_counter(KeyName::from(name), None, SharedString::from(help));
             recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
@@ -117,6 +120,13 @@ impl Metrics {
                 "Broker messages dropped as unreadable (bad envelope, unknown version, wrong channel).",
                 vec![],
             ),
+            shard_up: {
+                let recorder = recorder.clone();
+                Arc::new(move |shard: &str| {
+                    let labels = vec![Label::new("shard", shard.to_owned())];
+                    recorder.register_gauge(&Key::from_parts("gateway_broker_up", labels), &METADATA)
+                })
+            },
         };
         let published =
             "Publications accepted by the broker, by source (api = HTTP API, client = WebSocket).";

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use broker_adapter::memory::MemoryBroker;
+use broker_adapter::redis::cluster::{ClusterConfig, RedisClusterBroker};
 use broker_adapter::redis::{RedisBroker, RedisConfig};
 use broker_adapter::{Broker, BrokerError, Listener};
 use tokio::task::JoinHandle;
@@ -35,16 +36,30 @@ fn make_broker(
     listener: Arc<dyn Listener>,
     metrics: &Metrics,
 ) -> Result<Arc<dyn Broker>, BrokerError> {
+    let ca_pem = match &config.redis_ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            BrokerError::Internal(format!("cannot read Redis CA file {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
+    if !config.redis_cluster_urls.is_empty() {
+        let mut cluster = ClusterConfig::new(
+            config.redis_cluster_urls.clone(),
+            config.redis_prefix.clone(),
+            config.node_id.clone(),
+        );
+        cluster.ca_pem = ca_pem;
+        return Ok(Arc::new(RedisClusterBroker::start(
+            cluster,
+            listener,
+            metrics.broker.clone(),
+        )?));
+    }
     match &config.redis_url {
         Some(url) => {
             let mut redis =
                 RedisConfig::new(url.clone(), config.redis_prefix.clone(), config.node_id.clone());
-            if let Some(path) = &config.redis_ca_file {
-                let pem = std::fs::read(path).map_err(|e| {
-                    BrokerError::Internal(format!("cannot read Redis CA file {}: {e}", path.display()))
-                })?;
-                redis.ca_pem = Some(pem);
-            }
+            redis.ca_pem = ca_pem;
             Ok(Arc::new(RedisBroker::start(
                 redis,
                 listener,

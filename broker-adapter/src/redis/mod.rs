@@ -14,6 +14,7 @@
 //! come back within `probe_timeout`, which catches a subscription that
 //! looks alive but delivers nothing.
 
+pub mod cluster;
 mod names;
 mod push;
 mod streams;
@@ -194,7 +195,7 @@ impl Broker for RedisBroker {
                 &shared.scripts,
                 &mut connection,
                 (&meta, &stream),
-                &redis_channel,
+                (&redis_channel, streams::PublishCommand::Publish),
                 payload,
                 options,
             )
@@ -255,7 +256,11 @@ fn classify(error: RedisError) -> BrokerError {
             | ServerErrorKind::TryAgain
             | ServerErrorKind::MasterDown
             | ServerErrorKind::ClusterDown
-            | ServerErrorKind::ReadOnly,
+            | ServerErrorKind::ReadOnly
+            // A cluster redirect the client could not follow in time: the
+            // slot is moving or its shard failing over.
+            | ServerErrorKind::Moved
+            | ServerErrorKind::Ask,
         ) => BrokerError::Unavailable(error.to_string()),
         ErrorKind::Server(_) | ErrorKind::Extension | ErrorKind::UnexpectedReturnType | ErrorKind::Parse => {
             BrokerError::Internal(format!("Redis answered: {error}"))

@@ -4,7 +4,9 @@
 //! are a Redis Cluster hash tag, so a channel's pub/sub name and its keys
 //! (history, offsets) land on the same slot. Channel names cannot contain
 //! braces, so the mapping is unambiguous. Each node's probe channel is
-//! `<prefix>:!probe:<node id>`, which no gateway channel can map to.
+//! `<prefix>:!probe:<node id>`, which no gateway channel can map to; on a
+//! cluster each shard gets one, `<prefix>:!probe:<node id>:{<tag>}` with a
+//! tag that hashes to a slot of that shard.
 
 /// Redis names for one deployment (prefix) and node.
 pub(super) struct Names {
@@ -33,9 +35,23 @@ impl Names {
         )
     }
 
-    /// This node's probe channel.
+    /// This node's probe channel (on a cluster: the prefix of its shards'
+    /// probe channels).
     pub fn probe(&self) -> &str {
         &self.probe
+    }
+
+    /// A probe channel whose slot is the slot of `tag`.
+    pub fn shard_probe(&self, tag: &str) -> String {
+        format!("{}:{{{tag}}}", self.probe)
+    }
+
+    /// The gateway channel a Redis channel name stands for, if it is one.
+    pub fn gateway_channel<'a>(&self, redis_channel: &'a [u8]) -> Option<&'a str> {
+        let rest = redis_channel
+            .strip_prefix(self.prefix.as_bytes())?
+            .strip_prefix(b":{")?;
+        std::str::from_utf8(rest.strip_suffix(b"}")?).ok()
     }
 }
 
@@ -70,5 +86,9 @@ mod tests {
         assert!(validate_prefix("prod.eu:gw").is_ok());
         assert!(validate_prefix("").is_err());
         assert!(validate_prefix("a{b}").is_err());
+        assert_eq!(names.gateway_channel(b"gw:{chat:room#1}"), Some("chat:room#1"));
+        assert_eq!(names.gateway_channel(b"gw:!probe:node-1"), None);
+        assert_eq!(names.gateway_channel(b"other:{news}"), None);
+        assert_eq!(names.shard_probe("p7"), "gw:!probe:node-1:{p7}");
     }
 }

@@ -4,28 +4,49 @@
 //! from the connection's reader for every push, so a publication goes from
 //! the socket to the node's listener without another queue or task. The
 //! listener never blocks (it only queues to client outboxes), so the reader
-//! keeps pace with Redis.
+//! keeps pace with Redis. The same handler serves one Redis (`message`
+//! pushes) and a cluster (`smessage`, and `sunsubscribe` when a shard gives
+//! up a channel because its slot moved or the node stopped being a master).
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use pubsub_proto::envelope;
 use redis::aio::{AsyncPushSender, SendError};
 use redis::{PushInfo, PushKind, Value};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use super::names::Names;
 use crate::{BrokerMetrics, Listener};
 
-/// Signals from one pub/sub connection to the supervisor.
+/// Signals from a pub/sub connection to its supervisor.
 #[derive(Default)]
 pub(super) struct Signals {
-    /// The connection closed (the redis crate's `Disconnection` push).
+    /// A connection closed (the redis crate's `Disconnection` push).
     pub disconnected: Notify,
-    /// Highest probe sequence number received back.
-    pub probe_seen: AtomicU64,
+    /// Highest probe sequence number received back, per probe channel.
+    probes: Mutex<HashMap<Vec<u8>, u64>>,
+    /// Where `sunsubscribe` pushes are reported (cluster only), as Redis
+    /// channel names.
+    pub unsubscribed: Option<mpsc::UnboundedSender<Vec<u8>>>,
+}
+
+impl Signals {
+    /// Signals that report `sunsubscribe` pushes to `unsubscribed`.
+    pub fn reporting_unsubscribes(unsubscribed: mpsc::UnboundedSender<Vec<u8>>) -> Signals {
+        Signals {
+            unsubscribed: Some(unsubscribed),
+            ..Signals::default()
+        }
+    }
+
+    /// The highest sequence number received back on `probe`.
+    pub fn probe_seen(&self, probe: &str) -> u64 {
+        self.probes.lock().get(probe.as_bytes()).copied().unwrap_or(0)
+    }
 }
 
 pub(super) struct PushHandler {
@@ -38,8 +59,15 @@ pub(super) struct PushHandler {
 impl AsyncPushSender for PushHandler {
     fn send(&self, info: PushInfo) -> Result<(), SendError> {
         match info.kind {
-            PushKind::Message => self.on_message(info.data),
+            PushKind::Message | PushKind::SMessage => self.on_message(info.data),
             PushKind::Disconnection => self.signals.disconnected.notify_one(),
+            PushKind::SUnsubscribe => {
+                if let (Some(report), Some(Value::BulkString(channel))) =
+                    (&self.signals.unsubscribed, info.data.into_iter().next())
+                {
+                    let _ = report.send(channel);
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -55,9 +83,11 @@ impl PushHandler {
             self.metrics.dropped.increment(1);
             return;
         };
-        if channel == self.names.probe().as_bytes() {
+        if channel.starts_with(self.names.probe().as_bytes()) {
             if let Some(seq) = std::str::from_utf8(&payload).ok().and_then(|s| s.parse().ok()) {
-                self.signals.probe_seen.fetch_max(seq, Ordering::Relaxed);
+                let mut probes = self.signals.probes.lock();
+                let seen = probes.entry(channel).or_default();
+                *seen = (*seen).max(seq);
             }
             return;
         }

@@ -42,7 +42,9 @@ end
 "#;
 
 /// KEYS: meta, stream. ARGV: pub/sub channel, envelope, history size,
-/// ttl seconds, epoch for a new stream. Returns {offset, epoch}.
+/// ttl seconds, epoch for a new stream, publish command (`PUBLISH`, or
+/// `SPUBLISH` on a cluster: the channel shares the keys' hash tag, so it
+/// lives on their shard). Returns {offset, epoch}.
 const PUBLISH: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
@@ -59,7 +61,7 @@ if size > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'm', message)
   redis.call('EXPIRE', KEYS[2], ttl)
 end
-redis.call('PUBLISH', ARGV[1], message)
+redis.call(ARGV[6], ARGV[1], message)
 return {offset, epoch}
 "#;
 
@@ -101,12 +103,29 @@ fn ttl_seconds(options: StreamOptions) -> u64 {
     options.history_ttl.as_secs().max(1)
 }
 
+/// How a publication reaches subscribers: `PUBLISH` on one Redis,
+/// `SPUBLISH` (sharded pub/sub) on a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PublishCommand {
+    Publish,
+    SPublish,
+}
+
+impl PublishCommand {
+    fn name(self) -> &'static str {
+        match self {
+            PublishCommand::Publish => "PUBLISH",
+            PublishCommand::SPublish => "SPUBLISH",
+        }
+    }
+}
+
 /// Publishes `envelope` (without position) as the channel's next offset.
 pub(super) async fn publish(
     scripts: &Scripts,
-    connection: &mut redis::aio::MultiplexedConnection,
+    connection: &mut impl redis::aio::ConnectionLike,
     keys: (&str, &str),
-    redis_channel: &str,
+    (redis_channel, command): (&str, PublishCommand),
     envelope: Vec<u8>,
     options: StreamOptions,
 ) -> Result<Published, redis::RedisError> {
@@ -119,6 +138,7 @@ pub(super) async fn publish(
         .arg(options.history_size)
         .arg(ttl_seconds(options))
         .arg(new_epoch())
+        .arg(command.name())
         .invoke_async(connection)
         .await?;
     Ok(Published {
@@ -130,7 +150,7 @@ pub(super) async fn publish(
 /// Reads the channel's position and, with `since`, its history after it.
 pub(super) async fn history(
     scripts: &Scripts,
-    connection: &mut redis::aio::MultiplexedConnection,
+    connection: &mut impl redis::aio::ConnectionLike,
     keys: (&str, &str),
     since: Option<u64>,
     limit: usize,

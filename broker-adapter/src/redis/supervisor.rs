@@ -13,7 +13,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use pubsub_proto::ChannelName;
@@ -76,7 +75,11 @@ pub(super) async fn run(shared: Arc<Shared>, mut control: mpsc::UnboundedReceive
                 shared.health.send_replace(Health::down(reason));
             }
         }
-        let delay = backoff(&shared, failed_attempts);
+        let delay = backoff(
+            shared.config.backoff_min,
+            shared.config.backoff_max,
+            failed_attempts,
+        );
         if !wait_answering_unavailable(delay, &mut wanted, &mut control).await {
             return;
         }
@@ -86,19 +89,15 @@ pub(super) async fn run(shared: Arc<Shared>, mut control: mpsc::UnboundedReceive
 /// Full jitter: a uniform delay in [0, min(max, min * 2^attempt)], at least
 /// a few milliseconds, so nodes that lost Redis together do not reconnect in
 /// lockstep.
-fn backoff(shared: &Shared, failed_attempts: u32) -> Duration {
-    let config = &shared.config;
-    let ceiling = config
-        .backoff_min
-        .saturating_mul(1u32 << failed_attempts.min(16))
-        .min(config.backoff_max);
+pub(super) fn backoff(min: Duration, max: Duration, failed_attempts: u32) -> Duration {
+    let ceiling = min.saturating_mul(1u32 << failed_attempts.min(16)).min(max);
     ceiling.mul_f64(fastrand::f64()).max(Duration::from_millis(10))
 }
 
 /// Sleeps `delay` while answering requests: subscribes fail (Redis is not
 /// there), unsubscribes just forget the channel. Returns false when the
 /// broker handle is gone.
-async fn wait_answering_unavailable(
+pub(super) async fn wait_answering_unavailable(
     delay: Duration,
     wanted: &mut HashSet<ChannelName>,
     control: &mut mpsc::UnboundedReceiver<Control>,
@@ -225,7 +224,7 @@ async fn serve(
             },
             _ = tick.tick() => {
                 if let Some((seq, sent)) = outstanding {
-                    if connected.signals.probe_seen.load(Ordering::Relaxed) >= seq {
+                    if connected.signals.probe_seen(shared.names.probe()) >= seq {
                         outstanding = None;
                     } else if sent.elapsed() > shared.config.probe_timeout {
                         shared.metrics.probe_failures.increment(1);

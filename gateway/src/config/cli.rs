@@ -147,6 +147,18 @@ pub struct Cli {
     )]
     pub redis_url: Option<String>,
 
+    /// Redis Cluster seed nodes, such as `redis://10.0.0.1:6379,redis://10.0.0.2:6379` (any
+    /// reachable one is enough; `rediss://` for TLS). With it, nodes share publications through
+    /// the cluster's sharded pub/sub (Redis 7 or later). Excludes --redis-url.
+    #[arg(
+        long,
+        env = "GATEWAY_REDIS_CLUSTER_URL",
+        value_name = "URLS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub redis_cluster_url: Vec<String>,
+
     /// Prefix of every Redis channel and key, so several deployments can share one Redis.
     #[arg(
         long,

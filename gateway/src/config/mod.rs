@@ -49,6 +49,9 @@ pub struct Config {
     pub outbound_queue_messages: usize,
     #[serde(serialize_with = "print::url")]
     pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes (empty: not a cluster).
+    #[serde(rename = "redis_cluster_url", serialize_with = "print::urls")]
+    pub redis_cluster_urls: Vec<String>,
     pub redis_prefix: String,
     pub redis_ca_file: Option<PathBuf>,
     /// TLS certificate chain and key (PEM): serve https/wss.
@@ -173,6 +176,12 @@ impl Config {
             outbound_queue_bytes: cli.outbound_queue_bytes,
             outbound_queue_messages: cli.outbound_queue_messages,
             redis_url: cli.redis_url.filter(|u| !u.trim().is_empty()),
+            redis_cluster_urls: cli
+                .redis_cluster_url
+                .into_iter()
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect(),
             redis_prefix: cli.redis_prefix,
             redis_ca_file: cli.redis_ca_file,
             tls_cert: cli.tls_cert,
@@ -266,12 +275,31 @@ impl Config {
                 "must start with redis:// or rediss:// (TLS)".into(),
             ));
         }
-        if self.redis_ca_file.is_some()
-            && !self
-                .redis_url
-                .as_deref()
-                .is_some_and(|u| u.starts_with("rediss://"))
+        if self.redis_url.is_some() && !self.redis_cluster_urls.is_empty() {
+            return Err(invalid(
+                "redis_cluster_url",
+                "give either --redis-url (one Redis) or --redis-cluster-url (a cluster), not both".into(),
+            ));
+        }
+        if let Some(url) = self
+            .redis_cluster_urls
+            .iter()
+            .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
         {
+            return Err(invalid(
+                "redis_cluster_url",
+                format!(
+                    "{} must start with redis:// or rediss:// (TLS)",
+                    values::redacted_url(url)
+                ),
+            ));
+        }
+        let tls_redis = self
+            .redis_url
+            .iter()
+            .chain(&self.redis_cluster_urls)
+            .any(|u| u.starts_with("rediss://"));
+        if self.redis_ca_file.is_some() && !tls_redis {
             return Err(invalid(
                 "redis_ca_file",
                 "only applies to a rediss:// Redis URL".into(),

@@ -109,6 +109,10 @@ pub mod print {
         }
     }
 
+    pub fn urls<S: serde::Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(urls.iter().map(|u| super::redacted_url(u)))
+    }
+
     pub fn networks<S: serde::Serializer>(nets: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(nets.iter().map(ToString::to_string))
     }

@@ -336,6 +336,18 @@ impl Channels {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
+    /// Puts `channels` (those still live) into repair.
+    fn repair(&self, channels: &[ChannelName]) {
+        for channel in channels {
+            let mut shard = self.shard(channel.as_str()).lock();
+            if let Some(entry) = shard.get_mut(channel.as_str())
+                && entry.stream.start_repair()
+            {
+                let _ = self.repairs.send(channel.clone());
+            }
+        }
+    }
+
     /// Puts every live channel into repair (the broker connection came back
     /// and publications may have been missed).
     fn repair_all(&self) {
@@ -371,6 +383,10 @@ impl Listener for Channels {
             BrokerEvent::Restored => {
                 tracing::info!("broker connection restored: catching up every channel from history");
                 self.repair_all();
+            }
+            BrokerEvent::Missed { channels, reason } => {
+                tracing::info!(channels = channels.len(), %reason, "catching up channels from history");
+                self.repair(&channels);
             }
         }
     }

@@ -6,8 +6,9 @@
 //! after an outage takes a few round trips of pipelined reads, not one each.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use broker_adapter::Broker;
+use broker_adapter::{Broker, BrokerError};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use pubsub_proto::ChannelName;
@@ -17,6 +18,12 @@ use super::channels::Channels;
 
 /// History reads in flight at once.
 const CONCURRENCY: usize = 64;
+/// Waits before the retries of a read the broker could not serve.
+const RETRY_DELAYS: [Duration; 3] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+];
 
 /// Runs until the channel table's sender is dropped.
 pub async fn run(
@@ -36,7 +43,17 @@ pub async fn run(
                     let broker = broker.clone();
                     in_flight.push(async move {
                         let limit = options.history_size.max(1);
-                        let history = broker.history(&channel, Some(after), limit, options).await;
+                        let mut history = broker.history(&channel, Some(after), limit, options).await;
+                        // A broker that is briefly unavailable (a shard
+                        // failing over) gets a few more tries: giving up
+                        // turns the hole into a gap notice.
+                        for delay in RETRY_DELAYS {
+                            if !matches!(history, Err(BrokerError::Unavailable(_))) {
+                                break;
+                            }
+                            tokio::time::sleep(delay).await;
+                            history = broker.history(&channel, Some(after), limit, options).await;
+                        }
                         (channel, history)
                     });
                 }

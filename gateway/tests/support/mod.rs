@@ -3,6 +3,7 @@
 //! WebSocket clients, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod haproxy;
 pub mod pki;
 pub mod proxy;
