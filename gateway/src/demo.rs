@@ -25,7 +25,11 @@ pub fn serve(path: &str) -> Response<Body> {
         }
         "/demo/" | "/demo/index.html" => file(PAGE, "text/html; charset=utf-8"),
         "/demo/pubsub.js" => file(SDK, "text/javascript; charset=utf-8"),
-        _ => error_response(StatusCode::NOT_FOUND, "not_found", &format!("no route for {path}")),
+        _ => error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no route for {path}"),
+        ),
     }
 }
 
@@ -34,6 +38,9 @@ fn file(contents: &'static str, content_type: &'static str) -> Response<Body> {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     response
 }

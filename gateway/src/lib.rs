@@ -18,7 +18,7 @@ mod auth;
 mod client_ip;
 pub mod config;
 mod delivery;
-// mod demo;
+mod demo;
 pub mod healthcheck;
 mod http_api;
 mod hub;

@@ -89,6 +89,9 @@ pub struct Node {
     pub tls: Option<Tls>,
     draining: AtomicBool,
     next_session: AtomicU64,
+    /// Random per process start: client ids (`<node>-<boot>-<n>`) stay
+    /// unique across restarts of a node that keeps its id.
+    pub boot: String,
     /// Reference point for the peers' idle clocks.
     pub epoch: Instant,
 }
@@ -157,6 +160,7 @@ impl Node {
             tls,
             draining: AtomicBool::new(false),
             next_session: AtomicU64::new(1),
+            boot: (0..4).map(|_| fastrand::alphanumeric()).collect(),
             epoch: Instant::now(),
         });
         // Histograms keep their samples until upkeep folds them in; without

@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::http_api::{self, Body, error_response};
 use crate::node::Node;
-use crate::{client_ip, probes, upgrade};
+use crate::{client_ip, demo, probes, upgrade};
 
 /// How long drained sessions get to finish their close handshakes.
 const SESSION_EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -238,7 +238,7 @@ async fn route(node: Arc<Node>, request: Request<Incoming>, remote: IpAddr) -> R
         "/metrics" => probes::metrics(&node),
         "/api/publish" => http_api::publish(node, request).await,
         "/api/history" => http_api::history(node, request).await,
-        // _ if demo => demo::serve(path),
+        _ if demo => demo::serve(path),
         _ => http_api::broadcast(node, request).await,
     }
 }

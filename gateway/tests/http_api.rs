@@ -3,6 +3,7 @@
 mod support;
 
 use bytes::Bytes;
+use gateway::Config;
 use http::Method;
 use serde_json::{Value, json};
 use support::*;
@@ -351,4 +352,42 @@ async fn probes_and_metrics() {
             && metric(&text, "gateway_subscriptions") == Some(2.0)
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_demo_page_is_served_only_with_the_demo_flag() {
+    let plain = support::start(test_config()).await;
+    assert_eq!(get(plain.local_addr(), "/demo/").await.status, 404);
+
+    let demo = support::start(Config {
+        demo: true,
+        ..test_config()
+    })
+    .await;
+    let addr = demo.local_addr();
+    let page = get(addr, "/demo/").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(
+        page.text().contains("./pubsub.js"),
+        "the page loads the SDK next to it"
+    );
+    let sdk = get(addr, "/demo/pubsub.js").await;
+    assert_eq!(sdk.status, 200);
+    assert!(
+        sdk.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(sdk.text().contains("export class Client"), "the SDK module");
+    let moved = get(addr, "/demo").await;
+    assert_eq!(moved.status, 308);
+    assert_eq!(moved.headers["location"], "/demo/");
+    assert_eq!(get(addr, "/demo/nothing").await.status, 404);
 }

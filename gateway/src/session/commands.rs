@@ -96,7 +96,7 @@ impl Session {
         self.reply(ServerMessage {
             id,
             reply: Reply::Connected {
-                client: format!("{}-{}", self.node.config.node_id, self.peer.id),
+                client: format!("{}-{}-{}", self.node.config.node_id, self.node.boot, self.peer.id),
                 node: self.node.config.node_id.clone(),
                 ping_interval_ms: self.node.config.ping_interval.as_millis() as u64,
             },

@@ -1,0 +1,168 @@
+// In a real browser: headless Chromium (Debian's /usr/bin/chromium) driven by playwright-core
+// loads the demo page from the gateway (--demo: GET /demo/), subscribes through the page,
+// publishes from the page and from a backend over HTTP; then the page's node is killed
+// (SIGKILL) and restarted on the same port while the backend publishes through the other
+// node, and the page must show every message exactly once, in order. Then the same with the
+// browser offline: the page waits for `online` instead of retrying, and recovers.
+// A screenshot is saved to test-artifacts/browser-recovery.png.
+
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { Gateway, JS_ROOT, Redis, gatewayHas, stopAll, waitFor } from './support/processes.js';
+import { range } from './support/recorder.js';
+
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const ARTIFACTS = join(JS_ROOT, 'test-artifacts');
+const CHANNEL = 'demo:news';
+
+const cleanups = [];
+after(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
+  await stopAll();
+});
+
+/**
+ * Only for gateway binaries without --demo: serves the same two files the gateway would, at the
+ * same paths.
+ */
+async function staticDemoServer() {
+  const files = {
+    '/demo/': ['text/html; charset=utf-8', join(JS_ROOT, 'demo/index.html')],
+    '/demo/pubsub.js': ['text/javascript; charset=utf-8', join(JS_ROOT, 'src/pubsub.js')],
+  };
+  const server = createServer((req, res) => {
+    const file = files[new URL(req.url, 'http://x').pathname];
+    if (!file) return res.writeHead(404).end();
+    res.writeHead(200, { 'content-type': file[0] }).end(readFileSync(file[1]));
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  cleanups.push(() => new Promise((resolve) => server.close(resolve)));
+  return `http://127.0.0.1:${server.address().port}`;
+}
+
+test('the demo page subscribes, shows publications, and recovers every message after its node is killed and restarted', async () => {
+  const { chromium } = await import('playwright-core');
+  const demoBuiltIn = gatewayHas('--demo');
+  const redis = await Redis.start();
+  const common = ['--redis-url', redis.url, ...(demoBuiltIn ? ['--demo'] : [])];
+  const pageNode = await Gateway.start([...common, '--node-id', 'page-node']);
+  const backend = await Gateway.start([...common, '--node-id', 'backend-node']);
+
+  let pageUrl;
+  if (demoBuiltIn) {
+    pageUrl = `${pageNode.httpUrl}/demo/`;
+    // The gateway compiles both files in: a stale binary would test old copies.
+    for (const [path, file] of [
+      ['/demo/', 'demo/index.html'],
+      ['/demo/pubsub.js', 'src/pubsub.js'],
+    ]) {
+      const served = await fetch(`${pageNode.httpUrl}${path}`).then((r) => r.text());
+      assert.ok(served === readFileSync(join(JS_ROOT, file), 'utf8'), `the gateway serves this ${file} at ${path} (rebuild it after changing the file)`);
+    }
+  } else {
+    console.log('# this gateway binary has no --demo: serving the demo from a local static server');
+    pageUrl = `${await staticDemoServer()}/demo/?url=${encodeURIComponent(pageNode.wsUrl)}`;
+  }
+
+  const profile = mkdtempSync(join(tmpdir(), 'js-client-chromium-'));
+  cleanups.push(async () => rmSync(profile, { recursive: true, force: true }));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    viewport: { width: 1280, height: 900 },
+  });
+  cleanups.push(() => context.close());
+  const page = await context.newPage();
+  const pageErrors = [];
+  page.on('pageerror', (err) => pageErrors.push(err.message));
+
+  const rows = () =>
+    page.$$eval('#messages tr.message', (trs) =>
+      trs.reverse().map((tr) => ({
+        channel: tr.dataset.channel,
+        offset: Number(tr.dataset.offset),
+        data: tr.querySelector('td.data').textContent,
+        recovered: tr.querySelector('.tag') !== null,
+      })),
+    );
+  const waitRows = (n, timeout = 20000) =>
+    waitFor(async () => (await rows()).length >= n, { timeout, interval: 50, message: `the page to show ${n} messages` });
+  const state = () => page.getAttribute('#state', 'data-state');
+  const events = () => page.$$eval('#events li', (lis) => lis.map((li) => li.textContent));
+
+  try {
+    await page.goto(pageUrl);
+    assert.equal(await page.inputValue('#url'), pageNode.wsUrl, 'the page connects to ws://<its host>/ws by default');
+    await waitFor(async () => (await state()) === 'connected', { message: 'the page to connect' });
+
+    // Subscribe through the form.
+    await page.fill('#channel', CHANNEL);
+    await page.click('#subscribe');
+    await page.waitForSelector(`#subscriptions li[data-channel="${CHANNEL}"][data-state="subscribed"]`);
+
+    // Publish from the page (WebSocket publish command) ...
+    await page.fill('#pub-channel', CHANNEL);
+    await page.fill('#pub-data', '{"n":1}');
+    await page.click('#publish');
+    await waitFor(async () => (await page.textContent('#pub-result')).includes('published'), { message: 'the page publish to be acknowledged' });
+    // ... and from a backend over HTTP.
+    for (const n of range(2, 5)) await backend.publish(CHANNEL, { n });
+    await waitRows(5);
+
+    // The page's node dies; the backend keeps publishing through the other node.
+    await pageNode.kill('SIGKILL');
+    await waitFor(async () => ['disconnected', 'connecting'].includes(await state()), { message: 'the page to notice the dead node' });
+    for (const n of range(6, 10)) await backend.publish(CHANNEL, { n });
+    await pageNode.spawn();
+    await waitFor(async () => (await state()) === 'connected', { timeout: 30000, message: 'the page to reconnect to the restarted node' });
+    await waitRows(10);
+    for (const n of range(11, 12)) await backend.publish(CHANNEL, { n });
+    await waitRows(12);
+
+    const shown = await rows();
+    assert.deepEqual(
+      shown.map((r) => r.offset),
+      range(1, 12),
+      'every message exactly once, in order',
+    );
+    assert.deepEqual(
+      shown.map((r) => JSON.parse(r.data).n),
+      range(1, 12),
+    );
+    assert.ok(shown.every((r) => r.channel === CHANNEL));
+    assert.deepEqual(
+      shown.map((r) => r.recovered),
+      range(1, 12).map((n) => n >= 6 && n <= 10),
+      'messages 6-10 came from the recovery',
+    );
+    const log = await events();
+    assert.ok(log.some((e) => e.includes(`recovered ${CHANNEL}: 5 missed message(s) replayed`)), log.join('\n'));
+    assert.equal(await page.textContent('#message-count'), '12');
+
+    // Offline: a drop while the browser is offline waits for `online` instead of retrying,
+    // then reconnects and recovers what was published meanwhile.
+    await context.setOffline(true);
+    await waitFor(() => page.evaluate(() => navigator.onLine === false), { message: 'the page to be offline' });
+    const attemptsBefore = (await events()).filter((e) => e.includes('connecting to')).length;
+    await pageNode.kill('SIGKILL');
+    await waitFor(async () => (await events()).some((e) => e.includes('waiting to be online')), { message: 'the page to wait for online' });
+    await backend.publish(CHANNEL, { n: 13 });
+    await pageNode.spawn();
+    assert.equal((await events()).filter((e) => e.includes('connecting to')).length, attemptsBefore, 'no attempts while offline');
+    await context.setOffline(false);
+    await waitRows(13);
+    const after = await rows();
+    assert.deepEqual(after.map((r) => r.offset), range(1, 13));
+    assert.equal(after[12].recovered, true);
+    assert.deepEqual(pageErrors, []);
+  } finally {
+    mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: join(ARTIFACTS, 'browser-recovery.png'), fullPage: true }).catch(() => {});
+  }
+});

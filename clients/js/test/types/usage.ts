@@ -1,0 +1,54 @@
+// Compiled (not run) by test/types.test.js: the declarations describe the API as documented.
+import { Client, PubSubError, backoffDelay, parseReconnectHint, type Position, type ClientState } from '@pubsub-gateway/client';
+
+const client = new Client('wss://example.com/ws', {
+  getToken: async ({ reason }) => (reason === 'refresh' ? 'new' : 'first'),
+  protocol: 'json',
+  minReconnectDelay: 250,
+  maxReconnectDelay: 30000,
+  heartbeat: { interval: 10000, timeout: 5000 },
+});
+const state: ClientState = client.state;
+client.on('disconnected', ({ code, willReconnect, delay, hint }) => {
+  const n: number = code;
+  const b: boolean = willReconnect;
+  const d: number | null = delay;
+  const h: number | null = hint;
+  void [n, b, d, h];
+});
+client.on('connected', ({ node, pingIntervalMs }) => void [node.toUpperCase(), pingIntervalMs.toFixed()]);
+client.on('error', (err) => void (err instanceof PubSubError && err.code));
+
+interface Chat {
+  from: string;
+  text: string;
+}
+const sub = client.subscribe<Chat>('chat:lobby', {
+  onMessage: (data, { offset, epoch, replayed }) => void [data.from, data.text, offset + 1, epoch.length, replayed],
+  onRecovered: ({ replayed }) => void replayed,
+  onRecoveryFailed: ({ since, epoch, offset }) => void [since.offset, epoch, offset],
+  onGap: ({ epoch, offset }) => void [epoch, offset],
+  since: { epoch: 'e', offset: 3 },
+});
+const position: Position | null = sub.position;
+sub.on('message', (data) => void data.text);
+
+async function main() {
+  const session = await client.connect();
+  void session.client;
+  const { epoch, offset } = await client.publish('chat:lobby', { from: 'ann', text: 'hi' });
+  void [epoch.length, offset + 1];
+  const rtt: number = await client.ping();
+  await sub.ready;
+  await sub.unsubscribe();
+  client.close();
+  void [rtt, position, state, backoffDelay(3, { min: 100 }), parseReconnectHint('{}')];
+}
+void main;
+
+// @ts-expect-error: only JSON is supported
+new Client('ws://x', { protocol: 'protobuf' });
+// @ts-expect-error: unknown event
+client.on('nope', () => {});
+// @ts-expect-error: data is typed
+sub.on('message', (data) => void data.missing);
