@@ -63,24 +63,41 @@ async fn dashboards_alerts_and_docs_name_exactly_the_exported_metrics() {
 
     let mut monitored = Vec::new();
     files(&repo().join("deploy/monitoring"), &mut monitored);
-    files(&repo().join("deploy/kubernetes/components/prometheus-operator"), &mut monitored);
+    files(
+        &repo().join("deploy/kubernetes/components/prometheus-operator"),
+        &mut monitored,
+    );
     assert!(monitored.iter().any(|p| p.ends_with("grafana-dashboard.json")));
     assert!(monitored.iter().any(|p| p.ends_with("alerts.yaml")));
     let mut used = BTreeSet::new();
     for path in &monitored {
         let text = std::fs::read_to_string(path).expect("readable");
         for name in metric_names(&text) {
-            assert!(known(&name), "{} names {name}, which the gateway does not export", path.display());
+            assert!(
+                known(&name),
+                "{} names {name}, which the gateway does not export",
+                path.display()
+            );
             used.insert(name);
         }
     }
-    for essential in ["gateway_connections", "gateway_broker_up", "gateway_slow_consumer_disconnects_total"] {
-        assert!(used.contains(essential), "the dashboard or alerts should use {essential}");
+    for essential in [
+        "gateway_connections",
+        "gateway_broker_up",
+        "gateway_slow_consumer_disconnects_total",
+    ] {
+        assert!(
+            used.contains(essential),
+            "the dashboard or alerts should use {essential}"
+        );
     }
 
     let operations = std::fs::read_to_string(repo().join("docs/operations.md")).expect("operations.md");
     let documented = metric_names(&operations);
     for name in &exported {
-        assert!(documented.contains(name), "docs/operations.md does not document {name}");
+        assert!(
+            documented.contains(name),
+            "docs/operations.md does not document {name}"
+        );
     }
 }
