@@ -64,6 +64,20 @@ pub trait Broker: Send + Sync + 'static {
         options: StreamOptions,
     ) -> BoxFuture<'a, Result<History, BrokerError>>;
 
+    /// Starts a new epoch for `channel` if its stream is still in `epoch`,
+    /// and returns the position afterwards. A node calls this when the
+    /// channel's offset went back below what it already delivered in that
+    /// epoch (the broker lost acknowledged publications, for example after
+    /// a failover to a replica that was behind): restarting the sequence
+    /// tells every node and client that the stream restarted, instead of
+    /// letting new publications pass for old ones.
+    fn restart_stream<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        epoch: &'a str,
+        options: StreamOptions,
+    ) -> BoxFuture<'a, Result<History, BrokerError>>;
+
     /// Starts delivering publications on `channels` to this node's listener.
     /// When it resolves `Ok`, every publication accepted afterwards reaches
     /// the listener.

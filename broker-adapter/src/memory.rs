@@ -183,6 +183,17 @@ impl Broker for MemoryBroker {
         Box::pin(async move { Ok(history) })
     }
 
+    /// The embedded broker never loses what it accepted while it runs, so
+    /// its sequences never go back: this only reports the position.
+    fn restart_stream<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        _epoch: &'a str,
+        options: StreamOptions,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        self.history(channel, None, 0, options)
+    }
+
     fn subscribe<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), BrokerError>> {
         for channel in channels {
             let mut shard = self.inner.shard(channel.as_str()).lock();

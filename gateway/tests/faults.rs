@@ -177,3 +177,75 @@ async fn a_redis_restart_without_persistence_is_announced_not_hidden() {
         "every affected subscriber was told: {report}"
     );
 }
+
+/// Redis comes back *behind* what the nodes delivered (a replica that had
+/// not caught up took over, or AOF `everysec` lost its last second): the
+/// channel's offset went back within the same epoch. The node notices when
+/// it catches up, restarts the channel's epoch, tells its subscribers, and
+/// new publications reach them instead of passing for old ones.
+#[tokio::test]
+async fn offsets_that_went_back_restart_the_epoch_instead_of_hiding_publications() {
+    let redis = RedisServer::start();
+    let node = node(&redis.url(), "behind-1").await;
+    let mut client = WsClient::connect(node.addr, None).await;
+    client.subscribe("behind").await;
+    for i in 1..=10 {
+        let answer = post_json(
+            node.addr,
+            "/api/publish",
+            serde_json::json!({"channel":"behind","data":i}),
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(client.recv_json().await["offset"], i);
+    }
+    let epoch = {
+        let mut connection = redis.connection();
+        let epoch: String = ::redis::cmd("HGET")
+            .arg("gw:{behind}:m")
+            .arg("e")
+            .query(&mut connection)
+            .unwrap();
+        // Offsets 6..=10 "never reached" the Redis that is now serving.
+        let _: () = ::redis::cmd("HSET")
+            .arg("gw:{behind}:m")
+            .arg("o")
+            .arg(5)
+            .query(&mut connection)
+            .unwrap();
+        let _: () = ::redis::cmd("XTRIM")
+            .arg("gw:{behind}:s")
+            .arg("MAXLEN")
+            .arg(5)
+            .query(&mut connection)
+            .unwrap();
+        // The node's pub/sub connection breaks, as in a failover.
+        let _: () = ::redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut connection)
+            .unwrap();
+        epoch
+    };
+    let gap = client.recv_json().await;
+    assert_eq!(gap["type"], "gap", "{gap}");
+    assert_ne!(gap["epoch"], epoch.as_str(), "a new epoch: {gap}");
+    assert_eq!(gap["offset"], 0);
+    let answer = post_json(
+        node.addr,
+        "/api/publish",
+        serde_json::json!({"channel":"behind","data":"new"}),
+    )
+    .await;
+    assert_eq!(answer.json()["epoch"], gap["epoch"]);
+    let message = client.recv_json().await;
+    assert_eq!(
+        (
+            message["data"].as_str(),
+            message["offset"].as_u64(),
+            &message["epoch"]
+        ),
+        (Some("new"), Some(1), &gap["epoch"])
+    );
+}

@@ -229,6 +229,29 @@ impl Broker for RedisBroker {
         })
     }
 
+    fn restart_stream<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        epoch: &'a str,
+        options: StreamOptions,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        let connection = self.shared.publisher.read().clone();
+        Box::pin(async move {
+            let Some(mut connection) = connection else {
+                return Err(BrokerError::Unavailable("not connected to Redis".into()));
+            };
+            let (meta, stream) = self.shared.names.stream_keys(channel.as_str());
+            streams::restart(
+                &self.shared.scripts,
+                &mut connection,
+                (&meta, &stream),
+                epoch,
+                options,
+            )
+            .await
+        })
+    }
+
     fn subscribe<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), BrokerError>> {
         self.request(|reply| Control::Subscribe(channels.to_vec(), reply))
     }

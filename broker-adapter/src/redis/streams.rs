@@ -84,10 +84,25 @@ end
 return {epoch, offset, entries}
 "#;
 
+/// KEYS: meta, stream. ARGV: the epoch to leave, the new epoch, ttl
+/// seconds. Starts the new epoch (empty history, offset 0) only if the
+/// stream is still in the old one, so that nodes detecting the same
+/// regression restart it once. Returns {epoch, offset}.
+const RESTART: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch or epoch == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', ARGV[2], 'o', 0)
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+end
+return {redis.call('HGET', KEYS[1], 'e'), tonumber(redis.call('HGET', KEYS[1], 'o'))}
+"#;
+
 /// The compiled scripts (EVALSHA, loaded on first use or after a restart).
 pub(super) struct Scripts {
     publish: Script,
     history: Script,
+    restart: Script,
 }
 
 impl Scripts {
@@ -95,6 +110,7 @@ impl Scripts {
         Scripts {
             publish: Script::new(&format!("{PROTOBUF_POSITION}{PUBLISH}")),
             history: Script::new(HISTORY),
+            restart: Script::new(RESTART),
         }
     }
 }
@@ -173,6 +189,31 @@ pub(super) async fn history(
         epoch: Arc::from(epoch),
         offset,
         publications,
+    })
+}
+
+/// Starts a new epoch if the stream is still in `epoch` (see RESTART).
+pub(super) async fn restart(
+    scripts: &Scripts,
+    connection: &mut impl redis::aio::ConnectionLike,
+    keys: (&str, &str),
+    epoch: &str,
+    options: StreamOptions,
+) -> Result<History, BrokerError> {
+    let (epoch, offset): (String, u64) = scripts
+        .restart
+        .key(keys.0)
+        .key(keys.1)
+        .arg(epoch)
+        .arg(new_epoch())
+        .arg(ttl_seconds(options))
+        .invoke_async(connection)
+        .await
+        .map_err(super::classify)?;
+    Ok(History {
+        epoch: Arc::from(epoch),
+        offset,
+        publications: Vec::new(),
     })
 }
 

@@ -314,10 +314,13 @@ impl Channels {
     }
 
     /// Where a repair of `channel` reads history from, and how.
-    pub fn repair_point(&self, channel: &ChannelName) -> Option<(u64, StreamOptions)> {
+    pub fn repair_point(&self, channel: &ChannelName) -> Option<(Arc<str>, u64, StreamOptions)> {
         let shard = self.shard(channel.as_str()).lock();
         let entry = shard.get(channel.as_str())?;
-        entry.stream.repair_from().map(|last| (last, entry.options))
+        entry
+            .stream
+            .repair_from()
+            .map(|(epoch, last)| (epoch, last, entry.options))
     }
 
     /// The history read for a repair of `channel` came back.

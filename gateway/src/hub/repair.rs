@@ -37,7 +37,7 @@ pub async fn run(
         tokio::select! {
             request = requests.recv(), if open && in_flight.len() < CONCURRENCY => match request {
                 Some(channel) => {
-                    let Some((after, options)) = channels.repair_point(&channel) else {
+                    let Some((epoch, after, options)) = channels.repair_point(&channel) else {
                         continue;
                     };
                     let broker = broker.clone();
@@ -53,6 +53,20 @@ pub async fn run(
                             }
                             tokio::time::sleep(delay).await;
                             history = broker.history(&channel, Some(after), limit, options).await;
+                        }
+                        if let Ok(read) = &history
+                            && read.epoch == epoch
+                            && read.offset < after
+                        {
+                            // The broker's sequence went back below what
+                            // this node delivered: it lost publications.
+                            tracing::warn!(
+                                %channel,
+                                delivered = after,
+                                broker = read.offset,
+                                "the channel's offset went back: starting a new epoch"
+                            );
+                            history = broker.restart_stream(&channel, &epoch, options).await;
                         }
                         (channel, history)
                     });

@@ -153,10 +153,10 @@ impl Stream {
         }
     }
 
-    /// The offset to read history after, while repairing.
-    pub fn repair_from(&self) -> Option<u64> {
+    /// The epoch and offset to read history after, while repairing.
+    pub fn repair_from(&self) -> Option<(Arc<str>, u64)> {
         match self {
-            Stream::Repairing { last, .. } => Some(*last),
+            Stream::Repairing { epoch, last, .. } => Some((epoch.clone(), *last)),
             _ => None,
         }
     }
@@ -299,7 +299,7 @@ mod tests {
     fn a_hole_is_repaired_from_history_and_held_publications_follow() {
         let mut s = live("e", 5);
         assert_eq!(s.arrive(p("e", 9)), Arrival::NeedsRepair);
-        assert_eq!(s.repair_from(), Some(5));
+        assert_eq!(s.repair_from(), Some((Arc::from("e"), 5)));
         assert_eq!(s.arrive(p("e", 10)), Arrival::Held);
         // History has 6..=9 (read after 9 arrived, before 10).
         let out = s.repaired(Ok(history("e", 9, &[6, 7, 8, 9])));

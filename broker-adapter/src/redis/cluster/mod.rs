@@ -269,6 +269,26 @@ impl Broker for RedisClusterBroker {
         })
     }
 
+    fn restart_stream<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        epoch: &'a str,
+        options: StreamOptions,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        Box::pin(async move {
+            let (meta, stream) = self.shared.names.stream_keys(channel.as_str());
+            let mut connection = self.shared.connection_for(&meta)?;
+            streams::restart(
+                &self.shared.scripts,
+                &mut connection,
+                (&meta, &stream),
+                epoch,
+                options,
+            )
+            .await
+        })
+    }
+
     fn subscribe<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), BrokerError>> {
         self.request(|reply| Control::Subscribe(channels.to_vec(), reply))
     }
