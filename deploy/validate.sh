@@ -225,7 +225,7 @@ def manifest(rendered, overlay, toml_out):
     if node_id != "metadata.name":
         err("GATEWAY_NODE_ID must come from metadata.name")
     # secrets by reference only
-    for name in ("GATEWAY_API_KEY", "GATEWAY_JWT_SECRET", "GATEWAY_REDIS_URL"):
+    for name in ("GATEWAY_API_KEY", "GATEWAY_JWT_SECRET", "GATEWAY_REDIS_URL", "GATEWAY_REDIS_CLUSTER_URL"):
         if name in env and "secretKeyRef" not in env[name].get("valueFrom", {}):
             err(f"{name} must come from a Secret (secretKeyRef)")
     if "GATEWAY_API_KEY" not in env:

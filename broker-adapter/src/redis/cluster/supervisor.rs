@@ -319,6 +319,11 @@ impl Watch<'_> {
                 .map(|at| old_states.swap_remove(at));
             let state = match kept {
                 Some(mut state) => {
+                    if state.shard.label != shard.label {
+                        // Its first range moved (a reshard): report under
+                        // the label the logs and readiness use now.
+                        state.gauge = (self.shared.metrics.shard_up)(&shard.label);
+                    }
                     state.shard = shard.clone();
                     state
                 }
