@@ -30,6 +30,10 @@ enum Scenario {
         /// How long to hold the connections once open.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         hold: Duration,
+        /// After holding, publish one message to every channel (HTTP API) and count the
+        /// connections that receive it: every open connection must.
+        #[arg(long)]
+        broadcast: bool,
     },
     /// N subscribers of one channel; publish at a rate, or ramp up to the highest sustainable rate.
     Fanout {
@@ -116,7 +120,8 @@ async fn run(scenario: Scenario) -> anyhow::Result<Report> {
             connections,
             channels,
             hold,
-        } => scenario::idle(target, connections, channels, hold).await,
+            broadcast,
+        } => scenario::idle(target, connections, channels, hold, broadcast).await,
         Scenario::Fanout {
             target,
             publishing,

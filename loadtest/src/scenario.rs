@@ -208,13 +208,21 @@ fn new_report(scenario: &str) -> Report {
     }
 }
 
-/// `idle`: open, hold, report memory per connection.
-pub async fn idle(target: Target, connections: u64, channels: u64, hold: Duration) -> anyhow::Result<Report> {
+/// `idle`: open, hold, report memory per connection; with `broadcast`,
+/// then publish once to every channel and count who received it.
+pub async fn idle(
+    target: Target,
+    connections: u64,
+    channels: u64,
+    hold: Duration,
+    broadcast: bool,
+) -> anyhow::Result<Report> {
     let mut report = new_report("idle");
     let rss_before = (!target.pids.is_empty())
         .then(|| target.server_rss())
         .transpose()?;
-    let plan = target.plan(connections, channels, &format!("idle-{}-", unix_now()), None)?;
+    let prefix = format!("idle-{}-", unix_now());
+    let plan = target.plan(connections, channels, &prefix, None)?;
     let (mut fleet, opened) = Fleet::start(&plan).await?;
     report.connections = opened;
     // Let the server settle (buffers shrink, allocator returns pages).
@@ -231,6 +239,44 @@ pub async fn idle(target: Target, connections: u64, channels: u64, hold: Duratio
     // Connections that dropped while held.
     let (counts, _, _) = fleet.step().await?;
     report.connections.dropped = counts.disconnects;
+    if broadcast {
+        let names: Vec<String> = (0..channels).map(|c| format!("{prefix}{c}")).collect();
+        let mut publisher = Publisher::http(target.apis.clone(), target.api_key.clone(), names, 64, 16);
+        let started = Instant::now();
+        // One publication per channel, within a second.
+        let published = publisher
+            .run(channels as f64, Duration::from_secs(1), |n| n as usize)
+            .await?;
+        let expected: u64 = published
+            .acked
+            .iter()
+            .enumerate()
+            .map(|(c, &n)| n * fleet.subscribers_of(c as u64))
+            .sum();
+        fleet.drain(expected, Duration::from_secs(10)).await?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let (counts, latency, _) = fleet.step().await?;
+        eprintln!(
+            "broadcast: {} of {expected} connections received it, p99 {:.1} ms",
+            counts.received,
+            latency.summary().p99
+        );
+        report.steps.push(Step {
+            publish_rate: channels as f64,
+            duration_secs: elapsed,
+            published: published.published,
+            publish_failed: published.failed,
+            expected,
+            received: counts.received,
+            lost: expected.saturating_sub(counts.received),
+            duplicates: counts.duplicates,
+            disconnects: counts.disconnects,
+            deliveries_per_sec: counts.received as f64 / elapsed,
+            latency: latency.summary(),
+            publish_round_trip: published.round_trip.summary(),
+            ..Step::default()
+        });
+    }
     fleet.stop().await?;
     target.finish(&report)?;
     Ok(report)
