@@ -6,6 +6,7 @@
 #   loadtest/bench.sh NODES SCENARIO [loadtest args...]
 #   loadtest/bench.sh 2 fanout --subscribers 2000 --rate 100 --ramp 1.5
 #   loadtest/bench.sh 1 idle --connections 19000          # one node, no Redis
+#   CLUSTER=3 loadtest/bench.sh 2 channels ...            # a 3-master Redis Cluster
 #
 # Each node's WebSocket URL, API URL and PID are passed to loadtest; add
 # arguments to refine (the latency scenario subscribes on the last node only). With NODES=1 the node runs on the embedded broker
@@ -22,10 +23,26 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-redis_args=()
-if (( nodes > 1 )) || [[ "${REDIS:-0}" == 1 ]]; then
+redis_args=(); redis_pids=()
+if [[ -n "${CLUSTER:-}" ]]; then
+  # CLUSTER=N: N masters (no replicas) from redis-server processes on 16391...
+  seeds=()
+  for i in $(seq 1 "$CLUSTER"); do
+    port=$((16390 + i)); mkdir -p "$work/$port"
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work/$port" \
+      --cluster-enabled yes --cluster-config-file nodes.conf --loglevel warning &
+    pids+=($!); redis_pids+=($!)
+    until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.05; done
+    seeds+=("127.0.0.1:$port")
+  done
+  redis-cli --cluster create "${seeds[@]}" --cluster-yes >/dev/null
+  until redis-cli -p 16391 cluster info | grep -q cluster_state:ok; do sleep 0.1; done
+  urls_arg=""
+  for seed in "${seeds[@]}"; do urls_arg="${urls_arg:+$urls_arg,}redis://$seed"; done
+  redis_args=(--redis-cluster-url "$urls_arg")
+elif (( nodes > 1 )) || [[ "${REDIS:-0}" == 1 ]]; then
   redis-server --port 16390 --bind 127.0.0.1 --save "" --appendonly no --dir "$work" --loglevel warning &
-  pids+=($!)
+  pids+=($!); redis_pids+=($!)
   until redis-cli -p 16390 ping >/dev/null 2>&1; do sleep 0.05; done
   redis_args=(--redis-url redis://127.0.0.1:16390)
 fi
@@ -40,9 +57,20 @@ for n in $(seq 1 "$nodes"); do
 done
 join() { local IFS=,; echo "$*"; }
 
-# Cross-node latency: subscribers on the last node, publications via the first.
-[[ "$scenario" == latency ]] && urls=("${urls[-1]}")
+# Cross-node latency: subscribers on the last node, publications via the first
+# (its HTTP API, or with --publish-via ws its WebSocket URL).
+extra=()
+if [[ "$scenario" == latency ]]; then
+  extra=(--publish-url "${urls[0]}")
+  urls=("${urls[-1]}")
+fi
+
+# CPU seconds (user + system) of processes, from /proc.
+cpu_of() { local t=0; for p in "$@"; do t=$(awk -v t="$t" '{print t + ($14 + $15) / 100}' "/proc/$p/stat"); done; echo "$t"; }
+redis_before=$(cpu_of "${redis_pids[@]}")
 
 report="$out/$scenario-$nodes-node-$(date +%H%M%S).json"
 "$bin/loadtest" "$scenario" --url "$(join "${urls[@]}")" --api "${apis[0]}" \
-  --pid "$(join "${gw_pids[@]}")" --json "$report" "$@"
+  --pid "$(join "${gw_pids[@]}")" --json "$report" "${extra[@]}" "$@"
+(( ${#redis_pids[@]} )) && echo "Redis CPU during the run: $(awk -v a="$(cpu_of "${redis_pids[@]}")" -v b="$redis_before" 'BEGIN {printf "%.2f", a - b}') s"
+exit 0

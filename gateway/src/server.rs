@@ -209,7 +209,7 @@ async fn route(node: Arc<Node>, request: Request<Incoming>, remote: IpAddr) -> R
     let allowed: &'static str = match path {
         "/ws" | "/healthz" | "/readyz" | "/metrics" | "/api/history" => "GET",
         _ if demo => "GET",
-        "/api/publish" | "/api/broadcast" => "POST",
+        "/api/publish" | "/api/broadcast" | "/api/batch" => "POST",
         _ => {
             return error_response(
                 StatusCode::NOT_FOUND,
@@ -238,6 +238,7 @@ async fn route(node: Arc<Node>, request: Request<Incoming>, remote: IpAddr) -> R
         "/metrics" => probes::metrics(&node),
         "/api/publish" => http_api::publish(node, request).await,
         "/api/history" => http_api::history(node, request).await,
+        "/api/batch" => http_api::batch(node, request).await,
         _ if demo => demo::serve(path),
         _ => http_api::broadcast(node, request).await,
     }

@@ -52,6 +52,87 @@ async fn publish_reaches_subscribers_and_answers_the_channel() {
 }
 
 #[tokio::test]
+async fn a_batch_publishes_in_order_per_channel_and_checks_everything_first() {
+    let gw = start(test_config()).await;
+    let addr = gw.local_addr();
+    let mut a = WsClient::connect(addr, None).await;
+    a.subscribe("a").await;
+    let mut b = WsClient::connect(addr, None).await;
+    b.subscribe("b").await;
+
+    // Interleaved channels, binary data too: one result per publication, in
+    // request order; per channel, offsets in request order.
+    let publications: Vec<Value> = (0..20)
+        .map(|i| {
+            if i % 5 == 4 {
+                json!({"channel":"b","data_b64":"AAE="})
+            } else {
+                json!({"channel": if i % 2 == 0 { "a" } else { "b" }, "data": i})
+            }
+        })
+        .collect();
+    let answer = post_json(addr, "/api/batch", json!({"publications": publications})).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let results = answer.json()["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(results.len(), 20);
+    let offsets = |channel: &str| -> Vec<u64> {
+        results
+            .iter()
+            .filter(|r| r["channel"] == channel)
+            .map(|r| position(r).1)
+            .collect()
+    };
+    assert_eq!(offsets("a"), (1..=offsets("a").len() as u64).collect::<Vec<_>>());
+    assert_eq!(offsets("b"), (1..=offsets("b").len() as u64).collect::<Vec<_>>());
+    for (client, channel) in [(&mut a, "a"), (&mut b, "b")] {
+        let sent: Vec<&Value> = publications.iter().filter(|p| p["channel"] == channel).collect();
+        for (k, publication) in sent.iter().enumerate() {
+            let message = client.recv_json().await;
+            assert_eq!(message["offset"], k as u64 + 1, "{message}");
+            match publication.get("data") {
+                Some(data) => assert_eq!(&message["data"], data),
+                None => assert_eq!(message["data_b64"], "AAE="),
+            }
+        }
+    }
+
+    // One bad item fails the whole request, and nothing is published.
+    for (bad, code) in [
+        (
+            json!({"publications":[{"channel":"a","data":1},{"channel":"bad name","data":2}]}),
+            "invalid_channel",
+        ),
+        (
+            json!({"publications":[{"channel":"a","data":1},{"channel":"a"}]}),
+            "bad_request",
+        ),
+        (json!({"publications":[]}), "bad_request"),
+        (
+            json!({"publications":[{"channel":"a","data":1,"extra":true}]}),
+            "bad_request",
+        ),
+    ] {
+        let answer = post_json(addr, "/api/batch", bad.clone()).await;
+        assert_eq!(answer.status, 400, "{bad}: {}", answer.text());
+        assert_eq!(answer.json()["error"]["code"], code, "{bad}");
+    }
+    let big = "x".repeat(70 * 1024);
+    let answer = post_json(
+        addr,
+        "/api/batch",
+        json!({"publications":[{"channel":"a","data":big}]}),
+    )
+    .await;
+    assert_eq!(answer.status, 413);
+    let history = get(addr, "/api/history?channel=a").await.json();
+    assert_eq!(
+        history["offset"],
+        offsets("a").len(),
+        "the refused batches published nothing"
+    );
+}
+
+#[tokio::test]
 async fn broadcast_reaches_every_channel() {
     let gw = start(test_config()).await;
     let addr = gw.local_addr();

@@ -25,11 +25,13 @@ use crate::wire::{self, Frame};
 
 /// Where publications go.
 pub enum Route {
-    /// `POST {api}/api/publish`, round robin over the APIs.
+    /// `POST {api}/api/publish` (or, with `batch` > 1, `POST {api}/api/batch`
+    /// with up to `batch` publications), round robin over the APIs.
     Http {
         apis: Vec<String>,
         api_key: Option<String>,
         client: Client<HttpConnector, Full<Bytes>>,
+        batch: usize,
     },
     /// `publish` commands over these connections, round robin.
     Ws(Vec<mpsc::Sender<WsPublish>>),
@@ -74,21 +76,26 @@ impl Publisher {
         channels: Vec<String>,
         concurrency: usize,
         payload: usize,
+        batch: usize,
     ) -> Publisher {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(concurrency)
+            // Keep every connection opened: one the pool cannot take back would be
+            // closed and reopened, a TCP handshake per request under load.
+            .pool_max_idle_per_host(usize::MAX)
             .build(connector);
+        let endpoint = if batch > 1 { "batch" } else { "publish" };
         let apis = apis
             .into_iter()
-            .map(|a| format!("{}/api/publish", a.trim_end_matches('/')))
+            .map(|a| format!("{}/api/{endpoint}", a.trim_end_matches('/')))
             .collect();
         Publisher::new(
             Route::Http {
                 apis,
                 api_key,
                 client,
+                batch: batch.max(1),
             },
             channels,
             concurrency,
@@ -151,9 +158,14 @@ impl Publisher {
         let interval = Duration::from_secs_f64(1.0 / rate.max(1e-9));
         let start = Instant::now();
         let start_micros = wire::now_micros();
-        for n in 0..total {
+        let mut ticks = Ticker::start(start, interval, total);
+        // HTTP batches being filled: (channel, item JSON), and when the
+        // first item was due.
+        let mut batch: Vec<(usize, String)> = Vec::new();
+        let mut batch_since = start;
+        let mut requests = 0usize;
+        while let Some(n) = ticks.recv().await {
             let due = start + interval.mul_f64(n as f64);
-            pace_until(due).await;
             let channel = pick(n);
             let seq = self.next_seq[channel];
             self.next_seq[channel] += 1;
@@ -162,51 +174,27 @@ impl Publisher {
                 start_micros + (due - start).as_micros() as u64,
                 &self.padding,
             );
-            // Waiting here for a free slot is publish-side queueing: the
-            // scheduled time in the payload makes it count as latency.
-            let permit = self.in_flight.clone().acquire_owned().await?;
             match &self.route {
-                Route::Http {
-                    apis,
-                    api_key,
-                    client,
-                } => {
-                    let body = format!(
+                Route::Http { batch: size, .. } => {
+                    let item = format!(
                         r#"{{"channel":{},"data":{payload}}}"#,
                         serde_json::Value::from(self.channels[channel].as_str())
                     );
-                    let mut request = http::Request::post(&apis[n as usize % apis.len()])
-                        .header("content-type", "application/json");
-                    if let Some(key) = api_key {
-                        request = request.header("authorization", format!("Bearer {key}"));
+                    if batch.is_empty() {
+                        batch_since = due;
                     }
-                    let request = request.body(Full::new(Bytes::from(body)))?;
-                    let (client, acked, failed, round_trip) = (
-                        client.clone(),
-                        self.acked.clone(),
-                        self.failed.clone(),
-                        self.round_trip.clone(),
-                    );
-                    tokio::spawn(async move {
-                        let sent = Instant::now();
-                        let ok = match client.request(request).await {
-                            Ok(response) => {
-                                let ok = response.status().is_success();
-                                let _ = response.into_body().collect().await;
-                                ok
-                            }
-                            Err(_) => false,
-                        };
-                        round_trip.lock().record(sent.elapsed().as_micros() as u64);
-                        if ok {
-                            acked[channel].fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        drop(permit);
-                    });
+                    batch.push((channel, item));
+                    // Full, the last one, or the first waited long enough.
+                    if batch.len() >= *size || n + 1 == total || due - batch_since >= BATCH_WINDOW {
+                        // Waiting for a free slot is publish-side queueing:
+                        // the scheduled times in the payloads count it.
+                        let permit = self.in_flight.clone().acquire_owned().await?;
+                        self.send_http(requests, std::mem::take(&mut batch), permit)?;
+                        requests += 1;
+                    }
                 }
                 Route::Ws(senders) => {
+                    let permit = self.in_flight.clone().acquire_owned().await?;
                     // The connection task returns the permit when the ack arrives.
                     permit.forget();
                     senders[n as usize % senders.len()]
@@ -234,6 +222,92 @@ impl Publisher {
             round_trip: std::mem::take(&mut *self.round_trip.lock()),
         })
     }
+}
+
+impl Publisher {
+    /// Sends one HTTP request for `items` (one publication, or a batch) and
+    /// counts what was acknowledged when the answer comes.
+    fn send_http(
+        &self,
+        request_number: usize,
+        items: Vec<(usize, String)>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> anyhow::Result<()> {
+        let Route::Http {
+            apis,
+            api_key,
+            client,
+            batch,
+        } = &self.route
+        else {
+            anyhow::bail!("not an HTTP publisher");
+        };
+        let channels: Vec<usize> = items.iter().map(|(c, _)| *c).collect();
+        let body = if *batch > 1 {
+            let list: Vec<String> = items.into_iter().map(|(_, item)| item).collect();
+            format!(r#"{{"publications":[{}]}}"#, list.join(","))
+        } else {
+            items.into_iter().next().map(|(_, item)| item).unwrap_or_default()
+        };
+        let mut request = http::Request::post(&apis[request_number % apis.len()])
+            .header("content-type", "application/json");
+        if let Some(key) = api_key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let request = request.body(Full::new(Bytes::from(body)))?;
+        let (client, acked, failed, round_trip, batched) = (
+            client.clone(),
+            self.acked.clone(),
+            self.failed.clone(),
+            self.round_trip.clone(),
+            *batch > 1,
+        );
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            // Per item: acknowledged or not.
+            let outcome: Vec<bool> = match client.request(request).await {
+                Ok(response) => {
+                    let ok = response.status().is_success();
+                    let body = response.into_body().collect().await.map(|b| b.to_bytes());
+                    match (batched, body) {
+                        (false, _) => vec![ok],
+                        (true, Ok(body)) => batch_outcome(&body, channels.len()),
+                        (true, Err(_)) => vec![false; channels.len()],
+                    }
+                }
+                Err(_) => vec![false; channels.len()],
+            };
+            round_trip.lock().record(sent.elapsed().as_micros() as u64);
+            for (channel, ok) in channels.into_iter().zip(outcome) {
+                if ok {
+                    acked[channel].fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            drop(permit);
+        });
+        Ok(())
+    }
+}
+
+/// How long a batch may wait for more publications before it is sent.
+const BATCH_WINDOW: Duration = Duration::from_millis(2);
+
+/// Which items of a `/api/batch` answer were published: a result without
+/// an `error`, in request order.
+fn batch_outcome(body: &[u8], items: usize) -> Vec<bool> {
+    let results = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["results"].as_array().cloned())
+        .unwrap_or_default();
+    (0..items)
+        .map(|i| {
+            results
+                .get(i)
+                .is_some_and(|r| r.get("error").is_none() && r.get("offset").is_some())
+        })
+        .collect()
 }
 
 /// One publishing WebSocket: sends `publish` commands, matches the
@@ -291,21 +365,34 @@ async fn ws_publisher(
     }
 }
 
-/// Waits until `at`, precisely and without spinning: tokio's timer has
-/// millisecond granularity, so it sleeps on the timer to within a
-/// millisecond and then sleeps the thread for the rest (the generator shares
-/// the cores with the gateway; a busy wait would steal them).
-async fn pace_until(at: Instant) {
-    let coarse = Duration::from_millis(1);
-    if let Some(wait) = at
-        .checked_duration_since(Instant::now())
-        .and_then(|d| d.checked_sub(coarse))
-    {
-        tokio::time::sleep(wait).await;
+/// The publication schedule, kept by a thread of its own: tokio's timer
+/// has millisecond granularity, which would add up to a millisecond of
+/// lateness to every publication (and to its measured latency). The thread
+/// sleeps to just before each slot, spins the last few tens of
+/// microseconds, and sends the slot's number to the publishing task.
+struct Ticker;
+
+impl Ticker {
+    fn start(start: Instant, interval: Duration, total: u64) -> mpsc::Receiver<u64> {
+        let (tx, rx) = mpsc::channel(1024);
+        std::thread::spawn(move || {
+            for n in 0..total {
+                let due = start + interval.mul_f64(n as f64);
+                // thread::sleep oversleeps by the timer slack (~50 µs).
+                if let Some(wait) = due
+                    .checked_duration_since(Instant::now())
+                    .and_then(|d| d.checked_sub(Duration::from_micros(100)))
+                {
+                    std::thread::sleep(wait);
+                }
+                while Instant::now() < due {
+                    std::hint::spin_loop();
+                }
+                if tx.blocking_send(n).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
     }
-    if let Some(rest) = at.checked_duration_since(Instant::now()) {
-        std::thread::sleep(rest);
-    }
-    // Let the requests and replies in flight make progress (one thread).
-    tokio::task::yield_now().await;
 }

@@ -160,9 +160,18 @@ pub struct Publishing {
     /// Publishing WebSocket connections (`--publish-via ws`).
     #[arg(long, default_value_t = 4)]
     pub publishers: usize,
-    /// Publications in flight at once.
+    /// Where the publishing WebSocket clients connect (`--publish-via ws`; comma-separated)
+    /// [default: the --url list]. For cross-node latency, another node than the subscribers'.
+    #[arg(long = "publish-url", value_delimiter = ',')]
+    pub publish_urls: Vec<String>,
+    /// Requests in flight at once (HTTP), or publications (WebSocket).
     #[arg(long, default_value_t = 64)]
     pub in_flight: usize,
+    /// With `--publish-via http`: publications per request, through `POST /api/batch` (a
+    /// batch is sent when full, or 2 ms after its first publication was due) [1: one
+    /// `POST /api/publish` each].
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Ramp: multiply the rate by this after each step that kept up, until one
     /// does not (p99 above --max-p99, loss, or deliveries falling behind).
     #[arg(long)]
@@ -241,7 +250,7 @@ pub async fn idle(
     report.connections.dropped = counts.disconnects;
     if broadcast {
         let names: Vec<String> = (0..channels).map(|c| format!("{prefix}{c}")).collect();
-        let mut publisher = Publisher::http(target.apis.clone(), target.api_key.clone(), names, 64, 16);
+        let mut publisher = Publisher::http(target.apis.clone(), target.api_key.clone(), names, 64, 16, 1);
         let started = Instant::now();
         // One publication per channel, within a second.
         let published = publisher
@@ -319,12 +328,18 @@ pub async fn traffic(
             names,
             publishing.in_flight,
             publishing.payload,
+            publishing.batch,
         ),
         Via::Ws => {
             let connector = Connector::new(target.client_options()?)?;
+            let urls = if publishing.publish_urls.is_empty() {
+                &target.urls
+            } else {
+                &publishing.publish_urls
+            };
             Publisher::ws(
                 connector,
-                &target.urls,
+                urls,
                 publishing.publishers,
                 names,
                 publishing.in_flight,

@@ -1,0 +1,127 @@
+//! `GET /api/history`: a channel's position and its recent publications,
+//! for backends and for clients that resync over HTTP.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use broker_adapter::BrokerError;
+
+use super::{Body, Failure, authorize, json_response, parse_channel};
+use crate::hub::PublishError;
+use crate::node::Node;
+
+/// Largest `limit` of `GET /api/history`.
+const MAX_HISTORY_LIMIT: usize = 1000;
+
+/// `GET /api/history?channel=news&since=41&epoch=e1&limit=100`: the
+/// channel's position and the publications after `since` (the latest ones
+/// without `since`), oldest first.
+pub async fn history(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
+    let result = async {
+        authorize(&node.config.api_keys, request.headers())?;
+        let query = HistoryQuery::parse(request.uri().query().unwrap_or(""))?;
+        let channel = parse_channel(&query.channel)?;
+        let unavailable = |error: BrokerError| Failure::from(PublishError::Broker(error));
+        let since = match query.since {
+            Some(since) => since,
+            None => {
+                let position = node.hub.history(&channel, None, 0).await.map_err(unavailable)?;
+                position.offset.saturating_sub(query.limit as u64)
+            }
+        };
+        let history = node
+            .hub
+            .history(&channel, Some(since), query.limit)
+            .await
+            .map_err(unavailable)?;
+        let same_epoch = query.epoch.as_deref().is_none_or(|e| e == &*history.epoch);
+        let publications = if same_epoch {
+            history.publications
+        } else {
+            Vec::new()
+        };
+        let complete_from_since = publications
+            .first()
+            .map_or(since >= history.offset, |p| p.offset == Some(since + 1));
+        let last = publications.last().and_then(|p| p.offset).unwrap_or(since);
+        let mut answer = json!({
+            "channel": channel.as_str(),
+            "epoch": &*history.epoch,
+            "offset": history.offset,
+            "publications": publications.iter().map(stored_json).collect::<Vec<_>>(),
+            "more": same_epoch && last < history.offset && publications.len() == query.limit,
+        });
+        if query.since.is_some() {
+            answer["recovered"] = json!(same_epoch && complete_from_since);
+        }
+        Ok::<_, Failure>(answer)
+    }
+    .await;
+    match result {
+        Ok(answer) => json_response(StatusCode::OK, &answer),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// One stored publication as JSON: `data` if it is JSON, else `data_b64`.
+fn stored_json(publication: &pubsub_proto::Publication) -> serde_json::Value {
+    let mut item = json!({"offset": publication.offset});
+    match std::str::from_utf8(&publication.data)
+        .ok()
+        .filter(|_| pubsub_proto::json::is_json(&publication.data))
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+    {
+        Some(value) => item["data"] = value,
+        None => item["data_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(&publication.data)),
+    }
+    item
+}
+
+struct HistoryQuery {
+    channel: String,
+    since: Option<u64>,
+    epoch: Option<String>,
+    limit: usize,
+}
+
+impl HistoryQuery {
+    fn parse(query: &str) -> Result<HistoryQuery, Failure> {
+        let (mut channel, mut since, mut epoch, mut limit) = (None, None, None, 100);
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "channel" => channel = Some(value.into_owned()),
+                "since" => {
+                    since = Some(value.parse::<u64>().map_err(|_| {
+                        Failure::bad_request(format!(
+                            "`since` must be an offset (unsigned integer), not {value:?}"
+                        ))
+                    })?)
+                }
+                "epoch" => epoch = Some(value.into_owned()),
+                "limit" => {
+                    limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|l| (1..=MAX_HISTORY_LIMIT).contains(l))
+                        .ok_or_else(|| {
+                            Failure::bad_request(format!(
+                                "`limit` must be 1 to {MAX_HISTORY_LIMIT}, not {value:?}"
+                            ))
+                        })?
+                }
+                other => return Err(Failure::bad_request(format!("unknown query parameter {other:?}"))),
+            }
+        }
+        let channel = channel.ok_or_else(|| Failure::bad_request("missing query parameter `channel`"))?;
+        Ok(HistoryQuery {
+            channel,
+            since,
+            epoch,
+            limit,
+        })
+    }
+}

@@ -1,0 +1,263 @@
+//! The HTTP API for backend services, and the JSON error form every HTTP
+//! answer of the gateway uses: `{"error":{"code":"...","message":"..."}}`.
+//!
+//! - `publish`: `POST /api/publish`, `POST /api/broadcast`, `POST /api/batch`;
+//! - `history`: `GET /api/history`;
+//! - here: what every request goes through (API key, content type, body).
+//!
+//! Checks run in a fixed order so a caller gets the most useful error first:
+//! API key (401), content type (415), body size (413), JSON (400), channel
+//! (400), publication size (413), broker (503). docs/api.md documents each.
+
+mod history;
+mod publish;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use pubsub_proto::ChannelName;
+use pubsub_proto::json::{MAX_DATA_DEPTH, within_depth};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use subtle::ConstantTimeEq;
+
+use broker_adapter::BrokerError;
+
+use crate::hub::PublishError;
+use crate::node::Node;
+
+pub use history::history;
+pub use publish::{batch, broadcast, publish};
+
+/// The body type of every response.
+pub type Body = Full<Bytes>;
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Body::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The gateway's JSON error answer.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json_response(status, &json!({"error": {"code": code, "message": message}}))
+}
+
+pub(super) fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
+/// An API failure: status, code and message.
+pub(super) struct Failure(StatusCode, &'static str, String);
+
+impl Failure {
+    pub(super) fn bad_request(message: impl Into<String>) -> Failure {
+        Failure(StatusCode::BAD_REQUEST, "bad_request", message.into())
+    }
+
+    pub(super) fn into_response(self) -> Response<Body> {
+        let mut response = error_response(self.0, self.1, &self.2);
+        if self.0 == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<PublishError> for Failure {
+    fn from(error: PublishError) -> Failure {
+        match error {
+            PublishError::TooLarge { .. } => {
+                Failure(StatusCode::PAYLOAD_TOO_LARGE, "too_large", error.to_string())
+            }
+            PublishError::Broker(BrokerError::Unavailable(_)) => {
+                Failure(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error.to_string())
+            }
+            PublishError::Broker(BrokerError::Internal(_)) => {
+                Failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
+            }
+        }
+    }
+}
+
+pub(super) fn add_position(answer: &mut serde_json::Value, published: &broker_adapter::Published) {
+    answer["offset"] = json!(published.offset);
+    answer["epoch"] = json!(&*published.epoch);
+}
+
+/// Checks the API key, content type and size, and reads the body.
+pub(super) async fn read_body(node: &Node, request: Request<Incoming>) -> Result<Bytes, Failure> {
+    authorize(&node.config.api_keys, request.headers())?;
+    check_content_type(request.headers())?;
+    let limit = node.config.max_body_size;
+    let too_large = || {
+        Failure(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body is over the {limit}-byte limit"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    // A body dribbled in slowly must not hold a connection forever.
+    let deadline = node.config.handshake_timeout;
+    match tokio::time::timeout(deadline, Limited::new(request.into_body(), limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(error)) => Err(Failure::bad_request(format!("cannot read request body: {error}"))),
+        Err(_) => Err(Failure(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("request body not received within {deadline:?}"),
+        )),
+    }
+}
+
+/// With API keys configured, requires `Authorization: Bearer <key>` with one
+/// of them. Compares in constant time and checks every key, so timing tells
+/// nothing about which key (or how much of it) matched.
+pub(super) fn authorize(keys: &[String], headers: &HeaderMap) -> Result<(), Failure> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return Err(Failure(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send an API key as Authorization: Bearer <key>".into(),
+        ));
+    };
+    let matched = keys.iter().fold(subtle::Choice::from(0), |acc, key| {
+        acc | key.as_bytes().ct_eq(presented.as_bytes())
+    });
+    if bool::from(matched) {
+        Ok(())
+    } else {
+        Err(Failure(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "invalid API key".into(),
+        ))
+    }
+}
+
+/// A body must be JSON; a request without a content type is read as JSON.
+fn check_content_type(headers: &HeaderMap) -> Result<(), Failure> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let mime = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
+        Ok(())
+    } else {
+        Err(Failure(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("send Content-Type: application/json (got {mime:?})"),
+        ))
+    }
+}
+
+pub(super) fn parse_channel(name: &str) -> Result<ChannelName, Failure> {
+    ChannelName::parse(name).map_err(|e| Failure(StatusCode::BAD_REQUEST, "invalid_channel", e.to_string()))
+}
+
+/// The publication bytes: the raw JSON text of `data` (a slice of the body,
+/// not a copy), or the decoded `data_b64`.
+pub(super) fn payload(
+    data: Option<&RawValue>,
+    data_b64: Option<String>,
+    body: &Bytes,
+) -> Result<Bytes, Failure> {
+    match (data, data_b64) {
+        (Some(raw), None) => {
+            if !within_depth(raw.get(), MAX_DATA_DEPTH) {
+                return Err(Failure::bad_request(format!(
+                    "`data` is nested deeper than {MAX_DATA_DEPTH} levels"
+                )));
+            }
+            Ok(body.slice_ref(raw.get().as_bytes()))
+        }
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map(Bytes::from)
+            .map_err(|e| Failure::bad_request(format!("`data_b64` is not base64: {e}"))),
+        (Some(_), Some(_)) => Err(Failure::bad_request("give either `data` or `data_b64`, not both")),
+        (None, None) => Err(Failure::bad_request("missing field `data`")),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A header map from static pairs (shared by the handshake tests).
+    pub(crate) fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn api_keys_are_required_when_configured() {
+        let keys = vec!["k1".to_string(), "second-key".to_string()];
+        assert!(authorize(&[], &headers(&[])).is_ok());
+        assert!(authorize(&keys, &headers(&[("authorization", "Bearer k1")])).is_ok());
+        assert!(authorize(&keys, &headers(&[("authorization", "Bearer second-key")])).is_ok());
+        for bad in ["Bearer k2", "Bearer k", "Bearer second-key2", "k1", "Basic azE6"] {
+            let err = authorize(&keys, &headers(&[("authorization", bad)]))
+                .err()
+                .map(|f| f.0);
+            assert_eq!(err, Some(StatusCode::UNAUTHORIZED), "{bad}");
+        }
+        assert!(authorize(&keys, &headers(&[])).is_err());
+    }
+
+    #[test]
+    fn content_type_must_be_json_when_given() {
+        assert!(check_content_type(&headers(&[])).is_ok());
+        assert!(check_content_type(&headers(&[("content-type", "application/json; charset=utf-8")])).is_ok());
+        assert!(check_content_type(&headers(&[("content-type", "application/cloudevents+json")])).is_ok());
+        let err = check_content_type(&headers(&[("content-type", "application/x-www-form-urlencoded")]));
+        assert_eq!(err.err().map(|f| f.0), Some(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+    }
+
+    #[test]
+    fn payload_is_a_slice_of_the_body() {
+        let body = Bytes::from_static(br#"{"channel":"a","data":{"x":[1,2]}}"#);
+        let parsed: publish::PublishRequest<'_> = serde_json::from_slice(&body).unwrap();
+        let data = payload(parsed.data, parsed.data_b64, &body).ok().unwrap();
+        assert_eq!(&data[..], br#"{"x":[1,2]}"#);
+        assert!(body.as_ptr_range().contains(&data.as_ptr()));
+    }
+}
