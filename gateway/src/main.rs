@@ -5,6 +5,12 @@
 
 use std::process::ExitCode;
 
+/// mimalloc instead of the system allocator: the publish and fan-out paths
+/// allocate many small, short-lived buffers from several threads, where
+/// glibc's malloc spent a tenth of the node's CPU (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Duration;
 
 use gateway::config::{Action, Config};
