@@ -42,7 +42,7 @@ pub struct Gateway {
 impl Gateway {
     /// Binds `config.listen` and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<Gateway> {
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = listen(config.listen)?;
         let local_addr = listener.local_addr()?;
         if config.api_keys.is_empty() {
             tracing::warn!(
@@ -126,6 +126,25 @@ impl Gateway {
             task.abort();
         }
     }
+}
+
+/// Connections the kernel queues for `accept` (capped by
+/// `net.core.somaxconn`). tokio's default, 1,024, overflowed when thousands
+/// of clients connect at once (a reconnect storm after a node failed): the
+/// kernel then drops handshakes and clients retry a second later.
+const ACCEPT_BACKLOG: u32 = 65_535;
+
+/// Binds the listener with a deep accept queue.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // Restarting on the same port while old connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 async fn accept_loop(listener: TcpListener, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
