@@ -80,7 +80,8 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Starts delivering publications on `channels` to this node's listener.
     /// When it resolves `Ok`, every publication accepted afterwards reaches
-    /// the listener.
+    /// the listener. `Err(Partial)` names the channels that failed; the
+    /// others are subscribed.
     fn subscribe<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Stops delivering publications on `channels` to this node.
@@ -229,6 +230,11 @@ pub enum BrokerError {
     /// The broker answered with something unexpected.
     #[error("broker error: {0}")]
     Internal(String),
+    /// Only these channels of a `subscribe` failed, with this error; every
+    /// other channel of the call was subscribed (a cluster with one shard
+    /// down).
+    #[error("{count} channels not subscribed: {error}", count = .0.len(), error = .1)]
+    Partial(Vec<ChannelName>, Box<BrokerError>),
 }
 
 impl fmt::Debug for dyn Broker {

@@ -63,7 +63,8 @@ pub fn check(url: &str, timeout: Duration) -> Result<u16, String> {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyCertificate))
                 .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(bare.to_owned())
             .map_err(|e| format!("invalid TLS server name {host}: {e}"))?;
         let connection = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
         exchange(rustls::StreamOwned::new(connection, stream), &request)?

@@ -88,6 +88,7 @@ async fn client(
     lb: SocketAddr,
     signalled: Arc<std::sync::OnceLock<Instant>>,
     last: Arc<AtomicU64>,
+    reconnected: Arc<AtomicU64>,
 ) -> Seen {
     let mut offsets = Vec::new();
     let close = loop {
@@ -117,6 +118,7 @@ async fn client(
     .await;
     assert_eq!(reply["type"], "subscribed", "{reply}");
     assert_eq!(reply["recovered"], true, "{reply}");
+    reconnected.fetch_add(1, Ordering::SeqCst);
     loop {
         let done = last.load(Ordering::SeqCst);
         if done > 0 && offsets.last().is_some_and(|o| *o >= done) {
@@ -197,9 +199,19 @@ async fn a_drained_node_spreads_its_clients_over_the_others_without_a_storm_or_l
     // Publications keep flowing through node 2 during the whole drain.
     let signalled = Arc::new(std::sync::OnceLock::new());
     let last = Arc::new(AtomicU64::new(0));
+    let reconnected = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = sockets
         .into_iter()
-        .map(|(ws, start)| tokio::spawn(client(ws, start, lb, signalled.clone(), last.clone())))
+        .map(|(ws, start)| {
+            tokio::spawn(client(
+                ws,
+                start,
+                lb,
+                signalled.clone(),
+                last.clone(),
+                reconnected.clone(),
+            ))
+        })
         .collect();
     let publisher_node = others[0].addr;
     let stop = Arc::new(AtomicU64::new(0));
@@ -232,8 +244,13 @@ async fn a_drained_node_spreads_its_clients_over_the_others_without_a_storm_or_l
     assert!(signalled.get().unwrap().elapsed() < Duration::from_millis(500));
 
     let exit = tokio::task::spawn_blocking(move || node1.wait_exit(Duration::from_secs(DRAIN_SECONDS + 8)));
-    // Let the reconnected clients receive for a while, then end.
-    tokio::time::sleep(Duration::from_secs(DRAIN_SECONDS + JITTER_MS / 1000 + 3)).await;
+    // Every client reconnected and recovered elsewhere; let them receive
+    // live publications for a second more, then end.
+    support::eventually_within("every client reconnected", Duration::from_secs(30), async || {
+        reconnected.load(Ordering::SeqCst) == CLIENTS as u64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(1, Ordering::SeqCst);
     // The last publication is announced before it is sent, so a client that
     // receives it knows it is done.

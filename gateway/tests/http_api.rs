@@ -123,7 +123,26 @@ async fn a_batch_publishes_in_order_per_channel_and_checks_everything_first() {
         json!({"publications":[{"channel":"a","data":big}]}),
     )
     .await;
-    assert_eq!(answer.status, 413);
+    assert_eq!(answer.status, 413, "over the body limit");
+    // Within the body limit, but one publication over the publication limit.
+    let small = support::start(Config {
+        max_publication_size: 1024,
+        ..test_config()
+    })
+    .await;
+    let item = "y".repeat(2000);
+    let answer = post_json(
+        small.local_addr(),
+        "/api/batch",
+        json!({"publications":[{"channel":"a","data":1},{"channel":"a","data":item}]}),
+    )
+    .await;
+    assert_eq!(answer.status, 413, "{}", answer.text());
+    assert!(answer.text().contains("publications[1]"), "{}", answer.text());
+    assert_eq!(
+        get(small.local_addr(), "/api/history?channel=a").await.json()["offset"],
+        0
+    );
     let history = get(addr, "/api/history?channel=a").await.json();
     assert_eq!(
         history["offset"],

@@ -80,7 +80,7 @@ impl From<PublishError> for Failure {
             PublishError::TooLarge { .. } => {
                 Failure(StatusCode::PAYLOAD_TOO_LARGE, "too_large", error.to_string())
             }
-            PublishError::Broker(BrokerError::Unavailable(_)) => {
+            PublishError::Broker(BrokerError::Unavailable(_) | BrokerError::Partial(..)) => {
                 Failure(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error.to_string())
             }
             PublishError::Broker(BrokerError::Internal(_)) => {

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use broker_adapter::Published;
+use broker_adapter::{BrokerError, Published};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use pubsub_proto::ChannelName;
@@ -156,12 +156,22 @@ pub async fn batch(node: Arc<Node>, request: Request<Incoming>) -> Response<Body
             let (node, items) = (&node, &items);
             async move {
                 let mut outcomes = Vec::with_capacity(indices.len());
+                let mut failed = false;
                 for index in indices {
                     let (channel, data) = &items[index];
-                    outcomes.push((
-                        index,
-                        node.hub.publish(channel.clone(), data.clone(), Source::Api).await,
-                    ));
+                    // After a failure the channel's later items are not
+                    // attempted: publishing them would reorder the channel
+                    // once the caller retries the failed one.
+                    let outcome = if failed {
+                        Err(PublishError::Broker(BrokerError::Unavailable(
+                            "not attempted: an earlier publication to this channel in the batch failed"
+                                .into(),
+                        )))
+                    } else {
+                        node.hub.publish(channel.clone(), data.clone(), Source::Api).await
+                    };
+                    failed |= outcome.is_err();
+                    outcomes.push((index, outcome));
                 }
                 outcomes
             }

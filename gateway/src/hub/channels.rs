@@ -332,6 +332,10 @@ impl Channels {
         self.counters.repairs.increment(1);
         let outputs = entry.stream.repaired(history);
         entry.fan_out(channel, outputs, &self.counters);
+        if entry.stream.is_repairing() {
+            // Asked again while reading: read once more.
+            let _ = self.repairs.send(channel.clone());
+        }
     }
 
     /// Number of channels with local subscribers or waiters.

@@ -67,6 +67,13 @@ pub async fn run(
                                 "the channel's offset went back: starting a new epoch"
                             );
                             history = broker.restart_stream(&channel, &epoch, options).await;
+                            for delay in RETRY_DELAYS {
+                                if history.is_ok() {
+                                    break;
+                                }
+                                tokio::time::sleep(delay).await;
+                                history = broker.restart_stream(&channel, &epoch, options).await;
+                            }
                         }
                         (channel, history)
                     });

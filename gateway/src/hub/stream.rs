@@ -50,6 +50,9 @@ pub enum Stream {
         epoch: Arc<str>,
         last: u64,
         held: Vec<Publication>,
+        /// Asked to repair again while this read was in flight (the read
+        /// may predate what prompted the new request): read once more.
+        again: bool,
     },
 }
 
@@ -107,6 +110,7 @@ impl Stream {
                         epoch,
                         last,
                         held: vec![publication],
+                        again: false,
                     };
                     return Arrival::NeedsRepair;
                 }
@@ -137,7 +141,8 @@ impl Stream {
     }
 
     /// Switches a live stream to repairing (after the broker connection came
-    /// back). Returns false if it is not live.
+    /// back). Returns false if it is not live; a stream already repairing
+    /// reads once more when its current read is done.
     pub fn start_repair(&mut self) -> bool {
         match self {
             Stream::Live { epoch, last } => {
@@ -146,11 +151,21 @@ impl Stream {
                     epoch,
                     last,
                     held: Vec::new(),
+                    again: false,
                 };
                 true
             }
-            _ => false,
+            Stream::Repairing { again, .. } => {
+                *again = true;
+                false
+            }
+            Stream::Pending { .. } => false,
         }
+    }
+
+    /// True while a history read is due or in flight.
+    pub fn is_repairing(&self) -> bool {
+        matches!(self, Stream::Repairing { .. })
     }
 
     /// The epoch and offset to read history after, while repairing.
@@ -163,8 +178,13 @@ impl Stream {
 
     /// The history read for a repair came back: merge it with what was held.
     pub fn repaired(&mut self, history: Result<History, BrokerError>) -> Vec<Output> {
-        let (mut epoch, mut last, held) = match mem::take(self) {
-            Stream::Repairing { epoch, last, held } => (epoch, last, held),
+        let (mut epoch, mut last, held, again) = match mem::take(self) {
+            Stream::Repairing {
+                epoch,
+                last,
+                held,
+                again,
+            } => (epoch, last, held, again),
             other => {
                 *self = other;
                 return Vec::new();
@@ -193,7 +213,16 @@ impl Stream {
         for publication in held {
             advance(&mut epoch, &mut last, publication, &mut out);
         }
-        *self = Stream::Live { epoch, last };
+        *self = if again {
+            Stream::Repairing {
+                epoch,
+                last,
+                held: Vec::new(),
+                again: false,
+            }
+        } else {
+            Stream::Live { epoch, last }
+        };
         out
     }
 }
@@ -359,6 +388,20 @@ mod tests {
         let mut s = live("e", 5);
         s.start_repair();
         assert!(s.repaired(Ok(history("e", 5, &[]))).is_empty());
+    }
+
+    #[test]
+    fn a_repair_asked_for_during_a_read_reads_again() {
+        let mut s = live("e", 5);
+        assert!(s.start_repair());
+        // Another catch-up is asked for while the read is in flight.
+        assert!(!s.start_repair());
+        let out = s.repaired(Ok(history("e", 6, &[6])));
+        assert_eq!(pubs(&out), [6]);
+        assert!(s.is_repairing(), "reads once more");
+        assert_eq!(s.repair_from(), Some((Arc::from("e"), 6)));
+        assert_eq!(pubs(&s.repaired(Ok(history("e", 7, &[7])))), [7]);
+        assert!(!s.is_repairing());
     }
 
     #[test]

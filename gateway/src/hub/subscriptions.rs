@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use broker_adapter::Broker;
+use broker_adapter::{Broker, BrokerError};
 use futures_util::StreamExt;
 use pubsub_proto::ChannelName;
 use tokio::sync::mpsc;
@@ -65,11 +65,24 @@ pub async fn run(
                     subscribed.extend(subscribe.iter().cloned());
                     reactivate.append(&mut subscribe);
                 }
-                // The broker refused something in the batch (an ACL, say, or
-                // one shard of a cluster is down): find out channel by
-                // channel, so one refused channel does not fail its
-                // neighbours. (A broker that is down answers each at once.)
-                Err(_) if subscribe.len() > 1 => {
+                // Some channels failed (one shard of a cluster is down): the
+                // others are subscribed.
+                Err(BrokerError::Partial(failed, error)) => {
+                    let failed: HashSet<ChannelName> = failed.into_iter().collect();
+                    tracing::warn!(%error, count = failed.len(), "broker subscribe failed for some channels");
+                    for channel in subscribe {
+                        if failed.contains(&channel) {
+                            channels.fail(&channel, &error);
+                        } else {
+                            subscribed.insert(channel.clone());
+                            reactivate.push(channel);
+                        }
+                    }
+                }
+                // The broker refused something in the batch (an ACL, say) but
+                // is up: find out channel by channel, so one refused channel
+                // does not fail its neighbours.
+                Err(BrokerError::Internal(_)) if subscribe.len() > 1 => {
                     for channel in subscribe {
                         match broker.subscribe(std::slice::from_ref(&channel)).await {
                             Ok(()) => {

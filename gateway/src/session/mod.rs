@@ -258,6 +258,7 @@ fn broker_error_code(error: &BrokerError) -> ErrorCode {
     match error {
         BrokerError::Unavailable(_) => ErrorCode::Unavailable,
         BrokerError::Internal(_) => ErrorCode::Internal,
+        BrokerError::Partial(_, error) => broker_error_code(error),
     }
 }
 

@@ -19,6 +19,7 @@
 //! with `Unavailable`; other channels keep working. The node is ready while
 //! every shard holding subscribed channels is up.
 
+mod shards;
 mod supervisor;
 mod topology;
 
@@ -103,16 +104,15 @@ struct Shared {
 }
 
 impl Shared {
-    /// A client for the cluster with this broker's settings.
-    fn client_builder(&self) -> ClusterClientBuilder {
+    /// A client for the cluster with this broker's settings, retrying as
+    /// the cluster client does (redirects, and also lost connections and
+    /// timeouts) up to `retries` times.
+    fn client_builder(&self, retries: u32) -> ClusterClientBuilder {
         let builder = ClusterClientBuilder::new(self.seeds.clone())
             .use_protocol(ProtocolVersion::RESP3)
             .connection_timeout(self.config.timeout)
             .response_timeout(self.config.timeout)
-            // Enough to follow MOVED/ASK redirects (after trying a node
-            // that just went away) and ride out a failover's READONLY; a
-            // shard that stays down is reported by its probe instead.
-            .retries(6);
+            .retries(retries);
         match &self.config.ca_pem {
             Some(pem) => builder.certs(redis::TlsCertificates {
                 client_tls: None,
@@ -140,6 +140,70 @@ impl Shared {
             )),
         }
     }
+}
+
+/// Answers after which the command certainly did not run: it may be sent
+/// again.
+const REDIRECTS: u32 = 5;
+
+/// Runs `command`, sending it again (up to [`REDIRECTS`] times, a little
+/// later each time) while the cluster answers that it did not run it:
+/// `MOVED` (the client rereads the slot map), `ASK`, `TRYAGAIN`,
+/// `CLUSTERDOWN`, `READONLY` (a demoted master), `LOADING`. A lost
+/// connection or a timeout is *not* retried: the command may have run, and
+/// a publish script run twice would publish twice. (The publishing client
+/// is built without retries of its own for that reason.)
+pub(super) async fn redirected<T, F, Fut>(mut command: F) -> redis::RedisResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match command().await {
+            Err(error) if attempt < REDIRECTS && did_not_run(&error) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Runs an operation that is safe to repeat again while the cluster is
+/// unavailable to it (a redirect, a lost connection), up to [`REDIRECTS`]
+/// times.
+async fn read_again<T, F, Fut>(mut operation: F) -> Result<T, BrokerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BrokerError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match operation().await {
+            Err(BrokerError::Unavailable(_)) if attempt < REDIRECTS => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+fn did_not_run(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        error.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::ReadOnly
+                | ServerErrorKind::BusyLoading
+                | ServerErrorKind::MasterDown
+        )
+    )
 }
 
 /// A broker on Redis Cluster sharded pub/sub.
@@ -223,7 +287,7 @@ impl Broker for RedisClusterBroker {
         let shared = self.shared.clone();
         Box::pin(async move {
             let redis_channel = shared.names.channel(channel.as_str());
-            let mut connection = shared.connection_for(&redis_channel)?;
+            let connection = shared.connection_for(&redis_channel)?;
             let published_at_us = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_micros() as u64)
@@ -234,14 +298,22 @@ impl Broker for RedisClusterBroker {
                 &shared.config.node_id,
                 published_at_us,
             );
-            streams::publish(
-                &shared.scripts,
-                &mut connection,
-                (&meta, &stream),
-                (&redis_channel, PublishCommand::SPublish),
-                payload,
-                options,
-            )
+            redirected(|| {
+                let mut connection = connection.clone();
+                let (meta, stream, redis_channel, payload, shared) =
+                    (&meta, &stream, &redis_channel, payload.clone(), &shared);
+                async move {
+                    streams::publish(
+                        &shared.scripts,
+                        &mut connection,
+                        (meta, stream),
+                        (redis_channel, PublishCommand::SPublish),
+                        payload,
+                        options,
+                    )
+                    .await
+                }
+            })
             .await
             .map_err(classify)
         })
@@ -256,15 +328,23 @@ impl Broker for RedisClusterBroker {
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
         Box::pin(async move {
             let (meta, stream) = self.shared.names.stream_keys(channel.as_str());
-            let mut connection = self.shared.connection_for(&meta)?;
-            streams::history(
-                &self.shared.scripts,
-                &mut connection,
-                (&meta, &stream),
-                since,
-                limit,
-                options,
-            )
+            let connection = self.shared.connection_for(&meta)?;
+            // Reading (and creating an absent stream) is safe to repeat.
+            read_again(|| {
+                let mut connection = connection.clone();
+                let (meta, stream) = (&meta, &stream);
+                async move {
+                    streams::history(
+                        &self.shared.scripts,
+                        &mut connection,
+                        (meta, stream),
+                        since,
+                        limit,
+                        options,
+                    )
+                    .await
+                }
+            })
             .await
         })
     }

@@ -7,8 +7,8 @@
 //! while it
 //! - probes each shard every `probe_interval`: a probe that does not come
 //!   back in time marks the shard down (its slots refuse publishes at once;
-//!   readiness fails if it holds subscribed channels), due for a catch-up,
-//!   and resubscribes its channels;
+//!   readiness fails if it holds subscribed channels) and due for a
+//!   resubscription and a catch-up;
 //! - takes back channels a shard gives up (`sunsubscribe` after a slot
 //!   moved, or the node was demoted by a failover) by subscribing them on
 //!   their new owner;
@@ -19,7 +19,8 @@
 //! [`BrokerEvent::Missed`] for exactly those channels once their
 //! subscriptions are in place again, and the hub fills what was missed from
 //! history. Being the only user of the subscribing connection, the set of
-//! wanted channels lives here, without locks.
+//! wanted channels lives here, without locks. `shards` keeps the per-shard
+//! bookkeeping.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -33,8 +34,9 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::Shared;
-use super::topology::{SLOTS, Shard, Topology, slot};
+use super::shards::{Shards, mark_down};
+use super::topology::{Topology, channel_slot, slot};
+use super::{Shared, redirected};
 use crate::redis::classify;
 use crate::redis::push::{PushHandler, Signals};
 use crate::redis::supervisor::{Control, backoff, wait_answering_unavailable};
@@ -57,19 +59,6 @@ struct Cluster {
     unsubscribed: mpsc::UnboundedReceiver<Vec<u8>>,
 }
 
-/// What the supervisor knows of one shard.
-struct ShardState {
-    shard: Shard,
-    /// This node's probe channel on the shard.
-    probe: String,
-    up: bool,
-    /// Publications may have been missed: catch the shard's channels up
-    /// from history when its probe next comes back.
-    catch_up: bool,
-    outstanding: Option<(u64, Instant)>,
-    gauge: metrics::Gauge,
-}
-
 pub(in crate::redis) async fn run(shared: Arc<Shared>, mut control: mpsc::UnboundedReceiver<Control>) {
     let mut wanted: HashSet<ChannelName> = HashSet::new();
     let mut failed_attempts = 0u32;
@@ -81,8 +70,7 @@ pub(in crate::redis) async fn run(shared: Arc<Shared>, mut control: mpsc::Unboun
                 let mut watch = Watch {
                     shared: &shared,
                     cluster,
-                    topology: None,
-                    shards: Vec::new(),
+                    shards: Shards::default(),
                     sequence: 0,
                     last_answer: Instant::now(),
                     missed: Vec::new(),
@@ -122,8 +110,10 @@ async fn connect(shared: &Arc<Shared>) -> Result<Cluster, String> {
         signals: signals.clone(),
         metrics: shared.metrics.clone(),
     };
+    // (Un)subscribing is idempotent: the client may follow redirects and
+    // retry as it likes. Publishing is not (see `redirected`).
     let pubsub = shared
-        .client_builder()
+        .client_builder(6)
         .push_sender(handler)
         .build()
         .map_err(|e| format!("invalid cluster settings: {e}"))?
@@ -131,7 +121,7 @@ async fn connect(shared: &Arc<Shared>) -> Result<Cluster, String> {
         .await
         .map_err(|e| format!("subscribing connection: {e}"))?;
     let publisher = shared
-        .client_builder()
+        .client_builder(0)
         .build()
         .map_err(|e| format!("invalid cluster settings: {e}"))?
         .get_async_connection()
@@ -149,8 +139,7 @@ async fn connect(shared: &Arc<Shared>) -> Result<Cluster, String> {
 struct Watch<'a> {
     shared: &'a Shared,
     cluster: Cluster,
-    topology: Option<Topology>,
-    shards: Vec<ShardState>,
+    shards: Shards,
     sequence: u64,
     /// When a shard last answered a probe.
     last_answer: Instant,
@@ -171,9 +160,15 @@ impl Watch<'_> {
         if let Err(error) = self.refresh(wanted).await {
             return Some(error);
         }
-        let all: Vec<ChannelName> = wanted.iter().cloned().collect();
-        if let Err(error) = subscribe(self.shared, &self.cluster.pubsub, &all, "SSUBSCRIBE").await {
-            return Some(format!("resubscribing: {error}"));
+        // Shard by shard: a shard that is down now gets its channels back
+        // when its probe returns, without holding the others.
+        for index in 0..self.shards.states.len() {
+            let channels = self.shards.channels_of(index, wanted);
+            if let Err(error) = subscribe(self.shared, &self.cluster.pubsub, &channels, "SSUBSCRIBE").await {
+                let state = &mut self.shards.states[index];
+                mark_down(state, &format!("resubscribing: {error}"));
+                state.resubscribe = true;
+            }
         }
         *self.shared.publisher.write() = Some(self.cluster.publisher.clone());
         if restored {
@@ -184,9 +179,12 @@ impl Watch<'_> {
             );
             self.shared.listener.on_event(BrokerEvent::Restored);
         } else {
-            tracing::info!(shards = self.shards.len(), "connected to the Redis cluster");
+            tracing::info!(
+                shards = self.shards.states.len(),
+                "connected to the Redis cluster"
+            );
         }
-        self.publish_health(wanted);
+        self.shards.publish_health(self.shared, wanted);
         // Connections the cluster client opened and closed while starting
         // (seed nodes) are not losses.
         let _ = futures_util::FutureExt::now_or_never(self.cluster.signals.disconnected.notified());
@@ -223,9 +221,7 @@ impl Watch<'_> {
                     // One of the cluster connection's node connections
                     // dropped; it reconnects and resubscribes on its own,
                     // but publications may have been lost meanwhile.
-                    for state in &mut self.shards {
-                        state.catch_up = true;
-                    }
+                    self.shards.lost_contact();
                 }
                 _ = probe_tick.tick() => {
                     self.probe(wanted).await;
@@ -239,7 +235,7 @@ impl Watch<'_> {
                     }
                 }
             }
-            self.publish_health(wanted);
+            self.shards.publish_health(self.shared, wanted);
             for (channels, reason) in self.missed.drain(..) {
                 self.shared.listener.on_event(BrokerEvent::Missed {
                     channels,
@@ -249,33 +245,31 @@ impl Watch<'_> {
         }
     }
 
-    /// A subscribe request: refused at once for channels whose shard is
-    /// down, otherwise subscribed on their shards.
+    /// A subscribe request: channels whose shard is down are refused at
+    /// once (`Partial` when others could be subscribed), the rest are
+    /// subscribed on their shards.
     async fn subscribe(
         &mut self,
         wanted: &mut HashSet<ChannelName>,
         channels: Vec<ChannelName>,
     ) -> Result<(), BrokerError> {
-        if let Some(channel) = channels.iter().find(|c| !self.is_up(c)) {
-            return Err(BrokerError::Unavailable(format!(
-                "the Redis shard serving {channel} is down"
-            )));
+        let (up, down): (Vec<ChannelName>, Vec<ChannelName>) =
+            channels.into_iter().partition(|c| self.shards.is_up(c));
+        if !up.is_empty() {
+            subscribe(self.shared, &self.cluster.pubsub, &up, "SSUBSCRIBE")
+                .await
+                .map_err(classify)?;
+            wanted.extend(up.iter().cloned());
         }
-        subscribe(self.shared, &self.cluster.pubsub, &channels, "SSUBSCRIBE")
-            .await
-            .map_err(classify)?;
-        wanted.extend(channels);
-        Ok(())
-    }
-
-    /// The shard index serving a channel's Redis name.
-    fn owner_of(&self, redis_name: &str) -> Option<usize> {
-        self.topology.as_ref()?.owner(slot(redis_name.as_bytes()))
-    }
-
-    fn is_up(&self, channel: &ChannelName) -> bool {
-        self.owner_of(&self.shared.names.channel(channel.as_str()))
-            .is_some_and(|index| self.shards[index].up)
+        if down.is_empty() {
+            return Ok(());
+        }
+        let error = BrokerError::Unavailable("the Redis shard serving the channel is down".into());
+        if up.is_empty() {
+            Err(error)
+        } else {
+            Err(BrokerError::Partial(down, Box::new(error)))
+        }
     }
 
     /// Reads the slot layout. A changed layout moves probes to the new
@@ -283,87 +277,44 @@ impl Watch<'_> {
     /// changed; `sunsubscribe` pushes usually report the same, and doing it
     /// twice is harmless.
     async fn refresh(&mut self, wanted: &HashSet<ChannelName>) -> Result<(), String> {
-        let reply = self
-            .cluster
-            .publisher
-            .route_command(
-                redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-            )
-            .await
-            .map_err(|e| format!("CLUSTER SLOTS: {e}"))?;
+        let publisher = &self.cluster.publisher;
+        let reply = redirected(|| {
+            let mut connection = publisher.clone();
+            async move {
+                connection
+                    .route_command(
+                        redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                    )
+                    .await
+            }
+        })
+        .await
+        .map_err(|e| format!("CLUSTER SLOTS: {e}"))?;
         let topology = Topology::from_cluster_slots(&reply)?;
-        if self.topology.as_ref() == Some(&topology) {
+        if self.shards.topology.as_ref() == Some(&topology) {
             return Ok(());
         }
-        let before: HashMap<String, String> = match &self.topology {
-            Some(old) => wanted
-                .iter()
-                .filter_map(|c| {
-                    let name = self.shared.names.channel(c.as_str());
-                    let owner = old.owner(slot(name.as_bytes()))?;
-                    Some((name, old.shards[owner].master.clone()))
-                })
-                .collect(),
-            None => HashMap::new(),
-        };
-        let mut old_states: Vec<ShardState> = std::mem::take(&mut self.shards);
-        for (index, shard) in topology.shards.iter().enumerate() {
-            let tag = topology
-                .tag_for(index)
-                .ok_or_else(|| format!("no probe tag found for shard {}", shard.label))?;
-            let probe = self.shared.names.shard_probe(&tag);
-            let kept = old_states
-                .iter()
-                .position(|s| s.shard.master == shard.master && s.probe == probe)
-                .map(|at| old_states.swap_remove(at));
-            let state = match kept {
-                Some(mut state) => {
-                    if state.shard.label != shard.label {
-                        // Its first range moved (a reshard): report under
-                        // the label the logs and readiness use now.
-                        state.gauge = (self.shared.metrics.shard_up)(&shard.label);
-                    }
-                    state.shard = shard.clone();
-                    state
-                }
-                None => ShardState {
-                    gauge: (self.shared.metrics.shard_up)(&shard.label),
-                    shard: shard.clone(),
-                    probe,
-                    up: true,
-                    catch_up: false,
-                    outstanding: None,
-                },
-            };
-            self.shards.push(state);
-        }
-        let old_probes: Vec<String> = old_states.into_iter().map(|s| s.probe).collect();
-        let new_probes: Vec<String> = self.shards.iter().map(|s| s.probe.clone()).collect();
+        let change = self.shards.replace(topology, wanted, self.shared)?;
         tracing::info!(
-            shards = ?self.shards.iter().map(|s| format!("{} on {}", s.shard.label, s.shard.master)).collect::<Vec<_>>(),
+            shards = ?self
+                .shards
+                .states
+                .iter()
+                .map(|s| format!("{} on {}", s.shard.label, s.shard.master))
+                .collect::<Vec<_>>(),
             "cluster slot layout"
         );
-        self.topology = Some(topology);
-        raw_subscribe(&self.cluster.pubsub, new_probes, "SSUBSCRIBE")
-            .await
-            .map_err(|e| format!("SSUBSCRIBE probes: {e}"))?;
-        if let Err(error) = raw_subscribe(&self.cluster.pubsub, old_probes, "SUNSUBSCRIBE").await {
+        if let Err(error) = raw_subscribe(&self.cluster.pubsub, change.new_probes, "SSUBSCRIBE").await {
+            // The probes of the shards concerned go missing: they are marked
+            // down and resubscribed from the probe round.
+            tracing::warn!(%error, "SSUBSCRIBE of the probes failed");
+        }
+        if let Err(error) = raw_subscribe(&self.cluster.pubsub, change.old_probes, "SUNSUBSCRIBE").await {
             tracing::debug!(%error, "SUNSUBSCRIBE of old probes failed");
         }
-        let moved: Vec<ChannelName> = wanted
-            .iter()
-            .filter(|c| {
-                let name = self.shared.names.channel(c.as_str());
-                match (before.get(&name), self.owner_of(&name)) {
-                    (Some(old), Some(now)) => *old != self.shards[now].shard.master,
-                    _ => false,
-                }
-            })
-            .cloned()
-            .collect();
-        if !moved.is_empty() {
-            self.resubscribe(moved, "their slots moved to another shard")
+        if !change.moved.is_empty() {
+            self.resubscribe(change.moved, "their slots moved to another shard")
                 .await;
         }
         Ok(())
@@ -397,7 +348,7 @@ impl Watch<'_> {
             tracing::warn!(%error, "cannot read the cluster's slot layout");
         }
         if probes {
-            let all: Vec<String> = self.shards.iter().map(|s| s.probe.clone()).collect();
+            let all: Vec<String> = self.shards.states.iter().map(|s| s.probe.clone()).collect();
             if let Err(error) = raw_subscribe(&self.cluster.pubsub, all, "SSUBSCRIBE").await {
                 tracing::warn!(%error, "SSUBSCRIBE probes failed");
             }
@@ -408,8 +359,8 @@ impl Watch<'_> {
         }
     }
 
-    /// Subscribes `channels` again and tells the listener to catch them up;
-    /// on failure, their shards are marked down so the probe retries.
+    /// Subscribes `channels` again and, once that worked, has them caught
+    /// up; on failure their shards owe a resubscription (probe round).
     async fn resubscribe(&mut self, channels: Vec<ChannelName>, reason: &'static str) {
         match subscribe(self.shared, &self.cluster.pubsub, &channels, "SSUBSCRIBE").await {
             Ok(()) => {
@@ -419,84 +370,90 @@ impl Watch<'_> {
             Err(error) => {
                 tracing::warn!(%error, channels = channels.len(), "cannot resubscribe moved channels");
                 for channel in &channels {
-                    if let Some(index) = self.owner_of(&self.shared.names.channel(channel.as_str())) {
-                        let state = &mut self.shards[index];
-                        state.up = false;
-                        state.catch_up = true;
+                    if let Some(index) = self.shards.owner(channel) {
+                        let state = &mut self.shards.states[index];
+                        mark_down(state, "resubscribing failed");
+                        state.resubscribe = true;
                     }
                 }
             }
         }
     }
 
-    /// One probe round: collect what came back, mark late shards down, send
-    /// the next probes, catch up shards that came back.
+    /// One probe round: collect what came back (catching up shards that
+    /// owe it), resubscribe shards that owe it, send the next probes.
     async fn probe(&mut self, wanted: &HashSet<ChannelName>) {
         let config = &self.shared.config;
         let timeout = config.probe_timeout;
         // A shard that does not take the probe within an interval is not
         // waited for longer: the supervisor has requests to serve.
         let send_timeout = config.probe_interval.min(timeout);
-        let mut returned = Vec::new();
-        let mut late = Vec::new();
-        for (index, state) in self.shards.iter_mut().enumerate() {
-            let Some((sequence, sent)) = state.outstanding else {
-                continue;
-            };
-            if self.cluster.signals.probe_seen(&state.probe) >= sequence {
-                state.outstanding = None;
-                self.last_answer = Instant::now();
-                if !state.up || state.catch_up {
-                    returned.push(index);
-                }
-            } else if sent.elapsed() > timeout {
-                state.outstanding = None;
-                self.shared.metrics.probe_failures.increment(1);
-                mark_down(state, "probe not received back in time");
-                late.push(index);
-            }
+        let signals = self.cluster.signals.clone();
+        let collected = self
+            .shards
+            .collect_probes(|probe| signals.probe_seen(probe), timeout);
+        if collected.answered {
+            self.last_answer = Instant::now();
         }
-        for index in returned {
-            let state = &mut self.shards[index];
-            if !state.up {
-                tracing::info!(shard = %state.shard.label, master = %state.shard.master, "Redis shard is back");
-            }
-            state.up = true;
-            state.catch_up = false;
-            let channels = self.channels_of(index, wanted);
+        if collected.late > 0 {
+            self.shared
+                .metrics
+                .probe_failures
+                .increment(collected.late as u64);
+        }
+        for index in collected.caught_up {
+            let channels = self.shards.channels_of(index, wanted);
             if !channels.is_empty() {
                 self.missed.push((channels, "their shard was unreachable"));
             }
         }
-        // A probe that did not come back may mean the shard lost this
-        // node's subscriptions (a restarted master the cluster client did
-        // not notice): subscribe them again; the catch-up follows when the
-        // probe returns.
-        for index in late {
-            let mut names = vec![self.shards[index].probe.clone()];
+        // Shards owing their channels a subscription: the catch-up follows
+        // when a probe sent after it returns.
+        for index in 0..self.shards.states.len() {
+            if !self.shards.states[index].resubscribe {
+                continue;
+            }
+            let mut names = vec![self.shards.states[index].probe.clone()];
             names.extend(
-                self.channels_of(index, wanted)
+                self.shards
+                    .channels_of(index, wanted)
                     .iter()
                     .map(|c| self.shared.names.channel(c.as_str())),
             );
-            if let Err(error) = raw_subscribe(&self.cluster.pubsub, names, "SSUBSCRIBE").await {
-                tracing::debug!(%error, shard = %self.shards[index].shard.label, "cannot resubscribe on the shard");
+            let state = &mut self.shards.states[index];
+            match raw_subscribe(&self.cluster.pubsub, names, "SSUBSCRIBE").await {
+                Ok(()) => {
+                    state.resubscribe = false;
+                    state.catch_up = true;
+                    state.outstanding = None;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, shard = %state.shard.label, "cannot resubscribe on the shard")
+                }
             }
         }
         self.sequence += 1;
         let sequence = self.sequence;
+        let publisher = &self.cluster.publisher;
         let sends = self
             .shards
+            .states
             .iter()
             .enumerate()
             .filter(|(_, s)| s.outstanding.is_none())
             .map(|(index, state)| {
-                let mut publisher = self.cluster.publisher.clone();
                 let probe = state.probe.clone();
                 async move {
-                    let mut command = redis::cmd("SPUBLISH");
-                    command.arg(probe).arg(sequence.to_string());
-                    let sent = command.query_async::<i64>(&mut publisher);
+                    let sent = redirected(|| {
+                        let (mut connection, probe) = (publisher.clone(), probe.clone());
+                        async move {
+                            redis::cmd("SPUBLISH")
+                                .arg(probe)
+                                .arg(sequence.to_string())
+                                .query_async::<i64>(&mut connection)
+                                .await
+                        }
+                    });
                     (index, tokio::time::timeout(send_timeout, sent).await)
                 }
             });
@@ -504,7 +461,7 @@ impl Watch<'_> {
         // node may be subscribed at a replica of the shard (which delivers
         // too), so only the probe's return counts.
         for (index, result) in futures_util::future::join_all(sends).await {
-            let state = &mut self.shards[index];
+            let state = &mut self.shards.states[index];
             match result {
                 Ok(Ok(_)) => state.outstanding = Some((sequence, Instant::now())),
                 Ok(Err(error)) => mark_down(state, &format!("probe SPUBLISH failed: {error}")),
@@ -512,62 +469,6 @@ impl Watch<'_> {
             }
         }
     }
-
-    /// The wanted channels the shard at `index` serves.
-    fn channels_of(&self, index: usize, wanted: &HashSet<ChannelName>) -> Vec<ChannelName> {
-        wanted
-            .iter()
-            .filter(|c| self.owner_of(&self.shared.names.channel(c.as_str())) == Some(index))
-            .cloned()
-            .collect()
-    }
-
-    /// Publishes per-slot availability, per-shard gauges and the broker's
-    /// health: up while every shard holding wanted channels is up (and at
-    /// least one shard is).
-    fn publish_health(&self, wanted: &HashSet<ChannelName>) {
-        let mut slot_up = vec![false; SLOTS];
-        for state in &self.shards {
-            state.gauge.set(if state.up { 1.0 } else { 0.0 });
-            for &(start, end) in &state.shard.ranges {
-                slot_up[start as usize..=end as usize].fill(state.up);
-            }
-        }
-        *self.shared.slot_up.write() = slot_up;
-        let mut in_use = vec![false; self.shards.len()];
-        for channel in wanted {
-            if let Some(index) = self.owner_of(&self.shared.names.channel(channel.as_str())) {
-                in_use[index] = true;
-            }
-        }
-        let down: Vec<String> = self
-            .shards
-            .iter()
-            .zip(&in_use)
-            .filter(|(state, used)| !state.up && **used)
-            .map(|(state, _)| format!("{} ({})", state.shard.label, state.shard.master))
-            .collect();
-        let health = if !self.shards.iter().any(|s| s.up) {
-            Health::down("no Redis shard reachable")
-        } else if !down.is_empty() {
-            Health::down(format!("Redis shards down: {}", down.join(", ")))
-        } else {
-            Health::up()
-        };
-        self.shared.health.send_if_modified(|current| {
-            let changed = *current != health;
-            *current = health;
-            changed
-        });
-    }
-}
-
-fn mark_down(state: &mut ShardState, reason: &str) {
-    if state.up {
-        tracing::warn!(shard = %state.shard.label, master = %state.shard.master, reason, "Redis shard is down");
-    }
-    state.up = false;
-    state.catch_up = true;
 }
 
 /// SSUBSCRIBE or SUNSUBSCRIBE gateway channels on their shards.
@@ -577,15 +478,17 @@ async fn subscribe(
     channels: &[ChannelName],
     command: &'static str,
 ) -> RedisResult<()> {
-    let names = channels
-        .iter()
-        .map(|c| shared.names.channel(c.as_str()))
-        .collect();
-    raw_subscribe(pubsub, names, command).await
+    let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
+    for channel in channels {
+        by_slot
+            .entry(channel_slot(channel.as_str()))
+            .or_default()
+            .push(shared.names.channel(channel.as_str()));
+    }
+    send_grouped(pubsub, by_slot, command).await
 }
 
-/// SSUBSCRIBE or SUNSUBSCRIBE Redis channel names: one command per slot
-/// (a sharded subscription may not span slots), several in flight.
+/// SSUBSCRIBE or SUNSUBSCRIBE Redis channel names.
 async fn raw_subscribe(
     pubsub: &ClusterConnection,
     names: Vec<String>,
@@ -595,6 +498,16 @@ async fn raw_subscribe(
     for name in names {
         by_slot.entry(slot(name.as_bytes())).or_default().push(name);
     }
+    send_grouped(pubsub, by_slot, command).await
+}
+
+/// One command per slot (a sharded subscription may not span slots),
+/// several in flight.
+async fn send_grouped(
+    pubsub: &ClusterConnection,
+    by_slot: HashMap<u16, Vec<String>>,
+    command: &'static str,
+) -> RedisResult<()> {
     let batches: Vec<Vec<String>> = by_slot
         .into_values()
         .flat_map(|names| names.chunks(BATCH).map(<[String]>::to_vec).collect::<Vec<_>>())

@@ -22,21 +22,39 @@ pub fn slot(key: &[u8]) -> u16 {
     (crc16(tagged.unwrap_or(key)) as usize % SLOTS) as u16
 }
 
-/// CRC16/XMODEM (polynomial 0x1021, initial value 0), bit by bit.
+/// The slot of gateway channel `channel`: its Redis names are
+/// `<prefix>:{channel}...`, whose hash tag is the channel name itself
+/// (channel names are never empty and the prefix has no braces).
+pub fn channel_slot(channel: &str) -> u16 {
+    (crc16(channel.as_bytes()) as usize % SLOTS) as u16
+}
+
+/// CRC16/XMODEM (polynomial 0x1021, initial value 0), a byte at a time.
 fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in data {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
+    data.iter().fold(0u16, |crc, &byte| {
+        (crc << 8) ^ CRC16_TABLE[usize::from((crc >> 8) as u8 ^ byte)]
+    })
+}
+
+const CRC16_TABLE: [u16; 256] = {
+    let mut table = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = (i as u16) << 8;
+        let mut bit = 0;
+        while bit < 8 {
             crc = if crc & 0x8000 != 0 {
                 (crc << 1) ^ 0x1021
             } else {
                 crc << 1
             };
+            bit += 1;
         }
+        table[i] = crc;
+        i += 1;
     }
-    crc
-}
+    table
+};
 
 /// Inclusive slot ranges.
 type Ranges = Vec<(u16, u16)>;
@@ -157,6 +175,7 @@ mod tests {
         assert_eq!(slot(b"bar"), 5061);
         assert_eq!(slot(b"123456789"), 12739);
         assert_eq!(slot(b"gw:{news}"), slot(b"news"));
+        assert_eq!(channel_slot("chat:room#1"), slot(b"gw:{chat:room#1}:m"));
         assert_eq!(slot(b"gw:{news}:m"), slot(b"gw:{news}:s"));
         // An empty tag does not count: the whole key is hashed.
         assert_ne!(slot(b"{}news"), slot(b"news"));
