@@ -6,10 +6,12 @@
 //! `<prefix>:{news}`, and its history keys share the `{news}` hash tag, so
 //! the publish script (offset, history, `SPUBLISH`) runs on one shard.
 //!
-//! Two cluster connections (the redis crate's, which route by slot and
-//! follow `MOVED`/`ASK`): one for publishing and history, one for sharded
-//! subscriptions, whose pushes go straight to the listener. The
-//! [`supervisor`] owns the subscriptions and watches every shard: a probe
+//! Two cluster connections (the redis crate's, which route by slot): one
+//! for sharded subscriptions, whose pushes go straight to the listener and
+//! which follows redirects and retries on its own (subscribing is
+//! idempotent); one for publishing and history, which retries only answers
+//! that prove the command did not run ([`redirected`]), because a publish
+//! script run twice would publish twice. The [`supervisor`] owns the subscriptions and watches every shard: a probe
 //! per shard (a probe channel whose slot the shard serves) must come back,
 //! a shard that gives up a channel (`sunsubscribe` after a slot moved or a
 //! failover) gets it back on the new owner, and each shard that was down
