@@ -4,10 +4,8 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use loadtest::checker::{Checker, PublishVia};
 use serde_json::json;
 use support::cluster::{RedisCluster, keyslot};
 use support::*;
@@ -229,38 +227,6 @@ async fn a_lost_shard_affects_only_its_own_channels() {
     }
 }
 
-fn ws(addr: SocketAddr) -> String {
-    format!("ws://{addr}/ws")
-}
-
-fn http(addr: SocketAddr) -> String {
-    format!("http://{addr}")
-}
-
-/// The loss checker over three nodes: a subscriber per node, an HTTP and a
-/// WebSocket publisher on different nodes.
-async fn checker(channels: Vec<String>, nodes: &[SocketAddr; 3]) -> Checker {
-    let mut checker = Checker::new(channels);
-    for start in 0..3 {
-        let urls = (0..3).map(|i| ws(nodes[(start + i) % 3])).collect();
-        checker
-            .add_subscriber(&format!("sub-{start}"), urls)
-            .await
-            .expect("subscribed");
-    }
-    checker.add_publisher(
-        "http",
-        PublishVia::Http(nodes.iter().map(|a| http(*a)).collect()),
-        40,
-    );
-    checker.add_publisher(
-        "ws",
-        PublishVia::WebSocket(vec![ws(nodes[1]), ws(nodes[2]), ws(nodes[0])]),
-        40,
-    );
-    checker
-}
-
 #[tokio::test]
 async fn a_manual_failover_loses_nothing() {
     let cluster = RedisCluster::start(3, 1);
@@ -271,7 +237,7 @@ async fn a_manual_failover_loses_nothing() {
     ];
     let addrs = nodes.each_ref().map(|n| n.addr);
     let channels = channels_on_every_shard(&cluster, "failover");
-    let mut checker = checker(channels.clone(), &addrs).await;
+    let mut checker = loss_checker(channels.clone(), &addrs, 40).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // A manual failover of the master serving the first channel.
@@ -309,7 +275,7 @@ async fn resharding_a_subscribed_slot_keeps_delivering() {
         .expect("a channel name in the slot");
     let mut channels = channels_on_every_shard(&cluster, "reshard-other");
     channels.push(moving.clone());
-    let mut checker = checker(channels, &addrs).await;
+    let mut checker = loss_checker(channels, &addrs, 40).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     cluster.reshard_one_slot(from, to);

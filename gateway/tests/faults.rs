@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use loadtest::checker::{Checker, PublishVia, Report};
+use loadtest::checker::{Checker, Report};
 use support::redis::RedisServer;
 use support::*;
 
@@ -18,38 +18,10 @@ const CHANNELS: usize = 6;
 /// Publications per second, per publisher.
 const RATE: u32 = 60;
 
-fn ws(addr: SocketAddr) -> String {
-    format!("ws://{addr}/ws")
-}
-
-fn http(addr: SocketAddr) -> String {
-    format!("http://{addr}")
-}
-
-/// A checker with one subscriber per node (each falling back to the other
-/// nodes in turn), an HTTP publisher starting on node 1 and a WebSocket
-/// publisher starting on node 2.
+/// The checker with `CHANNELS` channels named after the test.
 async fn checker(name: &str, nodes: &[SocketAddr; 3]) -> Checker {
     let channels = (0..CHANNELS).map(|i| format!("{name}:{i}")).collect();
-    let mut checker = Checker::new(channels);
-    for start in 0..3 {
-        let urls = (0..3).map(|i| ws(nodes[(start + i) % 3])).collect();
-        checker
-            .add_subscriber(&format!("sub-{start}"), urls)
-            .await
-            .expect("subscribed");
-    }
-    checker.add_publisher(
-        "http",
-        PublishVia::Http(vec![http(nodes[0]), http(nodes[1]), http(nodes[2])]),
-        RATE,
-    );
-    checker.add_publisher(
-        "ws",
-        PublishVia::WebSocket(vec![ws(nodes[1]), ws(nodes[2]), ws(nodes[0])]),
-        RATE,
-    );
-    checker
+    loss_checker(channels, nodes, RATE).await
 }
 
 /// Writes the report where CI shows it, even for a passing test.

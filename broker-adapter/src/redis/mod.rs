@@ -28,7 +28,7 @@ use parking_lot::RwLock;
 use pubsub_proto::{ChannelName, Publication, envelope};
 use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, IntoConnectionInfo, ProtocolVersion, RedisError, ServerErrorKind};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::{
     BoxFuture, Broker, BrokerError, BrokerMetrics, Health, History, Listener, Published, StreamOptions,
@@ -150,21 +150,6 @@ impl RedisBroker {
         tokio::spawn(supervisor::run(shared.clone(), requests));
         Ok(RedisBroker { shared, control })
     }
-
-    fn request(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<(), BrokerError>>) -> Control,
-    ) -> BoxFuture<'_, Result<(), BrokerError>> {
-        let (reply, done) = oneshot::channel();
-        let sent = self.control.send(make(reply));
-        Box::pin(async move {
-            if sent.is_err() {
-                return Err(BrokerError::Internal("Redis supervisor stopped".into()));
-            }
-            done.await
-                .unwrap_or_else(|_| Err(BrokerError::Internal("Redis supervisor stopped".into())))
-        })
-    }
 }
 
 impl Broker for RedisBroker {
@@ -253,11 +238,15 @@ impl Broker for RedisBroker {
     }
 
     fn subscribe<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), BrokerError>> {
-        self.request(|reply| Control::Subscribe(channels.to_vec(), reply))
+        supervisor::request(&self.control, |reply| {
+            Control::Subscribe(channels.to_vec(), reply)
+        })
     }
 
     fn unsubscribe<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), BrokerError>> {
-        self.request(|reply| Control::Unsubscribe(channels.to_vec(), reply))
+        supervisor::request(&self.control, |reply| {
+            Control::Unsubscribe(channels.to_vec(), reply)
+        })
     }
 
     fn health(&self) -> watch::Receiver<Health> {

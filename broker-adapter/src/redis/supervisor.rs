@@ -34,6 +34,23 @@ pub(super) enum Control {
     Unsubscribe(Vec<ChannelName>, oneshot::Sender<Result<(), BrokerError>>),
 }
 
+/// Sends a request to a supervisor and waits for its answer; a supervisor
+/// that is gone answers `Internal`. Both Redis brokers use it.
+pub(super) fn request(
+    control: &mpsc::UnboundedSender<Control>,
+    make: impl FnOnce(oneshot::Sender<Result<(), BrokerError>>) -> Control,
+) -> crate::BoxFuture<'static, Result<(), BrokerError>> {
+    let (reply, done) = oneshot::channel();
+    let sent = control.send(make(reply));
+    Box::pin(async move {
+        let stopped = || BrokerError::Internal("Redis supervisor stopped".into());
+        if sent.is_err() {
+            return Err(stopped());
+        }
+        done.await.unwrap_or_else(|_| Err(stopped()))
+    })
+}
+
 /// A live pair of connections.
 struct Connected {
     pubsub: MultiplexedConnection,

@@ -386,3 +386,35 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The loss and duplication checker over three nodes: a subscriber per
+/// node (each falling back to the other nodes in turn), an HTTP publisher
+/// starting on node 1 and a WebSocket publisher starting on node 2, each at
+/// `rate` publications per second.
+pub async fn loss_checker(
+    channels: Vec<String>,
+    nodes: &[SocketAddr; 3],
+    rate: u32,
+) -> loadtest::checker::Checker {
+    use loadtest::checker::{Checker, PublishVia};
+    let ws = |addr: SocketAddr| format!("ws://{addr}/ws");
+    let mut checker = Checker::new(channels);
+    for start in 0..3 {
+        let urls = (0..3).map(|i| ws(nodes[(start + i) % 3])).collect();
+        checker
+            .add_subscriber(&format!("sub-{start}"), urls)
+            .await
+            .expect("subscribed");
+    }
+    checker.add_publisher(
+        "http",
+        PublishVia::Http(nodes.iter().map(|a| format!("http://{a}")).collect()),
+        rate,
+    );
+    checker.add_publisher(
+        "ws",
+        PublishVia::WebSocket(vec![ws(nodes[1]), ws(nodes[2]), ws(nodes[0])]),
+        rate,
+    );
+    checker
+}

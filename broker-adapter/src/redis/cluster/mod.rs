@@ -34,12 +34,12 @@ use pubsub_proto::{ChannelName, Publication, envelope};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{IntoConnectionInfo, ProtocolVersion};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::classify;
 use super::names::{Names, validate_prefix};
 use super::streams::{self, PublishCommand};
-use super::supervisor::Control;
+use super::supervisor::{self as requests, Control};
 use crate::{
     BoxFuture, Broker, BrokerError, BrokerMetrics, Health, History, Listener, Published, StreamOptions,
 };
@@ -262,21 +262,6 @@ impl RedisClusterBroker {
         tokio::spawn(supervisor::run(shared.clone(), requests));
         Ok(RedisClusterBroker { shared, control })
     }
-
-    fn request(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<(), BrokerError>>) -> Control,
-    ) -> BoxFuture<'_, Result<(), BrokerError>> {
-        let (reply, done) = oneshot::channel();
-        let sent = self.control.send(make(reply));
-        Box::pin(async move {
-            if sent.is_err() {
-                return Err(BrokerError::Internal("Redis cluster supervisor stopped".into()));
-            }
-            done.await
-                .unwrap_or_else(|_| Err(BrokerError::Internal("Redis cluster supervisor stopped".into())))
-        })
-    }
 }
 
 impl Broker for RedisClusterBroker {
@@ -372,11 +357,15 @@ impl Broker for RedisClusterBroker {
     }
 
     fn subscribe<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), BrokerError>> {
-        self.request(|reply| Control::Subscribe(channels.to_vec(), reply))
+        requests::request(&self.control, |reply| {
+            Control::Subscribe(channels.to_vec(), reply)
+        })
     }
 
     fn unsubscribe<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), BrokerError>> {
-        self.request(|reply| Control::Unsubscribe(channels.to_vec(), reply))
+        requests::request(&self.control, |reply| {
+            Control::Unsubscribe(channels.to_vec(), reply)
+        })
     }
 
     fn health(&self) -> watch::Receiver<Health> {
