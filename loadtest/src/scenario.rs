@@ -270,25 +270,46 @@ pub async fn idle(
             counts.received,
             latency.summary().p99
         );
-        report.steps.push(Step {
-            publish_rate: channels as f64,
-            duration_secs: elapsed,
-            published: published.published,
-            publish_failed: published.failed,
+        report.steps.push(measured(
+            channels as f64,
+            elapsed,
+            &published,
             expected,
-            received: counts.received,
-            lost: expected.saturating_sub(counts.received),
-            duplicates: counts.duplicates,
-            disconnects: counts.disconnects,
-            deliveries_per_sec: counts.received as f64 / elapsed,
-            latency: latency.summary(),
-            publish_round_trip: published.round_trip.summary(),
-            ..Step::default()
-        });
+            &counts,
+            &latency,
+        ));
     }
     fleet.stop().await?;
     target.finish(&report)?;
     Ok(report)
+}
+
+/// A step's delivery figures: what was published at `rate`, expected and
+/// received over `elapsed` seconds (the drain included: a backlog lowers the
+/// rate). CPU figures are the caller's to add.
+fn measured(
+    rate: f64,
+    elapsed: f64,
+    published: &crate::publisher::Published,
+    expected: u64,
+    counts: &crate::worker::StepCounts,
+    latency: &crate::report::Latency,
+) -> Step {
+    Step {
+        publish_rate: rate,
+        duration_secs: elapsed,
+        published: published.published,
+        publish_failed: published.failed,
+        expected,
+        received: counts.received,
+        lost: expected.saturating_sub(counts.received),
+        duplicates: counts.duplicates,
+        disconnects: counts.disconnects,
+        deliveries_per_sec: counts.received as f64 / elapsed,
+        latency: latency.summary(),
+        publish_round_trip: published.round_trip.summary(),
+        ..Step::default()
+    }
 }
 
 /// How publications pick their channel.
@@ -394,22 +415,10 @@ pub async fn traffic(
         };
         let generator_cpu = (procstat::cpu_time("self")? + fleet.cpu()).saturating_sub(generator_before);
         let step = Step {
-            publish_rate: rate,
-            duration_secs: elapsed,
-            published: published.published,
-            publish_failed: published.failed,
-            expected,
-            received: counts.received,
-            lost: expected.saturating_sub(counts.received),
-            duplicates: counts.duplicates,
-            disconnects: counts.disconnects,
-            // Over the whole step, drain included: a backlog lowers the rate.
-            deliveries_per_sec: counts.received as f64 / elapsed,
-            latency: latency.summary(),
-            publish_round_trip: published.round_trip.summary(),
             server_cpu_secs: server_cpu,
             generator_cpu_secs: generator_cpu.as_secs_f64(),
             server_cpu_per_million: server_cpu.map(|s| s / (counts.received.max(1) as f64 / 1e6)),
+            ..measured(rate, elapsed, &published, expected, &counts, &latency)
         };
         eprintln!(
             "step {:.0}/s: {:.0} deliveries/s, p99 {:.2} ms, lost {}, dup {}",

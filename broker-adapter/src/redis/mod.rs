@@ -91,6 +91,16 @@ struct Shared {
     health: watch::Sender<Health>,
 }
 
+impl Shared {
+    /// The publishing connection, or `Unavailable` while disconnected.
+    fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
+        self.publisher
+            .read()
+            .clone()
+            .ok_or_else(|| BrokerError::Unavailable("not connected to Redis".into()))
+    }
+}
+
 /// A broker on Redis Pub/Sub.
 pub struct RedisBroker {
     shared: Arc<Shared>,
@@ -159,12 +169,10 @@ impl Broker for RedisBroker {
         data: Bytes,
         options: StreamOptions,
     ) -> BoxFuture<'_, Result<Published, BrokerError>> {
-        let connection = self.shared.publisher.read().clone();
+        let connection = self.shared.connection();
         let shared = self.shared.clone();
         Box::pin(async move {
-            let Some(mut connection) = connection else {
-                return Err(BrokerError::Unavailable("not connected to Redis".into()));
-            };
+            let mut connection = connection?;
             let published_at_us = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_micros() as u64)
@@ -196,11 +204,9 @@ impl Broker for RedisBroker {
         limit: usize,
         options: StreamOptions,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
-        let connection = self.shared.publisher.read().clone();
+        let connection = self.shared.connection();
         Box::pin(async move {
-            let Some(mut connection) = connection else {
-                return Err(BrokerError::Unavailable("not connected to Redis".into()));
-            };
+            let mut connection = connection?;
             let (meta, stream) = self.shared.names.stream_keys(channel.as_str());
             streams::history(
                 &self.shared.scripts,
@@ -220,11 +226,9 @@ impl Broker for RedisBroker {
         epoch: &'a str,
         options: StreamOptions,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
-        let connection = self.shared.publisher.read().clone();
+        let connection = self.shared.connection();
         Box::pin(async move {
-            let Some(mut connection) = connection else {
-                return Err(BrokerError::Unavailable("not connected to Redis".into()));
-            };
+            let mut connection = connection?;
             let (meta, stream) = self.shared.names.stream_keys(channel.as_str());
             streams::restart(
                 &self.shared.scripts,
