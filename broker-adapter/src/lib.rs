@@ -1,18 +1,24 @@
 //! Moves publications between gateway nodes.
 //!
 //! A [`Broker`] is what a node publishes into and subscribes through. It is
-//! deliberately small: publish one message, subscribe or unsubscribe a batch
-//! of channels, and report health. Incoming publications are pushed into the
-//! node's [`Listener`] (the hub's channel table) as they arrive, in broker
-//! order per channel; the listener must not block, so a slow WebSocket client
-//! can never stall the broker's reader.
+//! deliberately small: publish one message, read a channel's history,
+//! subscribe or unsubscribe a batch of channels, and report health.
+//! Incoming publications are pushed into the node's [`Listener`] (the hub's
+//! channel table) as they arrive, in broker order per channel; the listener
+//! must not block, so a slow WebSocket client can never stall the broker's
+//! reader.
 //!
-//! Implementations:
+//! [`open`] builds the broker a [`BrokerConfig`] asks for; [`Broker::start`]
+//! then hands it the listener and starts its tasks, and [`Broker::close`]
+//! stops them. Implementations:
 //! - [`memory::MemoryBroker`]: embedded, in-process; the default for a single
 //!   node without Redis.
-//! - [`redis::RedisBroker`]: Redis Pub/Sub, for many nodes.
-//! - [`redis::cluster::RedisClusterBroker`]: Redis Cluster with sharded
-//!   pub/sub, for more than one Redis can carry.
+//! - [`redis::RedisBroker`]: Redis Pub/Sub on one Redis, or sharded pub/sub
+//!   on a Redis Cluster for more than one Redis can carry.
+//!
+//! Every implementation keeps the same contract, which the conformance
+//! suite ([`testing::conformance`], feature `testing`) checks against each
+//! of them: a new broker is done when it passes that suite.
 //!
 //! The node keeps one broker subscription per channel with local subscribers
 //! and drives `subscribe`/`unsubscribe` from a single task, so implementations
@@ -27,7 +33,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,6 +42,8 @@ use tokio::sync::watch;
 
 pub mod memory;
 pub mod redis;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 /// A boxed future, so that [`Broker`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -92,6 +100,63 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Short name for logs and metrics, such as `memory` or `redis`.
     fn kind(&self) -> &'static str;
+
+    /// Hands the broker the listener it delivers into and starts its
+    /// background tasks (connections, supervisors, sweepers). Called once,
+    /// inside a tokio runtime, before any other call; a second call is
+    /// ignored.
+    fn start(&self, listener: Arc<dyn Listener>);
+
+    /// Stops the broker's background tasks and resolves once they ended.
+    /// Calls made afterwards fail with [`BrokerError::Unavailable`] (or are
+    /// answered from what the broker still holds, for the memory broker).
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Which broker a node uses.
+#[derive(Debug, Clone)]
+pub enum BrokerConfig {
+    /// The embedded broker: one node, nothing else to run.
+    Memory,
+    /// Redis (one server or a cluster).
+    Redis(redis::RedisConfig),
+}
+
+/// Builds the broker `config` asks for, checking its settings. Nothing
+/// runs until [`Broker::start`].
+pub fn open(config: BrokerConfig, metrics: BrokerMetrics) -> Result<Arc<dyn Broker>, BrokerError> {
+    Ok(match config {
+        BrokerConfig::Memory => Arc::new(memory::MemoryBroker::new()),
+        BrokerConfig::Redis(config) => Arc::new(redis::RedisBroker::new(config, metrics)?),
+    })
+}
+
+/// Where a broker keeps its listener once [`Broker::start`] handed it over.
+#[derive(Default)]
+pub(crate) struct ListenerSlot(OnceLock<Arc<dyn Listener>>);
+
+impl ListenerSlot {
+    /// Stores the listener; false if one was stored before.
+    pub(crate) fn set(&self, listener: Arc<dyn Listener>) -> bool {
+        self.0.set(listener).is_ok()
+    }
+
+    /// The listener, once started.
+    pub(crate) fn get(&self) -> Option<&Arc<dyn Listener>> {
+        self.0.get()
+    }
+
+    pub(crate) fn on_publication(&self, publication: Publication) {
+        if let Some(listener) = self.get() {
+            listener.on_publication(publication);
+        }
+    }
+
+    pub(crate) fn on_event(&self, event: BrokerEvent) {
+        if let Some(listener) = self.get() {
+            listener.on_event(event);
+        }
+    }
 }
 
 /// Receives what a broker delivers to this node. Implemented by the hub.

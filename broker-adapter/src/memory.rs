@@ -2,24 +2,33 @@
 //!
 //! It is the default when no Redis is configured, so a single node works with
 //! nothing else installed, and it keeps the same stream semantics as Redis:
-//! offsets without holes, a bounded history per channel, and a new epoch when
-//! a channel's stream expired after `history_ttl` without publications.
+//! offsets without holes, a bounded history per channel, a new epoch when a
+//! channel's stream expired after `history_ttl` without publications or was
+//! restarted.
 //!
-//! Publishing assigns the offset, appends to the history and delivers into
-//! the listener while holding the channel's shard lock, which gives every
-//! subscriber the same order and makes history and live delivery agree.
+//! Publishing assigns the offset and appends to the history under the
+//! channel's shard lock, and queues the publication on the channel. The
+//! delivery into the listener happens after the lock is released: the first
+//! publisher that finds nobody delivering on the channel delivers what is
+//! queued, in offset order, until the queue is empty. So the hub's locks are
+//! never taken while this broker holds its own, and every subscriber still
+//! sees one order per channel.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use pubsub_proto::{ChannelName, Publication};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 
-use crate::{BoxFuture, Broker, BrokerError, Health, History, Listener, Published, StreamOptions, new_epoch};
+use crate::{
+    BoxFuture, Broker, BrokerError, Health, History, Listener, ListenerSlot, Published, StreamOptions,
+    new_epoch,
+};
 
 const SHARDS: usize = 32;
 /// How often expired streams of idle channels are dropped.
@@ -34,6 +43,10 @@ struct Channel {
     touched: Instant,
     ttl: Duration,
     subscribed: bool,
+    /// Publications accepted but not yet handed to the listener.
+    undelivered: VecDeque<Publication>,
+    /// Some publisher is handing `undelivered` to the listener.
+    delivering: bool,
 }
 
 impl Channel {
@@ -45,6 +58,8 @@ impl Channel {
             touched: Instant::now(),
             ttl: options.history_ttl,
             subscribed: false,
+            undelivered: VecDeque::new(),
+            delivering: false,
         }
     }
 
@@ -52,31 +67,72 @@ impl Channel {
         self.touched.elapsed() > self.ttl
     }
 
+    /// Starts a new sequence (empty history, offset 0), keeping whether the
+    /// node subscribed and what is still to be delivered.
+    fn restart(&mut self, options: StreamOptions) {
+        self.epoch = Arc::from(new_epoch());
+        self.offset = 0;
+        self.history.clear();
+        self.touched = Instant::now();
+        self.ttl = options.history_ttl;
+    }
+
     /// Starts a new sequence if the stream expired.
     fn refresh(&mut self, options: StreamOptions) {
         if self.expired() {
-            let subscribed = self.subscribed;
-            *self = Channel::new(options);
-            self.subscribed = subscribed;
+            self.restart(options);
+        }
+    }
+
+    fn position(&self) -> History {
+        History {
+            epoch: self.epoch.clone(),
+            offset: self.offset,
+            publications: Vec::new(),
         }
     }
 }
 
+type Shard = Mutex<HashMap<ChannelName, Channel>>;
+
 struct Inner {
-    listener: Arc<dyn Listener>,
-    shards: Box<[Mutex<HashMap<ChannelName, Channel>>]>,
+    listener: ListenerSlot,
+    shards: Box<[Shard]>,
     hasher: RandomState,
 }
 
 impl Inner {
-    fn shard(&self, channel: &str) -> &Mutex<HashMap<ChannelName, Channel>> {
+    fn shard(&self, channel: &str) -> &Shard {
         &self.shards[self.hasher.hash_one(channel) as usize % SHARDS]
     }
 
-    /// Drops streams that expired and that no local subscriber uses.
+    /// Drops streams that expired, that no local subscriber uses and that
+    /// have nothing left to deliver.
     fn sweep(&self) {
         for shard in self.shards.iter() {
-            shard.lock().retain(|_, c| c.subscribed || !c.expired());
+            shard
+                .lock()
+                .retain(|_, c| c.subscribed || c.delivering || !c.expired());
+        }
+    }
+
+    /// Hands what is queued on `channel` to the listener, outside the shard
+    /// lock, until nothing is left. Only one caller per channel delivers at
+    /// a time (the `delivering` flag), which keeps the order.
+    fn deliver(&self, channel: &ChannelName, mut batch: VecDeque<Publication>) {
+        loop {
+            for publication in batch.drain(..) {
+                self.listener.on_publication(publication);
+            }
+            let mut shard = self.shard(channel.as_str()).lock();
+            let Some(stream) = shard.get_mut(channel.as_str()) else {
+                return;
+            };
+            if stream.undelivered.is_empty() {
+                stream.delivering = false;
+                return;
+            }
+            batch = std::mem::take(&mut stream.undelivered);
         }
     }
 }
@@ -85,31 +141,53 @@ impl Inner {
 pub struct MemoryBroker {
     inner: Arc<Inner>,
     health: watch::Sender<Health>,
+    /// Stops the sweeper.
+    stop: Arc<Notify>,
+    sweeper: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl MemoryBroker {
-    /// A broker that delivers into `listener`. Must be called inside a tokio
-    /// runtime (it starts the sweeper of expired streams).
-    pub fn new(listener: Arc<dyn Listener>) -> Self {
-        let inner = Arc::new(Inner {
-            listener,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
-        });
-        tokio::spawn(sweep_loop(Arc::downgrade(&inner)));
-        MemoryBroker {
-            inner,
-            health: watch::Sender::new(Health::up()),
-        }
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        MemoryBroker::new()
     }
 }
 
-async fn sweep_loop(inner: Weak<Inner>) {
+impl MemoryBroker {
+    /// A broker with no channels; [`Broker::start`] gives it its listener.
+    pub fn new() -> Self {
+        MemoryBroker {
+            inner: Arc::new(Inner {
+                listener: ListenerSlot::default(),
+                shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                hasher: RandomState::new(),
+            }),
+            health: watch::Sender::new(Health::up()),
+            stop: Arc::new(Notify::new()),
+            sweeper: Mutex::new(None),
+        }
+    }
+
+    /// Runs `read` on the channel's stream, creating it if needed.
+    fn with_stream<T>(
+        &self,
+        channel: &ChannelName,
+        options: StreamOptions,
+        read: impl FnOnce(&mut Channel) -> T,
+    ) -> T {
+        let mut shard = self.inner.shard(channel.as_str()).lock();
+        let stream = shard
+            .entry(channel.clone())
+            .or_insert_with(|| Channel::new(options));
+        stream.refresh(options);
+        read(stream)
+    }
+}
+
+async fn sweep_loop(inner: Arc<Inner>, stop: Arc<Notify>) {
     loop {
-        tokio::time::sleep(SWEEP_INTERVAL).await;
-        match inner.upgrade() {
-            Some(inner) => inner.sweep(),
-            None => return,
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP_INTERVAL) => inner.sweep(),
+            _ = stop.notified() => return,
         }
     }
 }
@@ -121,34 +199,42 @@ impl Broker for MemoryBroker {
         data: Bytes,
         options: StreamOptions,
     ) -> BoxFuture<'_, Result<Published, BrokerError>> {
-        let mut shard = self.inner.shard(channel.as_str()).lock();
-        let stream = shard
-            .entry(channel.clone())
-            .or_insert_with(|| Channel::new(options));
-        stream.refresh(options);
-        stream.offset += 1;
-        stream.touched = Instant::now();
-        stream.ttl = options.history_ttl;
-        let publication = Publication {
-            channel,
-            data,
-            offset: Some(stream.offset),
-            epoch: Some(stream.epoch.clone()),
-        };
-        if options.history_size > 0 {
-            stream.history.push_back(publication.clone());
+        let (published, deliver) = self.with_stream(&channel.clone(), options, |stream| {
+            stream.offset += 1;
+            stream.touched = Instant::now();
+            stream.ttl = options.history_ttl;
+            let publication = Publication {
+                channel,
+                data,
+                offset: Some(stream.offset),
+                epoch: Some(stream.epoch.clone()),
+            };
+            if options.history_size > 0 {
+                stream.history.push_back(publication.clone());
+            }
+            while stream.history.len() > options.history_size {
+                stream.history.pop_front();
+            }
+            let published = Published {
+                offset: stream.offset,
+                epoch: stream.epoch.clone(),
+            };
+            let mut deliver = None;
+            if stream.subscribed {
+                stream.undelivered.push_back(publication);
+                if !stream.delivering {
+                    stream.delivering = true;
+                    deliver = Some(std::mem::take(&mut stream.undelivered));
+                }
+            }
+            (published, deliver)
+        });
+        if let Some(batch) = deliver
+            && let Some(first) = batch.front()
+        {
+            let channel = first.channel.clone();
+            self.inner.deliver(&channel, batch);
         }
-        while stream.history.len() > options.history_size {
-            stream.history.pop_front();
-        }
-        let published = Published {
-            offset: stream.offset,
-            epoch: stream.epoch.clone(),
-        };
-        if stream.subscribed {
-            self.inner.listener.on_publication(publication);
-        }
-        drop(shard);
         Box::pin(async move { Ok(published) })
     }
 
@@ -159,39 +245,35 @@ impl Broker for MemoryBroker {
         limit: usize,
         options: StreamOptions,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
-        let mut shard = self.inner.shard(channel.as_str()).lock();
-        let stream = shard
-            .entry(channel.clone())
-            .or_insert_with(|| Channel::new(options));
-        stream.refresh(options);
-        let publications = match since {
-            Some(since) => stream
-                .history
-                .iter()
-                .filter(|p| p.offset.is_some_and(|o| o > since))
-                .take(limit)
-                .cloned()
-                .collect(),
-            None => Vec::new(),
-        };
-        let history = History {
-            epoch: stream.epoch.clone(),
-            offset: stream.offset,
-            publications,
-        };
-        drop(shard);
+        let history = self.with_stream(channel, options, |stream| {
+            let mut history = stream.position();
+            if let Some(since) = since {
+                history.publications = stream
+                    .history
+                    .iter()
+                    .filter(|p| p.offset.is_some_and(|o| o > since))
+                    .take(limit)
+                    .cloned()
+                    .collect();
+            }
+            history
+        });
         Box::pin(async move { Ok(history) })
     }
 
-    /// The embedded broker never loses what it accepted while it runs, so
-    /// its sequences never go back: this only reports the position.
     fn restart_stream<'a>(
         &'a self,
         channel: &'a ChannelName,
-        _epoch: &'a str,
+        epoch: &'a str,
         options: StreamOptions,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
-        self.history(channel, None, 0, options)
+        let history = self.with_stream(channel, options, |stream| {
+            if &*stream.epoch == epoch {
+                stream.restart(options);
+            }
+            stream.position()
+        });
+        Box::pin(async move { Ok(history) })
     }
 
     fn subscribe<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), BrokerError>> {
@@ -226,6 +308,24 @@ impl Broker for MemoryBroker {
     fn kind(&self) -> &'static str {
         "memory"
     }
+
+    fn start(&self, listener: Arc<dyn Listener>) {
+        if !self.inner.listener.set(listener) {
+            return;
+        }
+        let sweeper = tokio::spawn(sweep_loop(self.inner.clone(), self.stop.clone()));
+        *self.sweeper.lock() = Some(sweeper);
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        self.stop.notify_one();
+        let sweeper = self.sweeper.lock().take();
+        Box::pin(async move {
+            if let Some(sweeper) = sweeper {
+                let _ = sweeper.await;
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -257,7 +357,8 @@ mod tests {
     #[tokio::test]
     async fn delivers_only_subscribed_channels_in_order_with_offsets() {
         let recorder = Arc::new(Recorder::default());
-        let broker = MemoryBroker::new(recorder.clone());
+        let broker = MemoryBroker::new();
+        broker.start(recorder.clone());
         let first = broker
             .publish(ch("a"), Bytes::from_static(b"0"), opts(10))
             .await
@@ -295,9 +396,55 @@ mod tests {
         assert!(broker.health().borrow().up);
     }
 
+    /// A listener that publishes from inside its own delivery: with the
+    /// broker's lock held across the delivery this would deadlock.
+    struct Echo {
+        broker: Mutex<Option<Arc<MemoryBroker>>>,
+        seen: Mutex<Vec<Bytes>>,
+    }
+
+    impl Listener for Echo {
+        fn on_publication(&self, p: Publication) {
+            self.seen.lock().push(p.data.clone());
+            if &p.data[..] == b"ping"
+                && let Some(broker) = self.broker.lock().clone()
+            {
+                drop(broker.publish(p.channel, Bytes::from_static(b"pong"), opts(10)));
+            }
+        }
+        fn on_event(&self, _: BrokerEvent) {}
+    }
+
+    #[tokio::test]
+    async fn the_listener_runs_without_the_brokers_lock_and_order_holds() {
+        let broker = Arc::new(MemoryBroker::new());
+        let echo = Arc::new(Echo {
+            broker: Mutex::new(Some(broker.clone())),
+            seen: Mutex::new(Vec::new()),
+        });
+        broker.start(echo.clone());
+        broker.subscribe(&[ch("r")]).await.unwrap();
+        broker
+            .publish(ch("r"), Bytes::from_static(b"ping"), opts(10))
+            .await
+            .unwrap();
+        broker
+            .publish(ch("r"), Bytes::from_static(b"after"), opts(10))
+            .await
+            .unwrap();
+        let seen: Vec<Bytes> = echo.seen.lock().clone();
+        let expected: Vec<Bytes> = [&b"ping"[..], b"pong", b"after"]
+            .into_iter()
+            .map(Bytes::copy_from_slice)
+            .collect();
+        assert_eq!(seen, expected);
+        echo.broker.lock().take();
+    }
+
     #[tokio::test]
     async fn history_is_bounded_and_read_after_an_offset() {
-        let broker = MemoryBroker::new(Arc::new(Recorder::default()));
+        let broker = MemoryBroker::new();
+        broker.start(Arc::new(Recorder::default()));
         for i in 1..=10u64 {
             broker
                 .publish(ch("h"), Bytes::from(i.to_string()), opts(5))
@@ -325,7 +472,8 @@ mod tests {
 
     #[tokio::test]
     async fn no_history_still_assigns_offsets_and_new_channels_get_an_epoch() {
-        let broker = MemoryBroker::new(Arc::new(Recorder::default()));
+        let broker = MemoryBroker::new();
+        broker.start(Arc::new(Recorder::default()));
         let fresh = broker.history(&ch("new"), Some(0), 10, opts(0)).await.unwrap();
         assert_eq!((fresh.offset, fresh.publications.len()), (0, 0));
         let p = broker
@@ -343,7 +491,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_expired_stream_restarts_with_a_new_epoch() {
-        let broker = MemoryBroker::new(Arc::new(Recorder::default()));
+        let broker = MemoryBroker::new();
+        broker.start(Arc::new(Recorder::default()));
         let short = StreamOptions {
             history_size: 10,
             history_ttl: Duration::from_millis(50),

@@ -9,7 +9,6 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use pubsub_proto::{ChannelName, Encoding, Publication, Reply, ServerMessage, json, protobuf};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 enum Content {
     Publication(Publication),
@@ -19,7 +18,7 @@ enum Content {
 /// One publication or notice, with its frames cached per encoding.
 pub struct Delivery {
     content: Content,
-    json: OnceLock<Utf8Bytes>,
+    json: OnceLock<Bytes>,
     protobuf: OnceLock<Bytes>,
 }
 
@@ -74,29 +73,29 @@ impl Delivery {
         }
     }
 
-    /// The WebSocket message for a client using `encoding`.
-    pub fn message(&self, encoding: Encoding) -> Message {
+    /// The encoded publication (or notice) for a client using `encoding`:
+    /// JSON text or protobuf bytes, the same allocation for every
+    /// subscriber.
+    pub fn encoded(&self, encoding: Encoding) -> Bytes {
         match encoding {
-            Encoding::Json => Message::Text(
-                self.json
-                    .get_or_init(|| {
-                        Utf8Bytes::from(match &self.content {
-                            Content::Publication(p) => json::encode_publication(p),
-                            Content::Gap(notice) => json::encode_reply(notice),
-                        })
+            Encoding::Json => self
+                .json
+                .get_or_init(|| {
+                    Bytes::from(match &self.content {
+                        Content::Publication(p) => json::encode_publication(p),
+                        Content::Gap(notice) => json::encode_reply(notice),
                     })
-                    .clone(),
-            ),
-            Encoding::Protobuf => Message::Binary(
-                self.protobuf
-                    .get_or_init(|| {
-                        Bytes::from(match &self.content {
-                            Content::Publication(p) => protobuf::encode_publication(p),
-                            Content::Gap(notice) => protobuf::encode_reply(notice),
-                        })
+                })
+                .clone(),
+            Encoding::Protobuf => self
+                .protobuf
+                .get_or_init(|| {
+                    Bytes::from(match &self.content {
+                        Content::Publication(p) => protobuf::encode_publication(p),
+                        Content::Gap(notice) => protobuf::encode_reply(notice),
                     })
-                    .clone(),
-            ),
+                })
+                .clone(),
         }
     }
 }
@@ -111,22 +110,11 @@ mod tests {
             ChannelName::parse("news").unwrap(),
             Bytes::from_static(b"{\"a\":1}"),
         ));
-        let (Message::Text(a), Message::Text(b)) = (d.message(Encoding::Json), d.message(Encoding::Json))
-        else {
-            panic!("JSON deliveries are text frames");
-        };
-        assert_eq!(
-            a.as_str(),
-            r#"{"type":"message","channel":"news","data":{"a":1}}"#
-        );
+        let (a, b) = (d.encoded(Encoding::Json), d.encoded(Encoding::Json));
+        assert_eq!(&a[..], br#"{"type":"message","channel":"news","data":{"a":1}}"#);
         // Same allocation, not an equal copy.
-        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr());
-
-        let (Message::Binary(x), Message::Binary(y)) =
-            (d.message(Encoding::Protobuf), d.message(Encoding::Protobuf))
-        else {
-            panic!("protobuf deliveries are binary frames");
-        };
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        let (x, y) = (d.encoded(Encoding::Protobuf), d.encoded(Encoding::Protobuf));
         assert_eq!(x.as_ptr(), y.as_ptr());
     }
 
@@ -134,12 +122,9 @@ mod tests {
     fn gap_notices_are_frames_too() {
         let d = Delivery::gap(ChannelName::parse("news").unwrap(), Arc::from("e2"), 0);
         assert!(d.is_gap() && !d.is_publication() && d.offset().is_none());
-        let Message::Text(text) = d.message(Encoding::Json) else {
-            panic!("text")
-        };
         assert_eq!(
-            text.as_str(),
-            r#"{"type":"gap","channel":"news","epoch":"e2","offset":0}"#
+            &d.encoded(Encoding::Json)[..],
+            br#"{"type":"gap","channel":"news","epoch":"e2","offset":0}"#
         );
     }
 }

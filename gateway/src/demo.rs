@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::http_api::{Body, error_response};
+use crate::response::{Body, error_response, full};
 
 const PAGE: &str = include_str!("../../clients/js/demo/index.html");
 const SDK: &str = include_str!("../../clients/js/src/pubsub.js");
@@ -16,7 +16,7 @@ const SDK: &str = include_str!("../../clients/js/src/pubsub.js");
 pub fn serve(path: &str) -> Response<Body> {
     match path {
         "/demo" => {
-            let mut response = Response::new(Body::new(Bytes::new()));
+            let mut response = Response::new(crate::response::empty());
             *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
             response
                 .headers_mut()
@@ -34,7 +34,7 @@ pub fn serve(path: &str) -> Response<Body> {
 }
 
 fn file(contents: &'static str, content_type: &'static str) -> Response<Body> {
-    let mut response = Response::new(Body::new(Bytes::from_static(contents.as_bytes())));
+    let mut response = Response::new(full(Bytes::from_static(contents.as_bytes())));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

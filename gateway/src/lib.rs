@@ -2,15 +2,22 @@
 //! in-process. The `gateway` binary is a thin `main` around [`Gateway`].
 //!
 //! Module map, in the order data flows:
-//! - [`server`]: accept loop, routing, lifecycle (start, drain);
-//! - `upgrade`: the WebSocket handshake on `GET /ws`;
-//! - `session`: one connection: decode commands, write the outbox;
+//! - [`server`]: listener, accept loop, routing, lifecycle (start, drain);
+//! - `handshake`: the checks every transport makes before accepting a
+//!   client (draining, Origin, token, limits);
+//! - `transport`: how sessions reach clients (`transport/websocket/`);
+//! - `session`: one client's protocol state: commands, authentication,
+//!   rate limits, whatever the transport;
 //! - `hub`: channels, local subscribers, fan-out, broker subscriptions;
-//! - `outbox`, `delivery`, `peer`: per-connection queue, encode-once frames,
-//!   the handle others hold on a connection;
+//! - `outbox`, `frame`, `delivery`, `peer`: per-connection queue, the
+//!   gateway's own outgoing frames, encode-once publications, the handle
+//!   others hold on a connection (and who the client is);
 //! - `registry`: every session, for heartbeat and drain;
-//! - `http_api`: publish API; `probes`: health, readiness, metrics; `demo`:
-//!   the demo page; [`config`], [`metrics`], `logging`;
+//! - `http_api`: publish and history API; `probes`: health, readiness,
+//!   metrics; `demo`: the demo page; `response`: the HTTP answer types
+//!   they share;
+//! - `auth`, `access`, `origin`, `client_ip`, `limits`, `tls`: who may do
+//!   what; [`config`], [`metrics`], `logging`, `node` (what is shared);
 //! - [`healthcheck`]: the `--healthcheck` client for container images.
 
 mod access;
@@ -19,22 +26,25 @@ mod client_ip;
 pub mod config;
 mod delivery;
 mod demo;
+mod frame;
+mod handshake;
 pub mod healthcheck;
 mod http_api;
 mod hub;
 mod limits;
 pub mod logging;
 pub mod metrics;
-pub mod namespaces;
 mod node;
+mod origin;
 mod outbox;
 mod peer;
 mod probes;
 mod registry;
+mod response;
 pub mod server;
 mod session;
 mod tls;
-mod upgrade;
+mod transport;
 
 pub use config::Config;
 pub use server::Gateway;

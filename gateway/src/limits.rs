@@ -5,7 +5,8 @@
 //! new-connection rate. An admitted connection holds a [`Ticket`] for its
 //! whole life; dropping it gives the place back. [`TokenBucket`] is the
 //! rate limiter used for connect rate, per-connection publish rate and
-//! per-connection frame rate.
+//! per-connection frame rate. [`Concurrency`] bounds the HTTP API requests
+//! served at once.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A token bucket: `rate` tokens per second, holding at most `capacity`.
 #[derive(Debug)]
@@ -168,6 +170,34 @@ impl Drop for Ticket {
     }
 }
 
+/// A bound on work served at once: a request beyond it is refused at once
+/// (never queued), so an overloaded node answers 503 quickly instead of
+/// piling up requests.
+pub struct Concurrency {
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl Concurrency {
+    pub fn new(limit: usize) -> Concurrency {
+        let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
+        Concurrency {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    /// A place, held until the permit is dropped; `None` at the bound.
+    pub fn try_enter(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// The bound.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +247,15 @@ mod tests {
         }
         assert!(!bucket.try_take());
         assert!(bucket.wait_time() > Duration::ZERO && bucket.wait_time() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn concurrency_refuses_past_its_bound_and_frees_places() {
+        let api = Concurrency::new(2);
+        let (a, _b) = (api.try_enter().unwrap(), api.try_enter().unwrap());
+        assert!(api.try_enter().is_none());
+        drop(a);
+        assert!(api.try_enter().is_some());
+        assert_eq!(api.limit(), 2);
     }
 }

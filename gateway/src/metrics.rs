@@ -69,6 +69,7 @@ pub const REJECTION_REASONS: &[&str] = &[
     "command_rate",
     "message_too_big",
     "body_too_large",
+    "api_concurrency",
 ];
 
 const METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));

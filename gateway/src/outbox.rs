@@ -1,8 +1,9 @@
 //! The bounded queue of frames waiting to be written to one client.
 //!
 //! Producers (the hub's fan-out, the session's replies, the heartbeat) push
-//! without waiting; the session's writer takes everything queued at once and
-//! writes it with a single flush. The queue is bounded in messages and bytes:
+//! [`Frame`]s without waiting; the transport's writer takes everything
+//! queued at once and writes it with a single flush. The outbox knows no
+//! transport: WebSocket and HTTP streams consume it the same way. The queue is bounded in messages and bytes:
 //! a push that would exceed either bound drops the queue and marks the
 //! outbox closed with 4008 (slow consumer), so one slow client costs at most
 //! its bound and never slows the fan-out to others.
@@ -15,68 +16,15 @@
 //! there is exactly one consumer.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-
 use std::task::Waker;
 
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use pubsub_proto::Encoding;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::delivery::Delivery;
+use crate::frame::{CloseRequest, Frame};
 
 /// Items a fresh queue makes room for (a batch gathered under load).
 const BATCH_HINT: usize = 8;
-
-/// One queued item.
-pub enum Outgoing {
-    /// A publication shared with other subscribers.
-    Publication(Arc<Delivery>),
-    /// A frame for this client only: a reply, a notice, a ping.
-    Frame(Message),
-}
-
-impl Outgoing {
-    fn queued_size(&self) -> usize {
-        match self {
-            Outgoing::Publication(d) => d.queued_size(),
-            Outgoing::Frame(m) => m.len() + 16,
-        }
-    }
-
-    /// The WebSocket message to write for a client using `encoding`.
-    pub fn into_message(self, encoding: Encoding) -> Message {
-        match self {
-            Outgoing::Publication(d) => d.message(encoding),
-            Outgoing::Frame(m) => m,
-        }
-    }
-}
-
-/// A request to end the connection with a close frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloseRequest {
-    pub code: u16,
-    pub reason: &'static str,
-    /// Write what is queued before the close frame (drain) or drop it (slow
-    /// consumer, where the queue is the problem).
-    pub flush_queue: bool,
-    /// A suggested reconnect delay for the client. When set, the close
-    /// frame's reason is `{"reason":"<reason>","reconnect_after_ms":N}`, so
-    /// that drained clients spread their reconnects (docs/protocol.md).
-    pub reconnect_after_ms: Option<u32>,
-}
-
-impl CloseRequest {
-    /// The close frame's reason text.
-    pub fn reason_text(&self) -> std::borrow::Cow<'static, str> {
-        match self.reconnect_after_ms {
-            None => self.reason.into(),
-            Some(ms) => format!(r#"{{"reason":"{}","reconnect_after_ms":{ms}}}"#, self.reason).into(),
-        }
-    }
-}
 
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +40,7 @@ pub enum Push {
 /// What the writer found when it looked.
 pub enum Taken {
     /// Everything that was queued, in order.
-    Items(VecDeque<Outgoing>),
+    Items(VecDeque<Frame>),
     /// Nothing queued, and a close was requested.
     Close(CloseRequest),
     /// Nothing queued; wait for [`Outbox::ready`].
@@ -101,7 +49,7 @@ pub enum Taken {
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Outgoing>,
+    queue: VecDeque<Frame>,
     bytes: usize,
     close: Option<CloseRequest>,
 }
@@ -131,7 +79,7 @@ impl Outbox {
     }
 
     /// Queues `item` without waiting.
-    pub fn push(&self, item: Outgoing) -> Push {
+    pub fn push(&self, item: Frame) -> Push {
         let size = item.queued_size();
         let mut state = self.state.lock();
         if state.close.is_some() {
@@ -233,17 +181,22 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use pubsub_proto::close;
+    use std::sync::Arc;
 
-    fn frame(text: &str) -> Outgoing {
-        Outgoing::Frame(Message::text(text))
+    fn frame(text: &str) -> Frame {
+        Frame::Message(Bytes::from(text.to_owned()))
     }
 
     fn items(t: Taken) -> Vec<String> {
         match t {
             Taken::Items(q) => q
                 .into_iter()
-                .map(|o| o.into_message(Encoding::Json).into_text().unwrap().to_string())
+                .map(|o| match o {
+                    Frame::Message(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+                    _ => panic!("expected messages"),
+                })
                 .collect(),
             _ => panic!("expected items"),
         }

@@ -1,39 +1,76 @@
-//! The shared handle of one WebSocket connection.
+//! The shared handle of one client connection, whatever its transport.
 //!
-//! The session task owns the socket; everything else that must reach the
-//! connection (the hub's fan-out, the registry's heartbeat and drain) holds
-//! an `Arc<Peer>` and talks to it only through its [`Outbox`].
+//! The connection's task owns the socket; everything else that must reach
+//! the connection (the hub's fan-out, the registry's heartbeat and drain)
+//! holds an `Arc<Peer>` and talks to it only through its [`Outbox`]. The
+//! peer also says who the client is: its client id from the start, and its
+//! user and connection info once it connected.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use pubsub_proto::Encoding;
+use bytes::Bytes;
+use pubsub_proto::{Encoding, ServerMessage, json, protobuf};
 
-use crate::outbox::Outbox;
+use crate::frame::Frame;
+use crate::outbox::{Outbox, Push};
 
-/// One connected client as seen from outside its session.
+/// Who a connected client is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Who {
+    /// The token's `sub`; empty without authentication or for an anonymous
+    /// token.
+    pub user: Box<str>,
+    /// The connection's info (the token's `info` claim), if any.
+    pub info: Option<Bytes>,
+}
+
+/// One connected client as seen from outside its connection's task.
 pub struct Peer {
     /// Unique within this node's lifetime.
     pub id: u64,
+    /// Unique across nodes and restarts: `<node>-<boot>-<id>`.
+    pub client: Box<str>,
     /// The subprotocol's encoding, fixed at the handshake.
     pub encoding: Encoding,
     pub outbox: Outbox,
+    /// Set once, when the client connects.
+    who: OnceLock<Who>,
     /// Milliseconds since `epoch` when the client last sent anything.
     last_seen_ms: AtomicU64,
     epoch: Instant,
 }
 
 impl Peer {
-    pub fn new(id: u64, encoding: Encoding, outbox: Outbox, epoch: Instant) -> Peer {
+    pub fn new(id: u64, client: String, encoding: Encoding, outbox: Outbox, epoch: Instant) -> Peer {
         let peer = Peer {
             id,
+            client: client.into_boxed_str(),
             encoding,
             outbox,
+            who: OnceLock::new(),
             last_seen_ms: AtomicU64::new(0),
             epoch,
         };
         peer.touch();
         peer
+    }
+
+    /// Records who the client is (its first `connect`); later calls keep
+    /// the first answer.
+    pub fn set_who(&self, who: Who) {
+        let _ = self.who.set(who);
+    }
+
+    /// Who the client is, once connected.
+    pub fn who(&self) -> Option<&Who> {
+        self.who.get()
+    }
+
+    /// Queues a reply or notice for this client, in its encoding.
+    pub fn reply(&self, message: &ServerMessage) -> Push {
+        self.outbox.push(Frame::Message(encode(self.encoding, message)))
     }
 
     /// Records that the client sent something (a frame of any kind).
@@ -46,5 +83,13 @@ impl Peer {
     pub fn idle_ms(&self) -> u64 {
         let now = self.epoch.elapsed().as_millis() as u64;
         now.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Encodes a reply for a client using `encoding`.
+pub fn encode(encoding: Encoding, message: &ServerMessage) -> Bytes {
+    match encoding {
+        Encoding::Json => Bytes::from(json::encode_reply(message)),
+        Encoding::Protobuf => Bytes::from(protobuf::encode_reply(message)),
     }
 }

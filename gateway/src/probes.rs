@@ -3,13 +3,12 @@
 //! (readiness: draining or broker down makes it 503 with the failing check
 //! named), `GET /metrics` (Prometheus text format).
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use serde_json::json;
 
-use crate::http_api::{Body, json_response};
 use crate::node::Node;
+use crate::response::{Body, full, json_response};
 
 /// `GET /healthz`: the process is alive.
 pub fn healthz() -> Response<Body> {
@@ -19,7 +18,7 @@ pub fn healthz() -> Response<Body> {
 /// The checks that fail, in `/readyz` order (empty: ready).
 fn failing_checks(node: &Node, broker_up: bool) -> Vec<&'static str> {
     let mut failing = Vec::new();
-    if node.is_draining() {
+    if node.lifecycle.is_draining() {
         failing.push("draining");
     }
     if !broker_up {
@@ -30,7 +29,7 @@ fn failing_checks(node: &Node, broker_up: bool) -> Vec<&'static str> {
 
 /// `GET /readyz`: ready for connections, or 503 naming what fails.
 pub fn readyz(node: &Node) -> Response<Body> {
-    let draining = node.is_draining();
+    let draining = node.lifecycle.is_draining();
     let broker = node.hub.broker_health().borrow().clone();
     let failing = failing_checks(node, broker.up);
     let checks = json!({
@@ -55,8 +54,8 @@ pub fn metrics(node: &Node) -> Response<Body> {
     node.metrics.ready.set(if ready { 1.0 } else { 0.0 });
     node.metrics
         .draining
-        .set(if node.is_draining() { 1.0 } else { 0.0 });
-    let mut response = Response::new(Body::new(Bytes::from(node.metrics.render())));
+        .set(if node.lifecycle.is_draining() { 1.0 } else { 0.0 });
+    let mut response = Response::new(full(node.metrics.render()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -10,13 +10,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use parking_lot::Mutex;
 use pubsub_proto::close;
+use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::outbox::{CloseRequest, Outgoing};
+use crate::frame::{CloseRequest, Frame};
 use crate::peer::Peer;
 
 const SHARDS: usize = 8;
@@ -26,12 +27,18 @@ type Shard = Mutex<HashMap<u64, Arc<Peer>>>;
 /// The node's live sessions.
 pub struct Registry {
     shards: Box<[Shard]>,
+    /// Sessions registered now.
+    count: AtomicUsize,
+    /// Woken when the last session leaves (the drain waits on it).
+    emptied: Notify,
 }
 
 impl Default for Registry {
     fn default() -> Self {
         Registry {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            count: AtomicUsize::new(0),
+            emptied: Notify::new(),
         }
     }
 }
@@ -42,19 +49,37 @@ impl Registry {
     }
 
     pub fn insert(&self, peer: Arc<Peer>) {
-        self.shard(peer.id).lock().insert(peer.id, peer);
+        if self.shard(peer.id).lock().insert(peer.id, peer).is_none() {
+            self.count.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     pub fn remove(&self, id: u64) {
-        self.shard(id).lock().remove(&id);
+        if self.shard(id).lock().remove(&id).is_some() && self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.emptied.notify_waiters();
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.count.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Resolves once no session is left (at once if none is).
+    pub async fn wait_empty(&self) {
+        loop {
+            // Register before looking, so a removal in between is not missed.
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            if self.is_empty() {
+                return;
+            }
+            emptied.await;
+        }
     }
 
     /// Pings every client once per `ping_interval` and closes (1001) those
@@ -77,7 +102,7 @@ impl Registry {
                 if peer.idle_ms() > stale_after_ms {
                     stale.push(peer.clone());
                 } else {
-                    peer.outbox.push(Outgoing::Frame(Message::Ping(Bytes::new())));
+                    peer.outbox.push(Frame::Ping);
                 }
             }
         }
@@ -87,12 +112,10 @@ impl Registry {
                 idle_ms = peer.idle_ms(),
                 "closing stale connection"
             );
-            peer.outbox.close(CloseRequest {
-                code: close::GOING_AWAY,
-                reason: "no traffic from client for two ping intervals",
-                flush_queue: false,
-                reconnect_after_ms: None,
-            });
+            peer.outbox.close(CloseRequest::now(
+                close::GOING_AWAY,
+                "no traffic from client for two ping intervals",
+            ));
         }
     }
 

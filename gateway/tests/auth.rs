@@ -297,14 +297,14 @@ async fn namespaces_can_open_subscribe_and_publish() {
 
 /// Builds namespaces the way the config file does.
 fn gateway_namespaces(
-    global: gateway::namespaces::Namespace,
+    global: gateway::config::namespaces::Namespace,
     tables: BTreeMap<&str, &str>,
-) -> gateway::namespaces::Namespaces {
+) -> gateway::config::namespaces::Namespaces {
     let file = tables
         .into_iter()
         .map(|(name, text)| (name.to_string(), toml::from_str(text).expect("namespace table")))
         .collect();
-    gateway::namespaces::Namespaces::resolve(global, file, gateway::config::parse_duration)
+    gateway::config::namespaces::Namespaces::resolve(global, file, gateway::config::parse_duration)
         .expect("namespaces")
 }
 

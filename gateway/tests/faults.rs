@@ -1,4 +1,4 @@
-//! No lost messages: the loss and duplication checker (loadtest::checker)
+//! No lost messages: the loss and duplication checker (loss_checker)
 //! against three real gateway processes on a real Redis, under faults.
 //! Publishers write numbered messages through HTTP and WebSocket on
 //! different nodes; subscribers on every node record what they get and
@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use loadtest::checker::{Checker, Report};
+use loss_checker::{Checker, Report};
 use support::redis::RedisServer;
 use support::*;
 

@@ -491,3 +491,60 @@ async fn the_demo_page_is_served_only_with_the_demo_flag() {
     assert_eq!(moved.headers["location"], "/demo/");
     assert_eq!(get(addr, "/demo/nothing").await.status, 404);
 }
+
+#[tokio::test]
+async fn api_requests_past_the_concurrency_bound_get_503_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let gw = start(Config {
+        max_api_requests: 2,
+        ..test_config()
+    })
+    .await;
+    let addr = gw.local_addr();
+    // Two requests whose bodies never come hold both places.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(
+                b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+            )
+            .await
+            .expect("write");
+        held.push(stream);
+    }
+    let mut refused = None;
+    for _ in 0..50 {
+        let answer = post_json(addr, "/api/publish", json!({"channel":"news","data":1})).await;
+        if answer.status == 503 {
+            refused = Some(answer);
+            break;
+        }
+        // The held requests may not have been read yet.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let refused = refused.expect("a third request is refused while two are held");
+    assert_eq!(
+        refused.json()["error"]["code"],
+        "overloaded",
+        "{}",
+        refused.text()
+    );
+    assert_eq!(refused.headers["retry-after"], "1");
+    // Probes are not API requests: they still answer.
+    assert_eq!(get(addr, "/healthz").await.status, 200);
+    let metrics = get(addr, "/metrics").await.text();
+    assert!(
+        metrics.contains("gateway_rejections_total{reason=\"api_concurrency\"} 1"),
+        "{metrics}"
+    );
+    // Once the held requests end, the API answers again.
+    drop(held);
+    eventually("the places are given back", async || {
+        post_json(addr, "/api/publish", json!({"channel":"news","data":2}))
+            .await
+            .status
+            == 200
+    })
+    .await;
+}

@@ -521,7 +521,7 @@ async fn redis_error_answers_are_internal_and_the_node_stays_ready() {
 #[tokio::test]
 async fn rediss_with_a_private_ca() {
     let pki = support::pki::TestPki::generate("redis");
-    let redis = RedisServer::start_tls(&pki);
+    let redis = RedisServer::start_tls(&pki.server_cert, &pki.server_key, &pki.ca_cert);
     let url = format!("rediss://127.0.0.1:{}", redis.port);
     let ca = pki.ca_cert.to_string_lossy().into_owned();
     let n1 = GatewayProcess::spawn(&["--redis-url", &url, "--redis-ca-file", &ca, "--node-id", "tls-1"]);

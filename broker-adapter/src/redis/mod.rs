@@ -1,22 +1,31 @@
-//! The Redis broker: nodes meet on Redis Pub/Sub.
+//! The Redis broker: nodes meet on Redis Pub/Sub, on one Redis or on a
+//! Redis Cluster.
 //!
-//! Two connections per node, both owned by the [`supervisor`] task:
-//! - a dedicated pub/sub connection (RESP3), subscribed to the channels the
-//!   hub asks for plus this node's probe channel; its pushes go straight to
-//!   the listener ([`push`]);
-//! - a multiplexed connection for `PUBLISH`.
+//! Both shapes share everything but how they reach Redis:
+//! - [`RedisBroker`] (here) is the one [`Broker`] implementation: it wraps
+//!   a publication in the envelope and runs the stream scripts
+//!   ([`streams`]) on the connection that serves the channel ([`route`]);
+//! - [`supervisor`] is the one loop that connects, serves, notices a dead
+//!   connection, reports it and reconnects with backoff; what "connect" and
+//!   "serve" mean is a link: [`single`] (one Redis: a pub/sub connection and
+//!   a publishing connection, one probe) or [`cluster`] (sharded pub/sub:
+//!   slot layout, a probe per shard, channels that move);
+//! - [`push`] hands what arrives on a pub/sub connection to the listener,
+//!   [`names`] names channels and keys.
 //!
-//! While Redis is unreachable, health is down, publishes fail at once with
-//! `Unavailable` (never reported as published), subscribes fail, and the
-//! supervisor reconnects with exponential backoff and full jitter, then
-//! resubscribes every channel still wanted before reporting healthy again.
-//! A probe published on the node's own channel every `probe_interval` must
-//! come back within `probe_timeout`, which catches a subscription that
-//! looks alive but delivers nothing.
+//! While Redis (or a channel's shard) is unreachable, health is down,
+//! publishes fail at once with `Unavailable` (never reported as published),
+//! subscribes fail, and the supervisor reconnects with exponential backoff
+//! and full jitter, then resubscribes every channel still wanted before
+//! reporting healthy again. Probes published on the node's own channels
+//! every `probe_interval` must come back within `probe_timeout`, which
+//! catches a subscription that looks alive but delivers nothing.
 
 pub mod cluster;
 mod names;
 mod push;
+mod route;
+mod single;
 mod streams;
 mod supervisor;
 
@@ -24,33 +33,50 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::Mutex;
 use pubsub_proto::{ChannelName, Publication, envelope};
-use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, IntoConnectionInfo, ProtocolVersion, RedisError, ServerErrorKind};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::{
-    BoxFuture, Broker, BrokerError, BrokerMetrics, Health, History, Listener, Published, StreamOptions,
+    BoxFuture, Broker, BrokerError, BrokerMetrics, Health, History, Listener, ListenerSlot, Published,
+    StreamOptions,
 };
 use names::Names;
 pub use names::validate_prefix;
+use route::Route;
 use supervisor::Control;
 
-/// Settings of the Redis broker.
+/// Where the Redis broker finds Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One Redis: `redis://[user:password@]host:port[/db]`, or `rediss://`
+    /// for TLS.
+    Single(String),
+    /// A Redis Cluster's seed nodes (`redis://host:port` or `rediss://`);
+    /// any one reachable node is enough to discover the rest.
+    Cluster(Vec<String>),
+}
+
+/// Settings of the Redis broker, for one Redis and a cluster alike.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://...` for TLS.
-    pub url: String,
+    pub target: RedisTarget,
     /// Prefix of every Redis name, so deployments can share one Redis.
     pub prefix: String,
-    /// This node's id (names its probe channel, stamps its envelopes).
+    /// This node's id (names its probe channels, stamps its envelopes).
     pub node_id: String,
-    /// How often the node probes its own subscription.
+    /// How often the node probes its subscriptions (each shard's, on a
+    /// cluster).
     pub probe_interval: Duration,
-    /// How long a probe may take to come back before the pub/sub connection
-    /// is declared dead.
+    /// How long a probe may take to come back before the connection (or
+    /// the shard) is declared dead.
     pub probe_timeout: Duration,
+    /// Cluster only: how often the slot layout is read again (it is also
+    /// read at once when a shard gives up a channel or a probe goes
+    /// missing).
+    pub topology_interval: Duration,
     /// PEM certificates to trust for `rediss://` instead of the system's
     /// roots (a private CA).
     pub ca_pem: Option<Vec<u8>>,
@@ -63,17 +89,64 @@ pub struct RedisConfig {
 
 impl RedisConfig {
     /// Defaults for everything but where Redis is and who we are.
-    pub fn new(url: impl Into<String>, prefix: impl Into<String>, node_id: impl Into<String>) -> RedisConfig {
+    pub fn new(target: RedisTarget, prefix: impl Into<String>, node_id: impl Into<String>) -> RedisConfig {
         RedisConfig {
-            url: url.into(),
+            target,
             prefix: prefix.into(),
             node_id: node_id.into(),
-            ca_pem: None,
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_secs(3),
+            topology_interval: Duration::from_secs(5),
+            ca_pem: None,
             timeout: Duration::from_secs(2),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
+        }
+    }
+
+    fn urls(&self) -> &[String] {
+        match &self.target {
+            RedisTarget::Single(url) => std::slice::from_ref(url),
+            RedisTarget::Cluster(urls) => urls,
+        }
+    }
+
+    /// The parsed URLs, each set to speak RESP3 (pub/sub pushes need it,
+    /// whatever the URL says).
+    fn connection_infos(&self) -> Result<Vec<redis::ConnectionInfo>, BrokerError> {
+        if self.urls().is_empty() {
+            return Err(BrokerError::Internal("no Redis URL given".into()));
+        }
+        self.urls()
+            .iter()
+            .map(|url| {
+                let info = url
+                    .as_str()
+                    .into_connection_info()
+                    .map_err(|e| BrokerError::Internal(format!("invalid Redis URL: {e}")))?;
+                let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+                Ok(info.set_redis_settings(settings))
+            })
+            .collect()
+    }
+
+    /// TLS certificates for the clients, after checking the CA file makes
+    /// sense here.
+    fn tls_certificates(&self) -> Result<Option<redis::TlsCertificates>, BrokerError> {
+        let tls = self.urls().iter().any(|u| u.starts_with("rediss:"));
+        if tls {
+            // rustls needs a process-wide crypto provider; ours is ring.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        match (&self.ca_pem, tls) {
+            (Some(pem), true) => Ok(Some(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            })),
+            (Some(_), false) => Err(BrokerError::Internal(
+                "a Redis CA file only applies to rediss:// URLs".into(),
+            )),
+            (None, _) => Ok(None),
         }
     }
 }
@@ -81,84 +154,86 @@ impl RedisConfig {
 /// State shared by the broker handle, the supervisor and the push handler.
 struct Shared {
     config: RedisConfig,
-    client: redis::Client,
     names: Arc<Names>,
-    listener: Arc<dyn Listener>,
+    listener: ListenerSlot,
     metrics: BrokerMetrics,
-    /// The publishing connection while connected.
-    publisher: RwLock<Option<MultiplexedConnection>>,
+    /// The publishing connection(s), and which channels they serve now.
+    route: Route,
     scripts: streams::Scripts,
     health: watch::Sender<Health>,
 }
 
-impl Shared {
-    /// The publishing connection, or `Unavailable` while disconnected.
-    fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
-        self.publisher
-            .read()
-            .clone()
-            .ok_or_else(|| BrokerError::Unavailable("not connected to Redis".into()))
-    }
+/// The supervisor's parts until [`Broker::start`] spawns it.
+enum Supervisor {
+    Ready(Box<dyn FnOnce(Arc<Shared>) -> JoinHandle<()> + Send>),
+    Running(JoinHandle<()>),
+    Stopped,
 }
 
-/// A broker on Redis Pub/Sub.
+/// A broker on Redis Pub/Sub (one Redis) or sharded pub/sub (a cluster).
 pub struct RedisBroker {
     shared: Arc<Shared>,
-    control: mpsc::UnboundedSender<Control>,
+    /// Requests to the supervisor; taken (closing the channel) by `close`.
+    control: Mutex<Option<mpsc::Sender<Control>>>,
+    supervisor: Mutex<Supervisor>,
 }
 
+/// Requests queued for the supervisor at most: the hub's subscription
+/// manager, its only caller, waits for each answer before the next.
+const CONTROL_QUEUE: usize = 16;
+
 impl RedisBroker {
-    /// Validates the configuration and starts the supervisor, which connects
-    /// in the background: the broker reports down until it has.
-    pub fn start(
-        config: RedisConfig,
-        listener: Arc<dyn Listener>,
-        metrics: BrokerMetrics,
-    ) -> Result<RedisBroker, BrokerError> {
+    /// Validates the configuration and builds the clients. Nothing
+    /// connects until [`Broker::start`]; the broker reports down until the
+    /// supervisor has connected.
+    pub fn new(config: RedisConfig, metrics: BrokerMetrics) -> Result<RedisBroker, BrokerError> {
         validate_prefix(&config.prefix)
             .map_err(|e| BrokerError::Internal(format!("invalid Redis prefix: {e}")))?;
-        let info = config
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| BrokerError::Internal(format!("invalid Redis URL: {e}")))?;
-        // Pub/sub pushes need RESP3, whatever the URL says.
-        let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
-        let info = info.set_redis_settings(settings);
-        let tls = config.url.starts_with("rediss:");
-        if tls {
-            // rustls needs a process-wide crypto provider; ours is ring.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let client = match (&config.ca_pem, tls) {
-            (Some(pem), true) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                },
-            ),
-            (Some(_), false) => {
-                return Err(BrokerError::Internal(
-                    "a Redis CA file only applies to rediss:// URLs".into(),
-                ));
+        let infos = config.connection_infos()?;
+        let certificates = config.tls_certificates()?;
+        let (control, requests) = mpsc::channel(CONTROL_QUEUE);
+        let (route, run): (Route, Supervisor) = match &config.target {
+            RedisTarget::Single(_) => {
+                let link = single::Link::new(infos, certificates)?;
+                (
+                    Route::single(),
+                    Supervisor::Ready(Box::new(move |shared| {
+                        tokio::spawn(supervisor::run(shared, link, requests))
+                    })),
+                )
             }
-            (None, _) => redis::Client::open(info),
-        }
-        .map_err(|e| BrokerError::Internal(format!("invalid Redis settings: {e}")))?;
+            RedisTarget::Cluster(_) => {
+                let link = cluster::Link::new(infos, certificates);
+                (
+                    Route::cluster(),
+                    Supervisor::Ready(Box::new(move |shared| {
+                        tokio::spawn(supervisor::run(shared, link, requests))
+                    })),
+                )
+            }
+        };
+        let what = match config.target {
+            RedisTarget::Single(_) => "connecting to Redis",
+            RedisTarget::Cluster(_) => "connecting to the Redis cluster",
+        };
         let shared = Arc::new(Shared {
             names: Arc::new(Names::new(&config.prefix, &config.node_id)),
             config,
-            client,
-            listener,
+            listener: ListenerSlot::default(),
             metrics,
-            publisher: RwLock::new(None),
+            route,
             scripts: streams::Scripts::new(),
-            health: watch::Sender::new(Health::down("connecting to Redis")),
+            health: watch::Sender::new(Health::down(what)),
         });
-        let (control, requests) = mpsc::unbounded_channel();
-        tokio::spawn(supervisor::run(shared.clone(), requests));
-        Ok(RedisBroker { shared, control })
+        Ok(RedisBroker {
+            shared,
+            control: Mutex::new(Some(control)),
+            supervisor: Mutex::new(run),
+        })
+    }
+
+    fn control(&self) -> Option<mpsc::Sender<Control>> {
+        self.control.lock().clone()
     }
 }
 
@@ -169,31 +244,22 @@ impl Broker for RedisBroker {
         data: Bytes,
         options: StreamOptions,
     ) -> BoxFuture<'_, Result<Published, BrokerError>> {
-        let connection = self.shared.connection();
         let shared = self.shared.clone();
         Box::pin(async move {
-            let mut connection = connection?;
-            let published_at_us = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_micros() as u64)
-                .unwrap_or(0);
             let redis_channel = shared.names.channel(channel.as_str());
+            let connection = shared.route.connection_for(&redis_channel)?;
             let (meta, stream) = shared.names.stream_keys(channel.as_str());
-            let payload = envelope::encode(
-                &Publication::new(channel, data),
-                &shared.config.node_id,
-                published_at_us,
-            );
+            let payload =
+                envelope::encode(&Publication::new(channel, data), &shared.config.node_id, now_us());
             streams::publish(
                 &shared.scripts,
-                &mut connection,
+                connection,
                 (&meta, &stream),
-                (&redis_channel, streams::PublishCommand::Publish),
+                (&redis_channel, shared.route.publish_command()),
                 payload,
                 options,
             )
             .await
-            .map_err(classify)
         })
     }
 
@@ -204,13 +270,12 @@ impl Broker for RedisBroker {
         limit: usize,
         options: StreamOptions,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
-        let connection = self.shared.connection();
         Box::pin(async move {
-            let mut connection = connection?;
             let (meta, stream) = self.shared.names.stream_keys(channel.as_str());
+            let connection = self.shared.route.connection_for(&meta)?;
             streams::history(
                 &self.shared.scripts,
-                &mut connection,
+                connection,
                 (&meta, &stream),
                 since,
                 limit,
@@ -226,29 +291,21 @@ impl Broker for RedisBroker {
         epoch: &'a str,
         options: StreamOptions,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
-        let connection = self.shared.connection();
         Box::pin(async move {
-            let mut connection = connection?;
             let (meta, stream) = self.shared.names.stream_keys(channel.as_str());
-            streams::restart(
-                &self.shared.scripts,
-                &mut connection,
-                (&meta, &stream),
-                epoch,
-                options,
-            )
-            .await
+            let connection = self.shared.route.connection_for(&meta)?;
+            streams::restart(&self.shared.scripts, connection, (&meta, &stream), epoch, options).await
         })
     }
 
     fn subscribe<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), BrokerError>> {
-        supervisor::request(&self.control, |reply| {
+        supervisor::request(self.control(), |reply| {
             Control::Subscribe(channels.to_vec(), reply)
         })
     }
 
     fn unsubscribe<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), BrokerError>> {
-        supervisor::request(&self.control, |reply| {
+        supervisor::request(self.control(), |reply| {
             Control::Unsubscribe(channels.to_vec(), reply)
         })
     }
@@ -258,29 +315,77 @@ impl Broker for RedisBroker {
     }
 
     fn kind(&self) -> &'static str {
-        "redis"
+        match self.shared.config.target {
+            RedisTarget::Single(_) => "redis",
+            RedisTarget::Cluster(_) => "redis-cluster",
+        }
     }
+
+    fn start(&self, listener: Arc<dyn Listener>) {
+        if !self.shared.listener.set(listener) {
+            return;
+        }
+        let mut supervisor = self.supervisor.lock();
+        if let Supervisor::Ready(spawn) = std::mem::replace(&mut *supervisor, Supervisor::Stopped) {
+            *supervisor = Supervisor::Running(spawn(self.shared.clone()));
+        }
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        // Without its request channel the supervisor ends at its next look.
+        drop(self.control.lock().take());
+        let supervisor = std::mem::replace(&mut *self.supervisor.lock(), Supervisor::Stopped);
+        Box::pin(async move {
+            if let Supervisor::Running(task) = supervisor {
+                let _ = task.await;
+            }
+            self.shared.route.clear();
+            self.shared
+                .health
+                .send_replace(Health::down("the broker was closed"));
+        })
+    }
+}
+
+/// Microseconds since the Unix epoch: envelopes carry when they were
+/// published, receivers measure broker latency from it.
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// Connection trouble is `Unavailable` (retry later); an error answer from
 /// the server (out of memory, no permission, ...) is `Internal`, except the
 /// answers that mean "not now".
 fn classify(error: RedisError) -> BrokerError {
+    if did_not_run(&error) {
+        return BrokerError::Unavailable(error.to_string());
+    }
     match error.kind() {
-        ErrorKind::Server(
-            ServerErrorKind::BusyLoading
-            | ServerErrorKind::TryAgain
-            | ServerErrorKind::MasterDown
-            | ServerErrorKind::ClusterDown
-            | ServerErrorKind::ReadOnly
-            // A cluster redirect the client could not follow in time: the
-            // slot is moving or its shard failing over.
-            | ServerErrorKind::Moved
-            | ServerErrorKind::Ask,
-        ) => BrokerError::Unavailable(error.to_string()),
         ErrorKind::Server(_) | ErrorKind::Extension | ErrorKind::UnexpectedReturnType | ErrorKind::Parse => {
             BrokerError::Internal(format!("Redis answered: {error}"))
         }
         _ => BrokerError::Unavailable(format!("Redis unreachable: {error}")),
     }
+}
+
+/// Answers after which the command certainly did not run, so it may be
+/// sent again: a cluster redirect the client could not follow (`MOVED`,
+/// `ASK`: the slot is moving), `TRYAGAIN`, `CLUSTERDOWN`, `READONLY` (a
+/// demoted master), `LOADING`, `MASTERDOWN`.
+fn did_not_run(error: &RedisError) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::ReadOnly
+                | ServerErrorKind::BusyLoading
+                | ServerErrorKind::MasterDown
+        )
+    )
 }

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -20,6 +20,7 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{Notify, mpsc};
 
 use super::names::Names;
+use super::{Shared, now_us};
 use crate::{BrokerMetrics, Listener};
 
 /// Signals from a pub/sub connection to its supervisor.
@@ -30,13 +31,16 @@ pub(super) struct Signals {
     /// Highest probe sequence number received back, per probe channel.
     probes: Mutex<HashMap<Vec<u8>, u64>>,
     /// Where `sunsubscribe` pushes are reported (cluster only), as Redis
-    /// channel names.
-    pub unsubscribed: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// channel names. Bounded: when the supervisor falls behind, reports
+    /// are dropped and `unsubscribes_dropped` set instead, and the
+    /// supervisor takes back every channel.
+    pub unsubscribed: Option<mpsc::Sender<Vec<u8>>>,
+    pub unsubscribes_dropped: AtomicBool,
 }
 
 impl Signals {
     /// Signals that report `sunsubscribe` pushes to `unsubscribed`.
-    pub fn reporting_unsubscribes(unsubscribed: mpsc::UnboundedSender<Vec<u8>>) -> Signals {
+    pub fn reporting_unsubscribes(unsubscribed: mpsc::Sender<Vec<u8>>) -> Signals {
         Signals {
             unsubscribed: Some(unsubscribed),
             ..Signals::default()
@@ -50,10 +54,11 @@ impl Signals {
 }
 
 pub(super) struct PushHandler {
-    pub listener: Arc<dyn Listener>,
-    pub names: Arc<Names>,
-    pub signals: Arc<Signals>,
-    pub metrics: BrokerMetrics,
+    /// Set once the broker started (the supervisor connects only after).
+    listener: Option<Arc<dyn Listener>>,
+    names: Arc<Names>,
+    signals: Arc<Signals>,
+    metrics: BrokerMetrics,
 }
 
 impl AsyncPushSender for PushHandler {
@@ -64,8 +69,9 @@ impl AsyncPushSender for PushHandler {
             PushKind::SUnsubscribe => {
                 if let (Some(report), Some(Value::BulkString(channel))) =
                     (&self.signals.unsubscribed, info.data.into_iter().next())
+                    && report.try_send(channel).is_err()
                 {
-                    let _ = report.send(channel);
+                    self.signals.unsubscribes_dropped.store(true, Ordering::Relaxed);
                 }
             }
             _ => {}
@@ -75,6 +81,17 @@ impl AsyncPushSender for PushHandler {
 }
 
 impl PushHandler {
+    /// A handler for one connection of the broker `shared`, reporting to
+    /// `signals`.
+    pub fn new(shared: &Shared, signals: Arc<Signals>) -> PushHandler {
+        PushHandler {
+            listener: shared.listener.get().cloned(),
+            names: shared.names.clone(),
+            signals,
+            metrics: shared.metrics.clone(),
+        }
+    }
+
     fn on_message(&self, data: Vec<Value>) {
         let mut parts = data.into_iter();
         let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
@@ -111,12 +128,10 @@ impl PushHandler {
             tracing::warn!(channel = %envelope.publication.channel, "dropping an envelope published on another channel");
             return;
         }
-        let now_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
-        let latency_us = now_us.saturating_sub(envelope.published_at_us);
+        let latency_us = now_us().saturating_sub(envelope.published_at_us);
         self.metrics.latency.record(latency_us as f64 / 1e6);
-        self.listener.on_publication(envelope.publication);
+        if let Some(listener) = &self.listener {
+            listener.on_publication(envelope.publication);
+        }
     }
 }

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use pubsub_proto::{Publication, envelope};
 use redis::{Script, Value};
 
+use super::route::{Connection, PublishCommand};
 use crate::{BrokerError, History, Published, StreamOptions, new_epoch};
 
 /// Encodes a protobuf varint and the position fields (6: offset, 7: epoch)
@@ -119,19 +120,50 @@ fn ttl_seconds(options: StreamOptions) -> u64 {
     options.history_ttl.as_secs().max(1)
 }
 
-/// How a publication reaches subscribers: `PUBLISH` on one Redis,
-/// `SPUBLISH` (sharded pub/sub) on a cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum PublishCommand {
-    Publish,
-    SPublish,
+/// Sends of a command that the server certainly did not run (see
+/// [`super::did_not_run`]), at most.
+const REDIRECTS: u32 = 5;
+
+/// Runs `command`, sending it again (up to [`REDIRECTS`] times, a little
+/// later each time) while Redis answers that it did not run it: a cluster
+/// redirect the client could not follow, `TRYAGAIN`, `CLUSTERDOWN`,
+/// `READONLY` (a demoted master), `LOADING`, `MASTERDOWN`. A lost
+/// connection or a timeout is *not* retried: the command may have run, and
+/// a publish script run twice would publish twice. (The cluster's
+/// publishing client is built without retries of its own for that reason.)
+pub(super) async fn redirected<T, F, Fut>(mut command: F) -> redis::RedisResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match command().await {
+            Err(error) if attempt < REDIRECTS && super::did_not_run(&error) => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(attempt))).await;
+            }
+            outcome => return outcome,
+        }
+    }
 }
 
-impl PublishCommand {
-    fn name(self) -> &'static str {
-        match self {
-            PublishCommand::Publish => "PUBLISH",
-            PublishCommand::SPublish => "SPUBLISH",
+/// Runs an operation that is safe to repeat (a read) again while Redis is
+/// unavailable to it (a redirect, a lost connection), up to [`REDIRECTS`]
+/// times.
+async fn read_again<T, F, Fut>(mut operation: F) -> Result<T, BrokerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BrokerError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match operation().await {
+            Err(BrokerError::Unavailable(_)) if attempt < REDIRECTS => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(attempt))).await;
+            }
+            outcome => return outcome,
         }
     }
 }
@@ -139,24 +171,33 @@ impl PublishCommand {
 /// Publishes `envelope` (without position) as the channel's next offset.
 pub(super) async fn publish(
     scripts: &Scripts,
-    connection: &mut impl redis::aio::ConnectionLike,
+    connection: Connection,
     keys: (&str, &str),
     (redis_channel, command): (&str, PublishCommand),
     envelope: Vec<u8>,
     options: StreamOptions,
-) -> Result<Published, redis::RedisError> {
-    let (offset, epoch): (u64, String) = scripts
-        .publish
-        .key(keys.0)
-        .key(keys.1)
-        .arg(redis_channel)
-        .arg(envelope)
-        .arg(options.history_size)
-        .arg(ttl_seconds(options))
-        .arg(new_epoch())
-        .arg(command.name())
-        .invoke_async(connection)
-        .await?;
+) -> Result<Published, BrokerError> {
+    let epoch = new_epoch();
+    let (offset, epoch): (u64, String) = redirected(|| {
+        let mut connection = connection.clone();
+        let (envelope, epoch) = (&envelope, &epoch);
+        async move {
+            scripts
+                .publish
+                .key(keys.0)
+                .key(keys.1)
+                .arg(redis_channel)
+                .arg(&envelope[..])
+                .arg(options.history_size)
+                .arg(ttl_seconds(options))
+                .arg(epoch)
+                .arg(command.name())
+                .invoke_async(&mut connection)
+                .await
+        }
+    })
+    .await
+    .map_err(super::classify)?;
     Ok(Published {
         offset,
         epoch: Arc::from(epoch),
@@ -166,24 +207,31 @@ pub(super) async fn publish(
 /// Reads the channel's position and, with `since`, its history after it.
 pub(super) async fn history(
     scripts: &Scripts,
-    connection: &mut impl redis::aio::ConnectionLike,
+    connection: Connection,
     keys: (&str, &str),
     since: Option<u64>,
     limit: usize,
     options: StreamOptions,
 ) -> Result<History, BrokerError> {
     let since_arg: i64 = since.map_or(-1, |s| s.min(i64::MAX as u64) as i64);
-    let (epoch, offset, entries): (String, u64, Value) = scripts
-        .history
-        .key(keys.0)
-        .key(keys.1)
-        .arg(since_arg)
-        .arg(limit.max(1))
-        .arg(ttl_seconds(options))
-        .arg(new_epoch())
-        .invoke_async(connection)
-        .await
-        .map_err(super::classify)?;
+    // Reading (and creating an absent stream) is safe to repeat.
+    let (epoch, offset, entries): (String, u64, Value) = read_again(|| {
+        let mut connection = connection.clone();
+        async move {
+            scripts
+                .history
+                .key(keys.0)
+                .key(keys.1)
+                .arg(since_arg)
+                .arg(limit.max(1))
+                .arg(ttl_seconds(options))
+                .arg(new_epoch())
+                .invoke_async(&mut connection)
+                .await
+                .map_err(super::classify)
+        }
+    })
+    .await?;
     let publications = parse_entries(entries)?;
     Ok(History {
         epoch: Arc::from(epoch),
@@ -195,21 +243,30 @@ pub(super) async fn history(
 /// Starts a new epoch if the stream is still in `epoch` (see RESTART).
 pub(super) async fn restart(
     scripts: &Scripts,
-    connection: &mut impl redis::aio::ConnectionLike,
+    connection: Connection,
     keys: (&str, &str),
     epoch: &str,
     options: StreamOptions,
 ) -> Result<History, BrokerError> {
-    let (epoch, offset): (String, u64) = scripts
-        .restart
-        .key(keys.0)
-        .key(keys.1)
-        .arg(epoch)
-        .arg(new_epoch())
-        .arg(ttl_seconds(options))
-        .invoke_async(connection)
-        .await
-        .map_err(super::classify)?;
+    let new = new_epoch();
+    // Restarting is conditional on the old epoch, so a repeat is harmless.
+    let (epoch, offset): (String, u64) = read_again(|| {
+        let mut connection = connection.clone();
+        let new = &new;
+        async move {
+            scripts
+                .restart
+                .key(keys.0)
+                .key(keys.1)
+                .arg(epoch)
+                .arg(new)
+                .arg(ttl_seconds(options))
+                .invoke_async(&mut connection)
+                .await
+                .map_err(super::classify)
+        }
+    })
+    .await?;
     Ok(History {
         epoch: Arc::from(epoch),
         offset,

@@ -1,32 +1,30 @@
-//! The one task that owns this node's Redis connections.
+//! The one task that owns a node's Redis connections, for one Redis and a
+//! cluster alike.
 //!
-//! It loops: connect (pub/sub connection with the push handler, publishing
-//! connection), subscribe the probe channel and every wanted channel in
-//! batches, report healthy, then serve subscribe/unsubscribe requests and
-//! probe the subscription until something shows the connection is dead.
-//! Then it reports down, tells the listener (`Lost`), and reconnects with
-//! exponential backoff and full jitter; after a successful reconnect it
-//! tells the listener `Restored`.
+//! It loops: connect (the link's connections, the probe channels, every
+//! wanted channel), report healthy, serve subscribe/unsubscribe requests
+//! and probe until something shows the connection is dead. Then it reports
+//! down, tells the listener (`Lost`), and reconnects with exponential
+//! backoff and full jitter; after a successful reconnect it tells the
+//! listener `Restored`. What connecting and serving mean is the [`Link`]'s
+//! business ([`super::single`], [`super::cluster`]); this loop is the same
+//! for both.
 //!
-//! Because it is the only user of the pub/sub connection, the set of wanted
-//! channels lives here, without locks.
+//! Because it is the only user of the subscribing connection, the set of
+//! wanted channels lives here, without locks. Requests arrive on a bounded
+//! queue; when the broker is closed the queue closes and the task ends.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pubsub_proto::ChannelName;
-use redis::AsyncConnectionConfig;
-use redis::aio::MultiplexedConnection;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
-use super::push::{PushHandler, Signals};
-use super::{Shared, classify};
-use crate::{BrokerError, BrokerEvent, Health};
-
-/// Most channels in one SUBSCRIBE or UNSUBSCRIBE command.
-const BATCH: usize = 1000;
+use super::Shared;
+use crate::{BoxFuture, BrokerError, BrokerEvent, Health};
 
 /// A request from the broker handle.
 pub(super) enum Control {
@@ -34,69 +32,95 @@ pub(super) enum Control {
     Unsubscribe(Vec<ChannelName>, oneshot::Sender<Result<(), BrokerError>>),
 }
 
-/// Sends a request to a supervisor and waits for its answer; a supervisor
-/// that is gone answers `Internal`. Both Redis brokers use it.
+/// Sends a request to the supervisor and waits for its answer; a closed
+/// broker answers `Unavailable`.
 pub(super) fn request(
-    control: &mpsc::UnboundedSender<Control>,
+    control: Option<mpsc::Sender<Control>>,
     make: impl FnOnce(oneshot::Sender<Result<(), BrokerError>>) -> Control,
-) -> crate::BoxFuture<'static, Result<(), BrokerError>> {
+) -> BoxFuture<'static, Result<(), BrokerError>> {
     let (reply, done) = oneshot::channel();
-    let sent = control.send(make(reply));
+    let message = make(reply);
     Box::pin(async move {
-        let stopped = || BrokerError::Internal("Redis supervisor stopped".into());
-        if sent.is_err() {
+        let stopped = || BrokerError::Unavailable("the Redis broker is closed".into());
+        let Some(control) = control else {
+            return Err(stopped());
+        };
+        if control.send(message).await.is_err() {
             return Err(stopped());
         }
         done.await.unwrap_or_else(|_| Err(stopped()))
     })
 }
 
-/// A live pair of connections.
-struct Connected {
-    pubsub: MultiplexedConnection,
-    publisher: MultiplexedConnection,
-    signals: Arc<Signals>,
+/// How the supervisor reaches Redis: one server, or a cluster.
+pub(super) trait Link: Send + 'static {
+    /// A live set of connections.
+    type Connected: Send;
+
+    /// What to call the other side in logs ("Redis", "the Redis cluster").
+    const NAME: &'static str;
+
+    /// Connects and subscribes the probe channels and every `wanted`
+    /// channel; an error says why it failed.
+    fn connect(
+        &mut self,
+        shared: &Arc<Shared>,
+        wanted: &HashSet<ChannelName>,
+    ) -> impl Future<Output = Result<Self::Connected, String>> + Send;
+
+    /// The connections are up: fill in the route and publish health.
+    fn up(&mut self, shared: &Shared, connected: &mut Self::Connected, wanted: &HashSet<ChannelName>);
+
+    /// Serves requests and probes until the connection is dead (returns
+    /// why) or the broker is closed (`None`).
+    fn serve(
+        &mut self,
+        shared: &Arc<Shared>,
+        connected: Self::Connected,
+        wanted: &mut HashSet<ChannelName>,
+        control: &mut mpsc::Receiver<Control>,
+    ) -> impl Future<Output = Option<String>> + Send;
 }
 
-pub(super) async fn run(shared: Arc<Shared>, mut control: mpsc::UnboundedReceiver<Control>) {
+pub(super) async fn run<L: Link>(shared: Arc<Shared>, mut link: L, mut control: mpsc::Receiver<Control>) {
     let mut wanted: HashSet<ChannelName> = HashSet::new();
     let mut failed_attempts = 0u32;
     let mut lost = false;
     loop {
-        match connect(&shared, &wanted).await {
-            Ok(connected) => {
+        match link.connect(&shared, &wanted).await {
+            Ok(mut connected) => {
                 failed_attempts = 0;
-                *shared.publisher.write() = Some(connected.publisher.clone());
-                shared.health.send_replace(Health::up());
+                link.up(&shared, &mut connected, &wanted);
                 if lost {
                     shared.metrics.reconnects.increment(1);
-                    tracing::info!(channels = wanted.len(), "reconnected to Redis and resubscribed");
+                    tracing::info!(
+                        channels = wanted.len(),
+                        "reconnected to {} and resubscribed",
+                        L::NAME
+                    );
                     shared.listener.on_event(BrokerEvent::Restored);
                 } else {
-                    tracing::info!("connected to Redis");
+                    tracing::info!("connected to {}", L::NAME);
                 }
-                let Some(reason) = serve(&shared, connected, &mut wanted, &mut control).await else {
+                let Some(reason) = link.serve(&shared, connected, &mut wanted, &mut control).await else {
                     return;
                 };
-                *shared.publisher.write() = None;
+                shared.route.clear();
                 shared.health.send_replace(Health::down(reason.clone()));
-                tracing::warn!(%reason, "Redis connection lost");
+                tracing::warn!(%reason, "connection to {} lost", L::NAME);
                 shared.listener.on_event(BrokerEvent::Lost { reason });
                 lost = true;
             }
             Err(reason) => {
                 failed_attempts = failed_attempts.saturating_add(1);
                 if failed_attempts == 1 || failed_attempts.is_multiple_of(20) {
-                    tracing::warn!(%reason, attempts = failed_attempts, "cannot connect to Redis");
+                    tracing::warn!(%reason, attempts = failed_attempts, "cannot connect to {}", L::NAME);
                 }
                 shared.health.send_replace(Health::down(reason));
             }
         }
-        let delay = backoff(
-            shared.config.backoff_min,
-            shared.config.backoff_max,
-            failed_attempts,
-        );
+        let config = &shared.config;
+        let delay = backoff(config.backoff_min, config.backoff_max, failed_attempts);
         if !wait_answering_unavailable(delay, &mut wanted, &mut control).await {
             return;
         }
@@ -106,18 +130,18 @@ pub(super) async fn run(shared: Arc<Shared>, mut control: mpsc::UnboundedReceive
 /// Full jitter: a uniform delay in [0, min(max, min * 2^attempt)], at least
 /// a few milliseconds, so nodes that lost Redis together do not reconnect in
 /// lockstep.
-pub(super) fn backoff(min: Duration, max: Duration, failed_attempts: u32) -> Duration {
+fn backoff(min: Duration, max: Duration, failed_attempts: u32) -> Duration {
     let ceiling = min.saturating_mul(1u32 << failed_attempts.min(16)).min(max);
     ceiling.mul_f64(fastrand::f64()).max(Duration::from_millis(10))
 }
 
 /// Sleeps `delay` while answering requests: subscribes fail (Redis is not
 /// there), unsubscribes just forget the channel. Returns false when the
-/// broker handle is gone.
-pub(super) async fn wait_answering_unavailable(
+/// broker was closed.
+async fn wait_answering_unavailable(
     delay: Duration,
     wanted: &mut HashSet<ChannelName>,
-    control: &mut mpsc::UnboundedReceiver<Control>,
+    control: &mut mpsc::Receiver<Control>,
 ) -> bool {
     let until = Instant::now() + delay;
     loop {
@@ -139,135 +163,17 @@ pub(super) async fn wait_answering_unavailable(
     }
 }
 
-async fn connect(shared: &Arc<Shared>, wanted: &HashSet<ChannelName>) -> Result<Connected, String> {
-    let timeout = Some(shared.config.timeout);
-    let signals = Arc::new(Signals::default());
-    let handler = PushHandler {
-        listener: shared.listener.clone(),
-        names: shared.names.clone(),
-        signals: signals.clone(),
-        metrics: shared.metrics.clone(),
-    };
-    let pubsub_config = AsyncConnectionConfig::new()
-        .set_connection_timeout(timeout)
-        .set_response_timeout(timeout)
-        .set_push_sender(handler);
-    let mut pubsub = shared
-        .client
-        .get_multiplexed_async_connection_with_config(&pubsub_config)
-        .await
-        .map_err(|e| format!("pub/sub connection: {e}"))?;
-    let publish_config = AsyncConnectionConfig::new()
-        .set_connection_timeout(timeout)
-        .set_response_timeout(timeout);
-    let publisher = shared
-        .client
-        .get_multiplexed_async_connection_with_config(&publish_config)
-        .await
-        .map_err(|e| format!("publishing connection: {e}"))?;
-    pubsub
-        .subscribe(shared.names.probe())
-        .await
-        .map_err(|e| format!("SUBSCRIBE probe: {e}"))?;
-    let wanted: Vec<String> = wanted.iter().map(|c| shared.names.channel(c.as_str())).collect();
-    for batch in wanted.chunks(BATCH) {
-        pubsub
-            .subscribe(batch)
-            .await
-            .map_err(|e| format!("resubscribing: {e}"))?;
-    }
-    Ok(Connected {
-        pubsub,
-        publisher,
-        signals,
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Serves one connection until it dies; returns why, or `None` when the
-/// broker handle was dropped.
-async fn serve(
-    shared: &Arc<Shared>,
-    mut connected: Connected,
-    wanted: &mut HashSet<ChannelName>,
-    control: &mut mpsc::UnboundedReceiver<Control>,
-) -> Option<String> {
-    let mut tick = tokio::time::interval(shared.config.probe_interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut sequence = 0u64;
-    let mut outstanding: Option<(u64, Instant)> = None;
-    loop {
-        tokio::select! {
-            _ = connected.signals.disconnected.notified() => {
-                return Some("the pub/sub connection closed".into());
-            }
-            request = control.recv() => match request? {
-                Control::Subscribe(channels, reply) => {
-                    let names: Vec<String> = channels.iter().map(|c| shared.names.channel(c.as_str())).collect();
-                    let mut result = Ok(());
-                    for batch in names.chunks(BATCH) {
-                        if let Err(error) = connected.pubsub.subscribe(batch).await {
-                            result = Err(error);
-                            break;
-                        }
-                    }
-                    match result.map_err(classify) {
-                        Ok(()) => {
-                            wanted.extend(channels);
-                            let _ = reply.send(Ok(()));
-                        }
-                        // Redis answered with an error (an ACL refusal, say):
-                        // the connection itself is fine.
-                        Err(error @ BrokerError::Internal(_)) => {
-                            let _ = reply.send(Err(error));
-                        }
-                        Err(error) => {
-                            let _ = reply.send(Err(error.clone()));
-                            return Some(format!("SUBSCRIBE failed: {error}"));
-                        }
-                    }
-                }
-                Control::Unsubscribe(channels, reply) => {
-                    for channel in &channels {
-                        wanted.remove(channel);
-                    }
-                    let _ = reply.send(Ok(()));
-                    let names: Vec<String> = channels.iter().map(|c| shared.names.channel(c.as_str())).collect();
-                    for batch in names.chunks(BATCH) {
-                        if let Err(error) = connected.pubsub.unsubscribe(batch).await {
-                            return Some(format!("UNSUBSCRIBE failed: {error}"));
-                        }
-                    }
-                }
-            },
-            _ = tick.tick() => {
-                if let Some((seq, sent)) = outstanding {
-                    if connected.signals.probe_seen(shared.names.probe()) >= seq {
-                        outstanding = None;
-                    } else if sent.elapsed() > shared.config.probe_timeout {
-                        shared.metrics.probe_failures.increment(1);
-                        return Some(format!(
-                            "probe not received back within {:?}: the subscription is not delivering",
-                            shared.config.probe_timeout
-                        ));
-                    }
-                }
-                if outstanding.is_none() {
-                    sequence += 1;
-                    let receivers = redis::cmd("PUBLISH")
-                        .arg(shared.names.probe())
-                        .arg(sequence.to_string())
-                        .query_async::<i64>(&mut connected.publisher)
-                        .await;
-                    match receivers {
-                        Ok(0) => {
-                            shared.metrics.probe_failures.increment(1);
-                            return Some("Redis reports no subscriber on this node's probe channel".into());
-                        }
-                        Ok(_) => outstanding = Some((sequence, Instant::now())),
-                        Err(error) => return Some(format!("probe PUBLISH failed: {error}")),
-                    }
-                }
-            }
+    #[test]
+    fn backoff_grows_to_its_ceiling_with_jitter() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(2));
+        for attempt in 0..30 {
+            let delay = backoff(min, max, attempt);
+            assert!(delay >= Duration::from_millis(10) && delay <= max, "{delay:?}");
         }
+        assert!(backoff(min, max, 0) <= min);
     }
 }

@@ -297,6 +297,16 @@ pub struct Cli {
     )]
     pub command_rate: u32,
 
+    /// Most HTTP API requests (`/api/*`) served at once; more are answered 503 `overloaded`
+    /// with Retry-After, at once.
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_API_REQUESTS",
+        value_name = "COUNT",
+        default_value_t = 512
+    )]
+    pub max_api_requests: usize,
+
     /// Log format.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

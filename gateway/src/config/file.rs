@@ -16,7 +16,7 @@ use clap::{CommandFactory, FromArgMatches};
 
 use super::ConfigError;
 use super::cli::Cli;
-use crate::namespaces::FileNamespace;
+use super::namespaces::FileNamespace;
 
 /// Flags, environment and file, parsed: the flags and the file's namespaces.
 pub fn load<I, T>(args: I) -> Result<(Cli, BTreeMap<String, FileNamespace>), ConfigError>

@@ -21,7 +21,9 @@ pub use cli::{Cli, LogFormat};
 pub use values::print::duration as print_duration;
 pub use values::{parse_duration, parse_size};
 
-use crate::namespaces::{Namespace, Namespaces};
+pub mod namespaces;
+
+pub use namespaces::{Namespace, Namespaces};
 use values::print;
 
 /// The resolved configuration of one gateway node. `--print-config` prints
@@ -83,6 +85,7 @@ pub struct Config {
     pub publish_rate: u32,
     /// Inbound frames per second and connection; 0: no limit.
     pub command_rate: u32,
+    pub max_api_requests: usize,
     pub log_format: LogFormat,
     pub log_level: String,
     /// Serve the demo page at /demo/.
@@ -150,7 +153,7 @@ impl Config {
 
     fn resolve(
         cli: Cli,
-        namespaces: std::collections::BTreeMap<String, crate::namespaces::FileNamespace>,
+        namespaces: std::collections::BTreeMap<String, namespaces::FileNamespace>,
     ) -> Result<Config, ConfigError> {
         let trusted_proxies = cli
             .trusted_proxy
@@ -202,6 +205,7 @@ impl Config {
             max_subscriptions: cli.max_subscriptions,
             publish_rate: cli.publish_rate,
             command_rate: cli.command_rate,
+            max_api_requests: cli.max_api_requests,
             log_format: cli.log_format,
             log_level: cli.log_level,
             demo: cli.demo,
@@ -250,6 +254,7 @@ impl Config {
             ("outbound_queue_messages", self.outbound_queue_messages, 16),
             ("max_subscriptions", self.max_subscriptions, 1),
             ("max_connections", self.max_connections, 1),
+            ("max_api_requests", self.max_api_requests, 1),
         ] {
             if value < min {
                 return Err(invalid(name, format!("must be at least {min}")));
@@ -340,7 +345,7 @@ impl Config {
             }
         }
         for origin in &self.allowed_origins {
-            crate::access::OriginRule::parse(origin).map_err(|m| invalid("allowed_origin", m))?;
+            crate::origin::OriginRule::parse(origin).map_err(|m| invalid("allowed_origin", m))?;
         }
         if self.proxy_protocol && self.trusted_proxies.is_empty() {
             return Err(invalid(

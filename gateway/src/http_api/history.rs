@@ -8,11 +8,9 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use broker_adapter::BrokerError;
-
-use super::{Body, Failure, authorize, json_response, parse_channel};
-use crate::hub::PublishError;
+use super::{Failure, authorize, parse_channel};
 use crate::node::Node;
+use crate::response::{Body, json_response};
 
 /// Largest `limit` of `GET /api/history`.
 const MAX_HISTORY_LIMIT: usize = 1000;
@@ -25,11 +23,10 @@ pub async fn history(node: Arc<Node>, request: Request<Incoming>) -> Response<Bo
         authorize(&node.config.api_keys, request.headers())?;
         let query = HistoryQuery::parse(request.uri().query().unwrap_or(""))?;
         let channel = parse_channel(&query.channel)?;
-        let unavailable = |error: BrokerError| Failure::from(PublishError::Broker(error));
         let since = match query.since {
             Some(since) => since,
             None => {
-                let position = node.hub.history(&channel, None, 0).await.map_err(unavailable)?;
+                let position = node.hub.history(&channel, None, 0).await.map_err(Failure::from)?;
                 position.offset.saturating_sub(query.limit as u64)
             }
         };
@@ -37,7 +34,7 @@ pub async fn history(node: Arc<Node>, request: Request<Incoming>) -> Response<Bo
             .hub
             .history(&channel, Some(since), query.limit)
             .await
-            .map_err(unavailable)?;
+            .map_err(Failure::from)?;
         let same_epoch = query.epoch.as_deref().is_none_or(|e| e == &*history.epoch);
         let publications = if same_epoch {
             history.publications

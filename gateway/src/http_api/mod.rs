@@ -1,5 +1,4 @@
-//! The HTTP API for backend services, and the JSON error form every HTTP
-//! answer of the gateway uses: `{"error":{"code":"...","message":"..."}}`.
+//! The HTTP API for backend services.
 //!
 //! - `publish`: `POST /api/publish`, `POST /api/broadcast`, `POST /api/batch`;
 //! - `history`: `GET /api/history`;
@@ -16,7 +15,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use pubsub_proto::ChannelName;
 use pubsub_proto::json::{MAX_DATA_DEPTH, within_depth};
@@ -25,31 +24,12 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 
-use broker_adapter::BrokerError;
-
-use crate::hub::PublishError;
+use crate::hub::HubError;
 use crate::node::Node;
+use crate::response::{Body, error_response};
 
 pub use history::history;
 pub use publish::{batch, broadcast, publish};
-
-/// The body type of every response.
-pub type Body = Full<Bytes>;
-
-/// A JSON response.
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Body::new(Bytes::from(value.to_string())));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-/// The gateway's JSON error answer.
-pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    json_response(status, &json!({"error": {"code": code, "message": message}}))
-}
 
 pub(super) fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&'de RawValue>::deserialize(d).map(Some)
@@ -74,16 +54,16 @@ impl Failure {
     }
 }
 
-impl From<PublishError> for Failure {
-    fn from(error: PublishError) -> Failure {
+impl From<HubError> for Failure {
+    fn from(error: HubError) -> Failure {
         match error {
-            PublishError::TooLarge { .. } => {
+            HubError::TooLarge { .. } => {
                 Failure(StatusCode::PAYLOAD_TOO_LARGE, "too_large", error.to_string())
             }
-            PublishError::Broker(BrokerError::Unavailable(_) | BrokerError::Partial(..)) => {
+            HubError::Unavailable(_) => {
                 Failure(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error.to_string())
             }
-            PublishError::Broker(BrokerError::Internal(_)) => {
+            HubError::Internal(_) => {
                 Failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
             }
         }
@@ -216,17 +196,10 @@ pub(super) fn payload(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    /// A header map from static pairs (shared by the handshake tests).
-    pub(crate) fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_static(value));
-        }
-        map
-    }
+    use crate::response::tests_support::headers;
 
     #[test]
     fn api_keys_are_required_when_configured() {

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use broker_adapter::{BrokerError, Published};
+use broker_adapter::Published;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use pubsub_proto::ChannelName;
@@ -14,9 +14,10 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::{Body, Failure, add_position, json_response, parse_channel, payload, present, read_body};
-use crate::hub::{PublishError, Source};
+use super::{Failure, add_position, parse_channel, payload, present, read_body};
+use crate::hub::{HubError, Source};
 use crate::node::Node;
+use crate::response::{Body, json_response};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,7 +81,7 @@ pub async fn broadcast(node: Arc<Node>, request: Request<Incoming>) -> Response<
         }
         let data = payload(parsed.data, parsed.data_b64, &body)?;
         if data.len() > node.hub.max_publication_size() {
-            return Err(PublishError::TooLarge {
+            return Err(HubError::TooLarge {
                 size: data.len(),
                 limit: node.hub.max_publication_size(),
             }
@@ -139,7 +140,7 @@ pub async fn batch(node: Arc<Node>, request: Request<Incoming>) -> Response<Body
             let channel = parse_channel(&item.channel).map_err(at)?;
             let data = payload(item.data, item.data_b64, &body).map_err(at)?;
             if data.len() > limit {
-                return Err(at(PublishError::TooLarge {
+                return Err(at(HubError::TooLarge {
                     size: data.len(),
                     limit,
                 }
@@ -163,10 +164,10 @@ pub async fn batch(node: Arc<Node>, request: Request<Incoming>) -> Response<Body
                     // attempted: publishing them would reorder the channel
                     // once the caller retries the failed one.
                     let outcome = if failed {
-                        Err(PublishError::Broker(BrokerError::Unavailable(
+                        Err(HubError::Unavailable(
                             "not attempted: an earlier publication to this channel in the batch failed"
                                 .into(),
-                        )))
+                        ))
                     } else {
                         node.hub.publish(channel.clone(), data.clone(), Source::Api).await
                     };
@@ -193,7 +194,7 @@ pub async fn batch(node: Arc<Node>, request: Request<Incoming>) -> Response<Body
 }
 
 /// What publishing to one channel came to.
-type Outcome = (ChannelName, Result<Published, PublishError>);
+type Outcome = (ChannelName, Result<Published, HubError>);
 
 /// The answer of a request that published several times: 200 with every
 /// result, or (when any failed) 503 `unavailable` (500 `internal` when

@@ -21,12 +21,13 @@ use std::sync::Arc;
 use broker_adapter::{BrokerError, BrokerEvent, History, Listener, StreamOptions};
 use metrics::{Counter, Gauge};
 use parking_lot::Mutex;
-use pubsub_proto::{ChannelName, Publication, close};
-use tokio::sync::{mpsc, oneshot};
+use pubsub_proto::{ChannelName, Publication, ServerMessage, close};
+use tokio::sync::oneshot;
 
 use super::stream::{Arrival, Output, Stream};
+use super::worklist::Worklist;
 use crate::delivery::Delivery;
-use crate::outbox::{CloseRequest, Outgoing};
+use crate::frame::{CloseRequest, Frame};
 use crate::peer::Peer;
 
 const SHARDS: usize = 64;
@@ -97,12 +98,10 @@ impl Subscriber {
         if let Some(buffer) = &mut self.syncing {
             if buffer.len() >= self.peer.outbox.max_messages() {
                 self.syncing = None;
-                self.peer.outbox.close(CloseRequest {
-                    code: close::SLOW_CONSUMER,
-                    reason: "slow consumer: too much arrived while recovering",
-                    flush_queue: false,
-                    reconnect_after_ms: None,
-                });
+                self.peer.outbox.close(CloseRequest::now(
+                    close::SLOW_CONSUMER,
+                    "slow consumer: too much arrived while recovering",
+                ));
                 return;
             }
             buffer.push(delivery.clone());
@@ -112,7 +111,7 @@ impl Subscriber {
             return;
         }
         // An overflowing peer closes itself (4008); the others go on.
-        self.peer.outbox.push(Outgoing::Publication(delivery.clone()));
+        self.peer.outbox.push(Frame::Publication(delivery.clone()));
     }
 }
 
@@ -129,18 +128,14 @@ pub struct Channels {
     shards: Box<[Mutex<HashMap<ChannelName, Entry>>]>,
     hasher: RandomState,
     /// Channels whose wanted broker state may have changed, for the manager.
-    dirty: mpsc::UnboundedSender<ChannelName>,
+    dirty: Arc<Worklist>,
     /// Channels whose history must be read, for the repair task.
-    repairs: mpsc::UnboundedSender<ChannelName>,
+    repairs: Arc<Worklist>,
     counters: Counters,
 }
 
 impl Channels {
-    pub fn new(
-        dirty: mpsc::UnboundedSender<ChannelName>,
-        repairs: mpsc::UnboundedSender<ChannelName>,
-        counters: Counters,
-    ) -> Channels {
+    pub fn new(dirty: Arc<Worklist>, repairs: Arc<Worklist>, counters: Counters) -> Channels {
         Channels {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
@@ -164,7 +159,7 @@ impl Channels {
             None => {
                 self.counters.channels.increment(1.0);
                 // A new entry needs the broker: tell the manager.
-                let _ = self.dirty.send(channel.clone());
+                self.dirty.push(channel.clone());
                 shard.entry(channel.clone()).or_insert_with(|| Entry {
                     subscribers: Vec::new(),
                     waiting: Vec::new(),
@@ -201,7 +196,7 @@ impl Channels {
         &self,
         channel: &ChannelName,
         peer_id: u64,
-        first: Outgoing,
+        first: &ServerMessage,
         replay: Vec<Publication>,
         floor: u64,
     ) {
@@ -212,10 +207,10 @@ impl Channels {
         else {
             return;
         };
+        subscriber.peer.reply(first);
         let outbox = &subscriber.peer.outbox;
-        outbox.push(first);
         for publication in replay {
-            outbox.push(Outgoing::Publication(Delivery::new(publication)));
+            outbox.push(Frame::Publication(Delivery::new(publication)));
         }
         subscriber.floor = floor;
         for delivery in subscriber.syncing.take().unwrap_or_default() {
@@ -225,7 +220,7 @@ impl Channels {
             if delivery.is_gap() {
                 subscriber.floor = 0;
             }
-            outbox.push(Outgoing::Publication(delivery));
+            outbox.push(Frame::Publication(delivery));
         }
     }
 
@@ -244,7 +239,7 @@ impl Channels {
         if entry.is_empty() {
             shard.remove(channel.as_str());
             self.counters.channels.decrement(1.0);
-            let _ = self.dirty.send(channel.clone());
+            self.dirty.push(channel.clone());
         }
     }
 
@@ -291,7 +286,7 @@ impl Channels {
         if entry.is_empty() {
             shard.remove(channel.as_str());
             self.counters.channels.decrement(1.0);
-            let _ = self.dirty.send(channel.clone());
+            self.dirty.push(channel.clone());
         }
     }
 
@@ -309,7 +304,7 @@ impl Channels {
             shard.remove(channel.as_str());
             self.counters.channels.decrement(1.0);
             // The broker may hold a subscription for it: let the manager check.
-            let _ = self.dirty.send(channel.clone());
+            self.dirty.push(channel.clone());
         }
     }
 
@@ -334,7 +329,7 @@ impl Channels {
         entry.fan_out(channel, outputs, &self.counters);
         if entry.stream.is_repairing() {
             // Asked again while reading: read once more.
-            let _ = self.repairs.send(channel.clone());
+            self.repairs.push(channel.clone());
         }
     }
 
@@ -350,7 +345,7 @@ impl Channels {
             if let Some(entry) = shard.get_mut(channel.as_str())
                 && entry.stream.start_repair()
             {
-                let _ = self.repairs.send(channel.clone());
+                self.repairs.push(channel.clone());
             }
         }
     }
@@ -361,7 +356,7 @@ impl Channels {
         for shard in self.shards.iter() {
             for (channel, entry) in shard.lock().iter_mut() {
                 if entry.stream.start_repair() {
-                    let _ = self.repairs.send(channel.clone());
+                    self.repairs.push(channel.clone());
                 }
             }
         }
@@ -379,7 +374,7 @@ impl Listener for Channels {
             Arrival::Deliver(outputs) => entry.fan_out(&channel, outputs, &self.counters),
             Arrival::Held => {}
             Arrival::NeedsRepair => {
-                let _ = self.repairs.send(channel);
+                self.repairs.push(channel);
             }
         }
     }

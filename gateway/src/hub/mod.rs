@@ -15,22 +15,21 @@ mod recovery;
 mod repair;
 mod stream;
 mod subscriptions;
+mod worklist;
 
 use std::sync::Arc;
 
-use broker_adapter::{Broker, BrokerError, Health, History, Listener, Published};
+use broker_adapter::{Broker, BrokerError, Health, History, Published};
 use bytes::Bytes;
-use pubsub_proto::{ChannelName, StreamPosition};
-use tokio::sync::{mpsc, watch};
+use pubsub_proto::{ChannelName, Reply, ServerMessage, StreamPosition};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::config::Namespaces;
 use crate::metrics::Metrics;
-use crate::namespaces::Namespaces;
-use crate::outbox::Outgoing;
 use crate::peer::Peer;
-pub use channels::Joined;
 use channels::{Channels, Counters, Join};
-pub use recovery::Plan;
+use worklist::Worklist;
 
 /// Where a publication came from, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,13 +38,48 @@ pub enum Source {
     Client,
 }
 
-/// Why a publication was not published.
+/// Why the hub could not do what was asked. Broker errors stop here: what
+/// is above the hub (sessions, the HTTP API) sees only these.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PublishError {
+pub enum HubError {
+    /// The publication's data is over `--max-publication-size`.
     #[error("publication data is {size} bytes; the limit is {limit}")]
     TooLarge { size: usize, limit: usize },
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
+    /// The broker (or the channel's shard) cannot be reached; nothing was
+    /// done. Retrying later may work.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The broker refused, or something unexpected happened.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<BrokerError> for HubError {
+    fn from(error: BrokerError) -> HubError {
+        match error {
+            BrokerError::Unavailable(_) | BrokerError::Partial(..) => {
+                HubError::Unavailable(error.to_string())
+            }
+            BrokerError::Internal(_) => HubError::Internal(error.to_string()),
+        }
+    }
+}
+
+/// A client's subscribe: which channel, since where, and the command id
+/// the `subscribed` reply echoes.
+pub struct SubscribeRequest {
+    pub id: Option<u64>,
+    pub channel: ChannelName,
+    pub since: Option<StreamPosition>,
+}
+
+/// A subscription that went live: the `subscribed` reply and any replay
+/// are queued to the peer, live publications follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub position: StreamPosition,
+    /// `None` without `since`; otherwise whether the replay is complete.
+    pub recovered: Option<bool>,
 }
 
 /// The node's channels and its broker.
@@ -55,31 +89,36 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     namespaces: Namespaces,
     max_publication_size: usize,
+    dirty: Arc<Worklist>,
+    repairs: Arc<Worklist>,
 }
 
 impl Hub {
-    /// Builds the hub around the broker that `make_broker` creates (given
-    /// the listener it must deliver into) and starts the subscription
-    /// manager and the repair task.
+    /// Builds the hub around `broker`, hands the broker the channel table
+    /// as its listener (which starts the broker), and starts the
+    /// subscription manager and the repair task.
     pub fn start(
         metrics: Arc<Metrics>,
         namespaces: Namespaces,
         max_publication_size: usize,
-        make_broker: impl FnOnce(Arc<dyn Listener>) -> Arc<dyn Broker>,
+        broker: Arc<dyn Broker>,
     ) -> (Hub, Vec<JoinHandle<()>>) {
-        let (dirty_tx, dirty_rx) = mpsc::unbounded_channel();
-        let (repair_tx, repair_rx) = mpsc::unbounded_channel();
+        let (dirty, repairs) = (Arc::new(Worklist::default()), Arc::new(Worklist::default()));
         let counters = Counters {
             subscriptions: metrics.subscriptions.clone(),
             channels: metrics.channels.clone(),
             gap_notices: metrics.gap_notices.clone(),
             repairs: metrics.repairs.clone(),
         };
-        let channels = Arc::new(Channels::new(dirty_tx, repair_tx, counters));
-        let broker = make_broker(channels.clone());
+        let channels = Arc::new(Channels::new(dirty.clone(), repairs.clone(), counters));
+        broker.start(channels.clone());
         let tasks = vec![
-            tokio::spawn(subscriptions::run(channels.clone(), broker.clone(), dirty_rx)),
-            tokio::spawn(repair::run(channels.clone(), broker.clone(), repair_rx)),
+            tokio::spawn(subscriptions::run(
+                channels.clone(),
+                broker.clone(),
+                dirty.clone(),
+            )),
+            tokio::spawn(repair::run(channels.clone(), broker.clone(), repairs.clone())),
         ];
         let hub = Hub {
             channels,
@@ -87,46 +126,60 @@ impl Hub {
             metrics,
             namespaces,
             max_publication_size,
+            dirty,
+            repairs,
         };
         (hub, tasks)
     }
 
-    /// Joins `peer` to `channel` in syncing mode: what arrives from now on
-    /// waits for [`Hub::finish_subscribe`]. Resolves with the position the
-    /// peer joined at, once the broker subscription is confirmed.
-    pub async fn subscribe(&self, channel: &ChannelName, peer: &Arc<Peer>) -> Result<Joined, BrokerError> {
-        let options = self.namespaces.of(channel).stream_options();
-        match self.channels.join(channel, peer, options) {
-            Join::Joined(joined) => Ok(joined),
+    /// Subscribes `peer`: joins the channel (once the broker subscription
+    /// is confirmed), replays what it missed since `since` if it can, and
+    /// queues the `subscribed` reply, the replay and then every live
+    /// publication after the join, with neither gap nor duplicate between
+    /// them. On error nothing is left behind and nothing was queued.
+    pub async fn subscribe(
+        &self,
+        peer: &Arc<Peer>,
+        request: SubscribeRequest,
+    ) -> Result<Subscription, HubError> {
+        let SubscribeRequest { id, channel, since } = request;
+        let options = self.namespaces.of(&channel).stream_options();
+        let joined = match self.channels.join(&channel, peer, options) {
+            Join::Joined(joined) => joined,
             Join::Waiting(done) => done
                 .await
-                .unwrap_or_else(|_| Err(BrokerError::Internal("subscription manager stopped".into()))),
-        }
-    }
-
-    /// Decides what a joined peer gets: with `since`, reads history and
-    /// plans an exact replay or reports that recovery is impossible.
-    pub async fn plan_recovery(
-        &self,
-        channel: &ChannelName,
-        joined: &Joined,
-        since: Option<StreamPosition>,
-    ) -> Result<Plan, BrokerError> {
-        let options = self.namespaces.of(channel).stream_options();
-        let history = match recovery::need(joined, since.as_ref(), options.history_size) {
+                .unwrap_or_else(|_| Err(BrokerError::Internal("subscription manager stopped".into())))?,
+        };
+        let history = match recovery::need(&joined, since.as_ref(), options.history_size) {
             recovery::Need::Nothing => None,
             recovery::Need::History { since, limit } => {
-                Some(self.broker.history(channel, Some(since), limit, options).await?)
+                match self.broker.history(&channel, Some(since), limit, options).await {
+                    Ok(history) => Some(history),
+                    Err(error) => {
+                        // Leave, so the client can retry with the same
+                        // position later.
+                        self.channels.leave(&channel, peer.id);
+                        return Err(error.into());
+                    }
+                }
             }
         };
-        Ok(recovery::plan(joined, since, history))
-    }
-
-    /// Ends a subscribe: queues `first` (the `subscribed` reply), the
-    /// planned replay, then everything that arrived since the join.
-    pub fn finish_subscribe(&self, channel: &ChannelName, peer_id: u64, first: Outgoing, plan: Plan) {
+        let plan = recovery::plan(&joined, since, history);
+        let subscription = Subscription {
+            position: plan.position.clone(),
+            recovered: plan.recovered,
+        };
+        let reply = ServerMessage {
+            id,
+            reply: Reply::Subscribed {
+                channel: channel.clone(),
+                position: Some(plan.position),
+                recovered: plan.recovered,
+            },
+        };
         self.channels
-            .finish_sync(channel, peer_id, first, plan.replay, plan.floor);
+            .finish_sync(&channel, peer.id, &reply, plan.replay, plan.floor);
+        Ok(subscription)
     }
 
     /// Removes `peer_id` from `channel`. Never waits.
@@ -141,9 +194,9 @@ impl Hub {
         channel: ChannelName,
         data: Bytes,
         source: Source,
-    ) -> Result<Published, PublishError> {
+    ) -> Result<Published, HubError> {
         if data.len() > self.max_publication_size {
-            return Err(PublishError::TooLarge {
+            return Err(HubError::TooLarge {
                 size: data.len(),
                 limit: self.max_publication_size,
             });
@@ -163,9 +216,9 @@ impl Hub {
         channel: &ChannelName,
         since: Option<u64>,
         limit: usize,
-    ) -> Result<History, BrokerError> {
+    ) -> Result<History, HubError> {
         let options = self.namespaces.of(channel).stream_options();
-        self.broker.history(channel, since, limit, options).await
+        Ok(self.broker.history(channel, since, limit, options).await?)
     }
 
     /// The broker's health, updated as it changes.
@@ -173,7 +226,7 @@ impl Hub {
         self.broker.health()
     }
 
-    /// Which broker this node uses (`memory`, `redis`).
+    /// Which broker this node uses (`memory`, `redis`, `redis-cluster`).
     pub fn broker_kind(&self) -> &'static str {
         self.broker.kind()
     }
@@ -186,5 +239,12 @@ impl Hub {
     /// The largest publication accepted, in bytes.
     pub fn max_publication_size(&self) -> usize {
         self.max_publication_size
+    }
+
+    /// Stops the hub's tasks and the broker's (shutdown).
+    pub async fn close(&self) {
+        self.dirty.close();
+        self.repairs.close();
+        self.broker.close().await;
     }
 }

@@ -8,13 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::channels::Channels;
+use super::worklist::Worklist;
 use broker_adapter::{Broker, BrokerError};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use pubsub_proto::ChannelName;
-use tokio::sync::mpsc;
-
-use super::channels::Channels;
 
 /// History reads in flight at once.
 const CONCURRENCY: usize = 64;
@@ -25,18 +23,17 @@ const RETRY_DELAYS: [Duration; 3] = [
     Duration::from_secs(1),
 ];
 
-/// Runs until the channel table's sender is dropped.
-pub async fn run(
-    channels: Arc<Channels>,
-    broker: Arc<dyn Broker>,
-    mut requests: mpsc::UnboundedReceiver<ChannelName>,
-) {
+/// Runs until the worklist is closed.
+pub async fn run(channels: Arc<Channels>, broker: Arc<dyn Broker>, requests: Arc<Worklist>) {
     let mut in_flight = FuturesUnordered::new();
     let mut open = true;
     while open || !in_flight.is_empty() {
         tokio::select! {
-            request = requests.recv(), if open && in_flight.len() < CONCURRENCY => match request {
-                Some(channel) => {
+            taken = requests.take(CONCURRENCY.saturating_sub(in_flight.len())), if open && in_flight.len() < CONCURRENCY => {
+                if taken.is_empty() {
+                    open = false;
+                }
+                for channel in taken {
                     let Some((epoch, after, options)) = channels.repair_point(&channel) else {
                         continue;
                     };
@@ -78,8 +75,7 @@ pub async fn run(
                         (channel, history)
                     });
                 }
-                None => open = false,
-            },
+            }
             Some((channel, history)) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Err(error) = &history {
                     tracing::warn!(%channel, %error, "history read for a repair failed");

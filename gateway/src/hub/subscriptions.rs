@@ -18,24 +18,23 @@ use std::sync::Arc;
 use broker_adapter::{Broker, BrokerError};
 use futures_util::StreamExt;
 use pubsub_proto::ChannelName;
-use tokio::sync::mpsc;
 
 use super::channels::Channels;
+use super::worklist::Worklist;
 
 /// Most channels sent to the broker in one call.
 const MAX_BATCH: usize = 4096;
 /// Position reads in flight at once.
 const READ_CONCURRENCY: usize = 64;
 
-/// Runs until the dirty-channel sender is dropped.
-pub async fn run(
-    channels: Arc<Channels>,
-    broker: Arc<dyn Broker>,
-    mut dirty: mpsc::UnboundedReceiver<ChannelName>,
-) {
+/// Runs until the worklist is closed.
+pub async fn run(channels: Arc<Channels>, broker: Arc<dyn Broker>, dirty: Arc<Worklist>) {
     let mut subscribed: HashSet<ChannelName> = HashSet::new();
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while dirty.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        let mut batch = dirty.take(MAX_BATCH).await;
+        if batch.is_empty() {
+            return;
+        }
         batch.sort_unstable();
         batch.dedup();
         let (mut subscribe, mut unsubscribe, mut reactivate) = (Vec::new(), Vec::new(), Vec::new());

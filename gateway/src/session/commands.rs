@@ -14,10 +14,10 @@ use pubsub_proto::{
     ChannelName, ClientCommand, Command, DecodeError, ErrorCode, Reply, ServerMessage, StreamPosition, close,
 };
 
-use super::{AuthEvent, AuthTimer, End, Outcome, Session, Step, broker_error_code, encode};
+use super::{AuthEvent, AuthTimer, End, Outcome, Session, Step, error_code};
 use crate::access;
-use crate::hub::{PublishError, Source};
-use crate::outbox::Outgoing;
+use crate::hub::{Source, SubscribeRequest};
+use crate::peer::Who;
 
 /// How long before a token expires the client is told.
 const EXPIRY_NOTICE: Duration = Duration::from_secs(30);
@@ -33,7 +33,7 @@ impl Session {
                 return Step::Continue;
             }
         };
-        let authenticated = self.node.auth.is_none() || self.identity.is_some();
+        let authenticated = self.node.security.auth.is_none() || self.identity.is_some();
         if !authenticated && !matches!(command, Command::Connect { .. }) {
             self.node.metrics.reject("unauthorized");
             self.reply(ServerMessage::error(
@@ -71,7 +71,7 @@ impl Session {
             ));
             return Step::Continue;
         }
-        if let Some(auth) = &self.node.auth {
+        if let Some(auth) = &self.node.security.auth {
             // Authenticated at the upgrade already: the token is optional here.
             if !(self.identity.is_some() && token.is_empty()) {
                 match auth.verify(&token) {
@@ -93,10 +93,17 @@ impl Session {
             self.auth_timer = self.next_auth_timer();
         }
         self.connected = true;
+        self.peer.set_who(Who {
+            user: self
+                .identity
+                .as_ref()
+                .map_or_else(Default::default, |i| i.user.as_str().into()),
+            info: None,
+        });
         self.reply(ServerMessage {
             id,
             reply: Reply::Connected {
-                client: format!("{}-{}-{}", self.node.config.node_id, self.node.boot, self.peer.id),
+                client: self.peer.client.to_string(),
                 node: self.node.config.node_id.clone(),
                 ping_interval_ms: self.node.config.ping_interval.as_millis() as u64,
             },
@@ -105,7 +112,7 @@ impl Session {
     }
 
     fn refresh(&mut self, id: Option<u64>, token: String) -> Step {
-        let Some(auth) = &self.node.auth else {
+        let Some(auth) = &self.node.security.auth else {
             self.reply(ServerMessage::error(
                 id,
                 ErrorCode::BadRequest,
@@ -172,7 +179,7 @@ impl Session {
         }
         let namespace = self.node.config.namespaces.of(&channel);
         if let Err(message) = access::may_subscribe(
-            self.node.auth.is_some(),
+            self.node.security.auth.is_some(),
             namespace,
             self.identity.as_deref(),
             &channel,
@@ -184,35 +191,22 @@ impl Session {
         self.subscriptions.insert(channel.clone());
         let (node, peer) = (self.node.clone(), self.peer.clone());
         Step::Wait(Box::pin(async move {
-            let failed = |channel: ChannelName, error: broker_adapter::BrokerError| {
-                let code = broker_error_code(&error);
-                let reply = ServerMessage::error(id, code, format!("cannot subscribe to {channel}: {error}"));
-                Outcome::SubscribeFailed(channel, reply)
-            };
-            let joined = match node.hub.subscribe(&channel, &peer).await {
-                Ok(joined) => joined,
-                Err(error) => return failed(channel, error),
-            };
-            let plan = match node.hub.plan_recovery(&channel, &joined, since).await {
-                Ok(plan) => plan,
-                Err(error) => {
-                    // The history read failed: leave, so the client can
-                    // retry with the same position later.
-                    node.hub.unsubscribe(&channel, peer.id);
-                    return failed(channel, error);
-                }
-            };
-            let subscribed = ServerMessage {
+            let request = SubscribeRequest {
                 id,
-                reply: Reply::Subscribed {
-                    channel: channel.clone(),
-                    position: Some(plan.position.clone()),
-                    recovered: plan.recovered,
-                },
+                channel: channel.clone(),
+                since,
             };
-            let first = Outgoing::Frame(encode(peer.encoding, &subscribed));
-            node.hub.finish_subscribe(&channel, peer.id, first, plan);
-            Outcome::Done
+            match node.hub.subscribe(&peer, request).await {
+                Ok(_) => Outcome::Done,
+                Err(error) => {
+                    let reply = ServerMessage::error(
+                        id,
+                        error_code(&error),
+                        format!("cannot subscribe to {channel}: {error}"),
+                    );
+                    Outcome::SubscribeFailed(channel, reply)
+                }
+            }
         }))
     }
 
@@ -235,7 +229,7 @@ impl Session {
     fn publish(&mut self, id: Option<u64>, channel: ChannelName, data: bytes::Bytes) -> Step {
         let namespace = self.node.config.namespaces.of(&channel);
         if let Err(message) = access::may_publish(
-            self.node.auth.is_some(),
+            self.node.security.auth.is_some(),
             namespace,
             self.identity.as_deref(),
             &channel,
@@ -277,16 +271,10 @@ impl Session {
                         offset: published.offset,
                     }),
                 },
-                Err(error) => {
-                    let code = match &error {
-                        PublishError::TooLarge { .. } => ErrorCode::TooLarge,
-                        PublishError::Broker(error) => broker_error_code(error),
-                    };
-                    Reply::Error {
-                        code,
-                        message: error.to_string(),
-                    }
-                }
+                Err(error) => Reply::Error {
+                    code: error_code(&error),
+                    message: error.to_string(),
+                },
             };
             Outcome::Reply(ServerMessage { id, reply })
         }))
@@ -295,7 +283,7 @@ impl Session {
     /// The next authentication deadline: `connect` within the handshake
     /// timeout, then the token's expiry notice and expiry.
     pub(super) fn next_auth_timer(&self) -> Option<AuthTimer> {
-        self.node.auth.as_ref()?;
+        self.node.security.auth.as_ref()?;
         let (after, event) = match &self.identity {
             None if self.connected => return None,
             None => (self.node.config.handshake_timeout, AuthEvent::ConnectDeadline),

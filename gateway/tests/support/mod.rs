@@ -395,8 +395,8 @@ pub async fn loss_checker(
     channels: Vec<String>,
     nodes: &[SocketAddr; 3],
     rate: u32,
-) -> loadtest::checker::Checker {
-    use loadtest::checker::{Checker, PublishVia};
+) -> loss_checker::Checker {
+    use loss_checker::{Checker, PublishVia};
     let ws = |addr: SocketAddr| format!("ws://{addr}/ws");
     let mut checker = Checker::new(channels);
     for start in 0..3 {

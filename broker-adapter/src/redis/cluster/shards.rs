@@ -15,9 +15,9 @@ use std::time::Duration;
 use pubsub_proto::ChannelName;
 use tokio::time::Instant;
 
-use super::Shared;
 use super::topology::{SLOTS, Shard, Topology, channel_slot};
 use crate::Health;
+use crate::redis::Shared;
 
 /// One shard.
 pub(super) struct ShardState {
@@ -203,7 +203,7 @@ impl Shards {
                 slot_up[start as usize..=end as usize].fill(state.up);
             }
         }
-        *shared.slot_up.write() = slot_up;
+        shared.route.set_slots(slot_up);
         let mut in_use = vec![false; self.states.len()];
         for channel in wanted {
             if let Some(index) = self.owner(channel) {

@@ -1,23 +1,25 @@
-//! The session's event loop, written as one explicit state machine.
+//! One WebSocket connection's task, written as one explicit state machine.
 //!
-//! An idle connection is this struct and nothing else: the session state,
-//! the WebSocket, and at most a command in flight and a throttle timer. One
-//! `poll` does, in a loop until nothing moves:
-//! 1. end the session if the outbox carries a close that must not wait;
-//! 2. fire the authentication timer if it is due;
-//! 3. poll the command in flight;
-//! 4. read one message (when no command is in flight and not throttled);
-//! 5. write: take what the outbox holds, hand it to the socket, flush.
+//! An idle connection is this struct and nothing else: the session, the
+//! WebSocket, and at most a command in flight and a throttle timer inside
+//! the session. One `poll` does, in a loop until nothing moves:
+//! 1. the session's work: a close that must not wait ends the connection,
+//!    the authentication timer, the command in flight;
+//! 2. read one message (when the session is ready for input);
+//! 3. write: take what the outbox holds, hand it to the socket, flush.
 //!
 //! Every path that returns `Pending` has registered the task's waker with
-//! whatever it waits on: the socket (read and write), the outbox, the command
-//! or a timer.
+//! whatever it waits on: the socket (read and write), the outbox, the
+//! command or a timer.
 //!
 //! The connection *is* its task's future (no async wrapper around it): the
 //! task holds exactly this state while the connection is open, and the close
 //! path's state is allocated only when the connection ends. Written with
 //! async/await, the same loop kept every branch's future and moved-from
 //! values side by side and cost about 1 KiB more per connection.
+//!
+//! This is where the gateway's [`Frame`]s become WebSocket messages and
+//! WebSocket messages become [`Inbound`] ones.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -27,17 +29,19 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{Sink, SinkExt, StreamExt};
-use pubsub_proto::close;
+use pubsub_proto::{Encoding, close};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use super::{End, Pending, Session, Step, read_error_close};
-use crate::outbox::{Outgoing, Taken};
+use crate::frame::Frame;
+use crate::outbox::Taken;
+use crate::session::{End, Inbound, Session};
 
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -62,12 +66,8 @@ pub(super) enum Connection<S> {
 pub(super) struct Open<S> {
     session: Session,
     ws: WebSocketStream<S>,
-    /// A command waiting for the hub or the broker.
-    pending: Option<Pending>,
-    /// Set while the client sends faster than its frame rate.
-    throttle: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Taken from the outbox, not yet handed to the socket.
-    outgoing: VecDeque<Outgoing>,
+    outgoing: VecDeque<Frame>,
     /// Frames handed to the socket and not yet flushed.
     flushing: bool,
     /// With `--write-delay`: armed when frames arrive at an idle writer;
@@ -80,8 +80,6 @@ impl<S> Connection<S> {
         Connection::Open(Open {
             session,
             ws,
-            pending: None,
-            throttle: None,
             outgoing: VecDeque::new(),
             flushing: false,
             gather: None,
@@ -125,42 +123,74 @@ where
     }
 }
 
+/// The WebSocket message of a frame for a client using `encoding`.
+fn message(frame: Frame, encoding: Encoding) -> Message {
+    let bytes = match frame {
+        Frame::Publication(delivery) => delivery.encoded(encoding),
+        Frame::Message(bytes) => bytes,
+        Frame::Ping => return Message::Ping(Bytes::new()),
+    };
+    match encoding {
+        // JSON frames are made from Rust strings; the check cannot fail.
+        Encoding::Json => match Utf8Bytes::try_from(bytes) {
+            Ok(text) => Message::Text(text),
+            Err(_) => Message::Close(Some(CloseFrame {
+                code: CloseCode::from(close::INTERNAL_ERROR),
+                reason: Utf8Bytes::from_static("internal error"),
+            })),
+        },
+        Encoding::Protobuf => Message::Binary(bytes),
+    }
+}
+
+/// The close code for a read error, or `None` when the connection is gone
+/// and no close frame can be sent.
+fn read_error_close(error: &WsError) -> Option<(u16, &'static str)> {
+    match error {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            Some((close::MESSAGE_TOO_BIG, "message over the size limit"))
+        }
+        WsError::Capacity(_) => Some((close::MESSAGE_TOO_BIG, "message over a size limit")),
+        WsError::Utf8(_) => Some((close::INVALID_PAYLOAD, "text frame is not valid UTF-8")),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) => Some((close::PROTOCOL_ERROR, "WebSocket protocol violation")),
+        _ => None,
+    }
+}
+
+/// How a read error ends the session.
+fn read_error(error: WsError) -> End {
+    match read_error_close(&error) {
+        Some((code, reason)) => End::Violation(code, reason),
+        None => End::Gone(format!("read failed: {error}")),
+    }
+}
+
 impl<S> Open<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         for _ in 0..BUDGET {
-            // Register before looking: a push or close after this wakes us.
-            self.session.peer.outbox.register(cx.waker());
-            if let Some(close) = self.session.peer.outbox.kill_request() {
-                return Poll::Ready(End::Killed(close));
-            }
-            let mut progress = false;
-            if let Some(timer) = self.session.auth_timer.as_mut()
-                && timer.sleep.as_mut().poll(cx).is_ready()
-            {
-                let event = timer.event;
-                self.session.auth_timer = None;
-                if let Some(end) = self.session.on_auth_event(event) {
-                    return Poll::Ready(end);
-                }
-                progress = true;
-            }
-            if let Some(command) = self.pending.as_mut()
-                && let Poll::Ready(outcome) = command.as_mut().poll(cx)
-            {
-                self.pending = None;
-                self.session.apply(outcome);
-                progress = true;
-            }
-            if self.pending.is_none() && !self.throttled(cx) {
+            let mut progress = match self.session.poll_work(cx) {
+                Ok(progress) => progress,
+                Err(end) => return Poll::Ready(end),
+            };
+            if self.session.ready_for_input(cx) {
                 match self.ws.poll_next_unpin(cx) {
-                    Poll::Ready(None) => return Poll::Ready(End::Gone),
-                    Poll::Ready(Some(Err(error))) => return Poll::Ready(End::ReadError(error)),
+                    Poll::Ready(None) => return Poll::Ready(End::Gone("connection closed".into())),
+                    Poll::Ready(Some(Err(error))) => return Poll::Ready(read_error(error)),
                     Poll::Ready(Some(Ok(message))) => {
                         progress = true;
-                        if let Some(end) = self.on_inbound(message) {
+                        let inbound = match message {
+                            Message::Text(text) => Inbound::Text(text.into()),
+                            Message::Binary(bytes) => Inbound::Binary(bytes),
+                            // tungstenite answers pings itself; either way the
+                            // client is alive.
+                            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Inbound::Heartbeat,
+                            Message::Close(_) => return Poll::Ready(End::ClientClosed),
+                        };
+                        if let Some(end) = self.session.on_inbound(inbound) {
                             return Poll::Ready(end);
                         }
                     }
@@ -179,45 +209,14 @@ where
         Poll::Pending
     }
 
-    /// One inbound message: rate accounting, then the session handles it.
-    fn on_inbound(&mut self, message: Message) -> Option<End> {
-        self.session.peer.touch();
-        if let Some(bucket) = self.session.frames.as_mut()
-            && !bucket.try_take()
-        {
-            self.session.node.metrics.reject("command_rate");
-            self.throttle = Some(Box::pin(tokio::time::sleep(bucket.wait_time())));
-        }
-        match self.session.on_message(message) {
-            Step::Continue => None,
-            Step::Wait(command) => {
-                self.pending = Some(command);
-                None
-            }
-            Step::Violation(code, reason) => Some(End::Violation(code, reason)),
-            Step::ClientClosed => Some(End::ClientClosed),
-        }
-    }
-
-    /// True while the frame-rate throttle holds reading back.
-    fn throttled(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(sleep) = self.throttle.as_mut() else {
-            return false;
-        };
-        if sleep.as_mut().poll(cx).is_pending() {
-            return true;
-        }
-        self.throttle = None;
-        false
-    }
-
     /// Moves queued frames to the socket and flushes. `Ready` ends the
     /// session (a requested close once everything is written, or an error).
     fn poll_writes(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         if self.poll_gather(cx).is_pending() {
             return Poll::Pending;
         }
-        let encoding = self.session.peer.encoding;
+        let encoding = self.session.peer().encoding;
+        let write_failed = |error: WsError| End::Gone(format!("write failed: {error}"));
         let mut delivered = 0;
         let mut handed = 0;
         let result = loop {
@@ -227,7 +226,7 @@ where
                 if self.flushing {
                     match Pin::new(&mut self.ws).poll_flush(cx) {
                         Poll::Ready(Ok(())) => self.flushing = false,
-                        Poll::Ready(Err(error)) => break Poll::Ready(End::WriteError(error)),
+                        Poll::Ready(Err(error)) => break Poll::Ready(write_failed(error)),
                         Poll::Pending => break Poll::Pending,
                     }
                 }
@@ -235,7 +234,7 @@ where
                 break Poll::Pending;
             }
             if self.outgoing.is_empty() {
-                match self.session.peer.outbox.take() {
+                match self.session.peer().outbox.take() {
                     Taken::Items(items) => self.outgoing = items,
                     Taken::Close(close) if !self.flushing => break Poll::Ready(End::Requested(close)),
                     Taken::Close(_) | Taken::Empty if self.flushing => {
@@ -244,7 +243,7 @@ where
                                 self.flushing = false;
                                 continue;
                             }
-                            Poll::Ready(Err(error)) => break Poll::Ready(End::WriteError(error)),
+                            Poll::Ready(Err(error)) => break Poll::Ready(write_failed(error)),
                             Poll::Pending => break Poll::Pending,
                         }
                     }
@@ -254,15 +253,15 @@ where
             // Hand over everything the socket takes; one flush for the lot.
             match Pin::new(&mut self.ws).poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(error)) => break Poll::Ready(End::WriteError(error)),
+                Poll::Ready(Err(error)) => break Poll::Ready(write_failed(error)),
                 Poll::Pending => break Poll::Pending,
             }
-            let Some(item) = self.outgoing.pop_front() else {
+            let Some(frame) = self.outgoing.pop_front() else {
                 continue;
             };
-            delivered += u64::from(matches!(&item, Outgoing::Publication(d) if d.is_publication()));
-            if let Err(error) = Pin::new(&mut self.ws).start_send(item.into_message(encoding)) {
-                break Poll::Ready(End::WriteError(error));
+            delivered += u64::from(frame.is_publication());
+            if let Err(error) = Pin::new(&mut self.ws).start_send(message(frame, encoding)) {
+                break Poll::Ready(write_failed(error));
             }
             self.flushing = true;
             handed += 1;
@@ -272,7 +271,7 @@ where
             }
         };
         if delivered > 0 {
-            self.session.node.metrics.delivered.increment(delivered);
+            self.session.node().metrics.delivered.increment(delivered);
         }
         result
     }
@@ -282,13 +281,14 @@ where
     /// (one syscall, one TCP segment) instead of one write per frame. Only
     /// a close that must not wait skips the delay.
     fn poll_gather(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let delay = self.session.node.config.write_delay;
+        let delay = self.session.node().config.write_delay;
         if delay.is_zero() {
             return Poll::Ready(());
         }
+        let outbox = &self.session.peer().outbox;
         if self.gather.is_none() {
             let idle = self.outgoing.is_empty() && !self.flushing;
-            if !idle || !self.session.peer.outbox.has_items() {
+            if !idle || !outbox.has_items() {
                 return Poll::Ready(());
             }
             self.gather = Some(Box::pin(tokio::time::sleep(delay)));
@@ -296,7 +296,7 @@ where
         let Some(timer) = self.gather.as_mut() else {
             return Poll::Ready(());
         };
-        if timer.as_mut().poll(cx).is_pending() && self.session.peer.outbox.kill_request().is_none() {
+        if timer.as_mut().poll(cx).is_pending() && outbox.kill_request().is_none() {
             return Poll::Pending;
         }
         self.gather = None;
@@ -306,25 +306,18 @@ where
     /// Sends the close frame `end` calls for and waits (bounded) for the
     /// client's answer.
     async fn finish(mut self, end: End) {
+        self.session.log_end(&end);
         let (code, reason): (u16, Cow<'static, str>) = match &end {
             End::Requested(close) | End::Killed(close) => (close.code, close.reason_text()),
             End::Violation(code, reason) => (*code, Cow::Borrowed(*reason)),
-            End::ReadError(error) => match read_error_close(error) {
-                Some((code, reason)) => (code, Cow::Borrowed(reason)),
-                None => return self.session.log_end(&end),
-            },
             End::ClientClosed => {
                 // tungstenite queued the echo of the client's close; send it.
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
-                return self.session.log_end(&end);
+                return;
             }
-            End::WriteError(_) | End::Gone => return self.session.log_end(&end),
+            End::Gone(_) => return,
             End::Panicked => (close::INTERNAL_ERROR, Cow::Borrowed("internal error")),
         };
-        if code == close::SLOW_CONSUMER {
-            self.session.node.metrics.slow_consumer_disconnects.increment(1);
-        }
-        self.session.log_end(&end);
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: match reason {
@@ -332,17 +325,20 @@ where
                 Cow::Owned(text) => Utf8Bytes::from(text),
             },
         };
-        let encoding = self.session.peer.encoding;
-        let (session, ws) = (&self.session, &mut self.ws);
+        let encoding = self.session.peer().encoding;
+        // A violation may follow a reply that explains it (the error for a
+        // bad token): write what is queued before the close frame.
+        let explanation = match &end {
+            End::Violation(..) => match self.session.peer().outbox.take() {
+                Taken::Items(items) => items,
+                _ => VecDeque::new(),
+            },
+            _ => VecDeque::new(),
+        };
+        let ws = &mut self.ws;
         let closed = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            // A violation may follow a reply that explains it (the error for a
-            // bad token): write what is queued before the close frame.
-            if matches!(end, End::Violation(..))
-                && let Taken::Items(items) = session.peer.outbox.take()
-            {
-                for item in items {
-                    ws.feed(item.into_message(encoding)).await?;
-                }
+            for frame in explanation {
+                ws.feed(message(frame, encoding)).await?;
             }
             ws.send(Message::Close(Some(frame))).await?;
             // Read until the client answers the close (or goes away).
@@ -351,7 +347,7 @@ where
         })
         .await;
         if !matches!(closed, Ok(Ok(()))) {
-            tracing::debug!(peer = self.session.peer.id, "close handshake did not complete");
+            tracing::debug!(peer = self.session.peer().id, "close handshake did not complete");
         }
     }
 }

@@ -34,13 +34,14 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::Link;
 use super::shards::{Shards, mark_down};
 use super::topology::{Topology, channel_slot, slot};
-use super::{Shared, redirected};
-use crate::redis::classify;
 use crate::redis::push::{PushHandler, Signals};
-use crate::redis::supervisor::{Control, backoff, wait_answering_unavailable};
-use crate::{BrokerError, BrokerEvent, Health};
+use crate::redis::streams::redirected;
+use crate::redis::supervisor::Control;
+use crate::redis::{Shared, classify};
+use crate::{BrokerError, BrokerEvent};
 
 /// Most channels in one SSUBSCRIBE (all of one slot).
 const BATCH: usize = 1000;
@@ -49,6 +50,9 @@ const CONCURRENCY: usize = 32;
 /// Without an answer from any shard for this long, the connections are
 /// rebuilt from the seed nodes (the cluster may have been replaced).
 const REBUILD_AFTER: Duration = Duration::from_secs(30);
+/// `sunsubscribe` reports queued for the supervisor at most; past that they
+/// are dropped and every wanted channel is taken back at the next probe.
+const UNSUBSCRIBE_REPORTS: usize = 4096;
 
 /// The two connections to the cluster.
 struct Cluster {
@@ -56,88 +60,85 @@ struct Cluster {
     publisher: ClusterConnection,
     signals: Arc<Signals>,
     /// `sunsubscribe` pushes: channels a shard gave up.
-    unsubscribed: mpsc::UnboundedReceiver<Vec<u8>>,
+    unsubscribed: mpsc::Receiver<Vec<u8>>,
 }
 
-pub(in crate::redis) async fn run(shared: Arc<Shared>, mut control: mpsc::UnboundedReceiver<Control>) {
-    let mut wanted: HashSet<ChannelName> = HashSet::new();
-    let mut failed_attempts = 0u32;
-    let mut lost = false;
-    loop {
-        match connect(&shared).await {
-            Ok(cluster) => {
-                failed_attempts = 0;
-                let mut watch = Watch {
-                    shared: &shared,
-                    cluster,
-                    shards: Shards::default(),
-                    sequence: 0,
-                    last_answer: Instant::now(),
-                    missed: Vec::new(),
-                };
-                let Some(reason) = watch.serve(&mut wanted, &mut control, lost).await else {
-                    return;
-                };
-                *shared.publisher.write() = None;
-                shared.slot_up.write().fill(false);
-                shared.health.send_replace(Health::down(reason.clone()));
-                tracing::warn!(%reason, "Redis cluster connection lost");
-                shared.listener.on_event(BrokerEvent::Lost { reason });
-                lost = true;
-            }
-            Err(reason) => {
-                failed_attempts = failed_attempts.saturating_add(1);
-                if failed_attempts == 1 || failed_attempts.is_multiple_of(20) {
-                    tracing::warn!(%reason, attempts = failed_attempts, "cannot connect to the Redis cluster");
-                }
-                shared.health.send_replace(Health::down(reason));
+impl crate::redis::supervisor::Link for Link {
+    type Connected = Watch;
+    const NAME: &'static str = "the Redis cluster";
+
+    async fn connect(
+        &mut self,
+        shared: &Arc<Shared>,
+        wanted: &HashSet<ChannelName>,
+    ) -> Result<Watch, String> {
+        let (report, unsubscribed) = mpsc::channel(UNSUBSCRIBE_REPORTS);
+        let signals = Arc::new(Signals::reporting_unsubscribes(report));
+        let handler = PushHandler::new(shared, signals.clone());
+        // (Un)subscribing is idempotent: the client may follow redirects and
+        // retry as it likes. Publishing is not (see `streams::redirected`).
+        let pubsub = self
+            .client_builder(shared, 6)
+            .push_sender(handler)
+            .build()
+            .map_err(|e| format!("invalid cluster settings: {e}"))?
+            .get_async_connection()
+            .await
+            .map_err(|e| format!("subscribing connection: {e}"))?;
+        let publisher = self
+            .client_builder(shared, 0)
+            .build()
+            .map_err(|e| format!("invalid cluster settings: {e}"))?
+            .get_async_connection()
+            .await
+            .map_err(|e| format!("publishing connection: {e}"))?;
+        let mut watch = Watch {
+            shared: shared.clone(),
+            cluster: Cluster {
+                pubsub,
+                publisher,
+                signals,
+                unsubscribed,
+            },
+            shards: Shards::default(),
+            sequence: 0,
+            last_answer: Instant::now(),
+            missed: Vec::new(),
+        };
+        watch.refresh(wanted).await?;
+        // Shard by shard: a shard that is down now gets its channels back
+        // when its probe returns, without holding the others.
+        for index in 0..watch.shards.states.len() {
+            let channels = watch.shards.channels_of(index, wanted);
+            if let Err(error) = subscribe(shared, &watch.cluster.pubsub, &channels, "SSUBSCRIBE").await {
+                let state = &mut watch.shards.states[index];
+                mark_down(state, &format!("resubscribing: {error}"));
+                state.resubscribe = true;
             }
         }
-        let config = &shared.config;
-        let delay = backoff(config.backoff_min, config.backoff_max, failed_attempts);
-        if !wait_answering_unavailable(delay, &mut wanted, &mut control).await {
-            return;
-        }
+        Ok(watch)
+    }
+
+    fn up(&mut self, shared: &Shared, watch: &mut Watch, wanted: &HashSet<ChannelName>) {
+        shared.route.set_cluster(watch.cluster.publisher.clone());
+        tracing::debug!(shards = watch.shards.states.len(), "cluster shards");
+        watch.shards.publish_health(shared, wanted);
+    }
+
+    async fn serve(
+        &mut self,
+        _: &Arc<Shared>,
+        mut watch: Watch,
+        wanted: &mut HashSet<ChannelName>,
+        control: &mut mpsc::Receiver<Control>,
+    ) -> Option<String> {
+        watch.serve(wanted, control).await
     }
 }
 
-async fn connect(shared: &Arc<Shared>) -> Result<Cluster, String> {
-    let (report, unsubscribed) = mpsc::unbounded_channel();
-    let signals = Arc::new(Signals::reporting_unsubscribes(report));
-    let handler = PushHandler {
-        listener: shared.listener.clone(),
-        names: shared.names.clone(),
-        signals: signals.clone(),
-        metrics: shared.metrics.clone(),
-    };
-    // (Un)subscribing is idempotent: the client may follow redirects and
-    // retry as it likes. Publishing is not (see `redirected`).
-    let pubsub = shared
-        .client_builder(6)
-        .push_sender(handler)
-        .build()
-        .map_err(|e| format!("invalid cluster settings: {e}"))?
-        .get_async_connection()
-        .await
-        .map_err(|e| format!("subscribing connection: {e}"))?;
-    let publisher = shared
-        .client_builder(0)
-        .build()
-        .map_err(|e| format!("invalid cluster settings: {e}"))?
-        .get_async_connection()
-        .await
-        .map_err(|e| format!("publishing connection: {e}"))?;
-    Ok(Cluster {
-        pubsub,
-        publisher,
-        signals,
-        unsubscribed,
-    })
-}
-
 /// One connected cluster, watched.
-struct Watch<'a> {
-    shared: &'a Shared,
+pub(in crate::redis) struct Watch {
+    shared: Arc<Shared>,
     cluster: Cluster,
     shards: Shards,
     sequence: u64,
@@ -148,43 +149,14 @@ struct Watch<'a> {
     missed: Vec<(Vec<ChannelName>, &'static str)>,
 }
 
-impl Watch<'_> {
+impl Watch {
     /// Serves until the connections must be rebuilt (returns why) or the
-    /// broker handle is gone (`None`).
+    /// broker is closed (`None`).
     async fn serve(
         &mut self,
         wanted: &mut HashSet<ChannelName>,
-        control: &mut mpsc::UnboundedReceiver<Control>,
-        restored: bool,
+        control: &mut mpsc::Receiver<Control>,
     ) -> Option<String> {
-        if let Err(error) = self.refresh(wanted).await {
-            return Some(error);
-        }
-        // Shard by shard: a shard that is down now gets its channels back
-        // when its probe returns, without holding the others.
-        for index in 0..self.shards.states.len() {
-            let channels = self.shards.channels_of(index, wanted);
-            if let Err(error) = subscribe(self.shared, &self.cluster.pubsub, &channels, "SSUBSCRIBE").await {
-                let state = &mut self.shards.states[index];
-                mark_down(state, &format!("resubscribing: {error}"));
-                state.resubscribe = true;
-            }
-        }
-        *self.shared.publisher.write() = Some(self.cluster.publisher.clone());
-        if restored {
-            self.shared.metrics.reconnects.increment(1);
-            tracing::info!(
-                channels = wanted.len(),
-                "reconnected to the Redis cluster and resubscribed"
-            );
-            self.shared.listener.on_event(BrokerEvent::Restored);
-        } else {
-            tracing::info!(
-                shards = self.shards.states.len(),
-                "connected to the Redis cluster"
-            );
-        }
-        self.shards.publish_health(self.shared, wanted);
         // Connections the cluster client opened and closed while starting
         // (seed nodes) are not losses.
         let _ = futures_util::FutureExt::now_or_never(self.cluster.signals.disconnected.notified());
@@ -204,10 +176,12 @@ impl Watch<'_> {
                         for channel in &channels {
                             wanted.remove(channel);
                         }
-                        let _ = reply.send(Ok(()));
-                        if let Err(error) = subscribe(self.shared, &self.cluster.pubsub, &channels, "SUNSUBSCRIBE").await {
+                        if let Err(error) = subscribe(&self.shared, &self.cluster.pubsub, &channels, "SUNSUBSCRIBE").await {
                             tracing::warn!(%error, "SUNSUBSCRIBE failed");
                         }
+                        // Answered once the shards confirmed (or failed,
+                        // which a lost shard's rebuild settles).
+                        let _ = reply.send(Ok(()));
                     }
                 },
                 Some(first) = self.cluster.unsubscribed.recv() => {
@@ -224,6 +198,13 @@ impl Watch<'_> {
                     self.shards.lost_contact();
                 }
                 _ = probe_tick.tick() => {
+                    if self.cluster.signals.unsubscribes_dropped.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                        // Some `sunsubscribe` reports were dropped: take
+                        // everything back, as if every shard gave it up.
+                        let mut given_up = vec![self.shared.names.probe().as_bytes().to_vec()];
+                        given_up.extend(wanted.iter().map(|c| self.shared.names.channel(c.as_str()).into_bytes()));
+                        self.take_back(wanted, given_up).await;
+                    }
                     self.probe(wanted).await;
                     if self.last_answer.elapsed() > REBUILD_AFTER {
                         return Some(format!("no shard answered a probe for {REBUILD_AFTER:?}"));
@@ -235,7 +216,7 @@ impl Watch<'_> {
                     }
                 }
             }
-            self.shards.publish_health(self.shared, wanted);
+            self.shards.publish_health(&self.shared, wanted);
             for (channels, reason) in self.missed.drain(..) {
                 self.shared.listener.on_event(BrokerEvent::Missed {
                     channels,
@@ -256,7 +237,7 @@ impl Watch<'_> {
         let (up, down): (Vec<ChannelName>, Vec<ChannelName>) =
             channels.into_iter().partition(|c| self.shards.is_up(c));
         if !up.is_empty() {
-            subscribe(self.shared, &self.cluster.pubsub, &up, "SSUBSCRIBE")
+            subscribe(&self.shared, &self.cluster.pubsub, &up, "SSUBSCRIBE")
                 .await
                 .map_err(classify)?;
             wanted.extend(up.iter().cloned());
@@ -295,7 +276,7 @@ impl Watch<'_> {
         if self.shards.topology.as_ref() == Some(&topology) {
             return Ok(());
         }
-        let change = self.shards.replace(topology, wanted, self.shared)?;
+        let change = self.shards.replace(topology, wanted, &self.shared)?;
         tracing::info!(
             shards = ?self
                 .shards
@@ -362,7 +343,7 @@ impl Watch<'_> {
     /// Subscribes `channels` again and, once that worked, has them caught
     /// up; on failure their shards owe a resubscription (probe round).
     async fn resubscribe(&mut self, channels: Vec<ChannelName>, reason: &'static str) {
-        match subscribe(self.shared, &self.cluster.pubsub, &channels, "SSUBSCRIBE").await {
+        match subscribe(&self.shared, &self.cluster.pubsub, &channels, "SSUBSCRIBE").await {
             Ok(()) => {
                 tracing::info!(channels = channels.len(), reason, "resubscribed on the new shard");
                 self.missed.push((channels, reason));

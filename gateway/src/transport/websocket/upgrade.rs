@@ -1,10 +1,11 @@
 //! The WebSocket opening handshake (RFC 6455 section 4) on `GET /ws`.
 //!
-//! Checks the upgrade request, negotiates the subprotocol (which fixes the
-//! connection's encoding), answers `101 Switching Protocols`, and hands the
-//! upgraded socket to a new session task. Everything refused here is refused
-//! with a plain HTTP status and a JSON error body, before any WebSocket
-//! exists.
+//! Checks the upgrade request (with the shared checks of
+//! `crate::handshake` in between), negotiates the subprotocol (which fixes
+//! the connection's encoding), answers `101 Switching Protocols`, and hands
+//! the upgraded socket to a new connection task. Everything refused here is
+//! refused with a plain HTTP status and a JSON error body, before any
+//! WebSocket exists.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -16,94 +17,60 @@ use hyper_util::rt::TokioIo;
 use pubsub_proto::Encoding;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::client_ip;
-use crate::http_api::{Body, error_response};
-use crate::limits::Refused;
+use super::connection::Connection;
+use crate::auth::Identity;
+use crate::handshake;
+use crate::limits::Ticket;
 use crate::node::Node;
-use crate::session;
+use crate::response::{Body, empty, error_response};
+use crate::session::Session;
+
+/// Read buffer of each WebSocket. It is allocated for every connection and
+/// kept while the connection lives, so it is sized for commands (small),
+/// not for bulk upload; larger messages grow it as needed.
+const READ_BUFFER: usize = 256;
+/// Frames are collected up to this size before a write; the writer flushes
+/// after each batch, so small batches still go out at once.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// tungstenite settings for every connection of `node`.
+fn websocket_config(node: &Node) -> WebSocketConfig {
+    let mut config = WebSocketConfig::default();
+    config.read_buffer_size = READ_BUFFER;
+    config.write_buffer_size = WRITE_BUFFER;
+    config.max_message_size = Some(node.config.max_message_size);
+    config.max_frame_size = Some(node.config.max_message_size);
+    config
+}
 
 /// Answers an upgrade request from `remote` and, on success, starts the
-/// session. Refusals, cheapest first: draining (503), malformed handshake
-/// (400/426), Origin (403), subprotocol (400), token (401), limits (503).
+/// connection. Refusals, cheapest first: draining (503), malformed
+/// handshake (400/426), Origin (403), subprotocol (400), token (401),
+/// limits (503).
 pub fn handle(node: &Arc<Node>, mut request: Request<Incoming>, remote: IpAddr) -> Response<Body> {
-    if node.is_draining() {
-        node.metrics.reject("draining");
-        return retry_later("draining", "this node is shutting down; connect to another node");
-    }
-    let key = match check_request(request.headers()) {
-        Ok(key) => key,
-        Err(response) => return response,
-    };
-    if let Err(message) = check_origin(node, request.headers()) {
-        node.metrics.reject("origin");
-        return error_response(StatusCode::FORBIDDEN, "forbidden_origin", &message);
-    }
-    let encoding = match negotiate(request.headers()) {
-        Ok(encoding) => encoding,
-        Err(offered) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "unsupported_subprotocol",
-                &format!(
-                    "none of the offered subprotocols ({offered}) is supported; offer {} or {}, or none for JSON",
-                    Encoding::JSON_SUBPROTOCOL,
-                    Encoding::PROTOBUF_SUBPROTOCOL
-                ),
-            );
-        }
-    };
-
-    // Server-side clients may authenticate at the upgrade; browsers use `connect`.
-    let identity = match (&node.auth, bearer_token(request.headers())) {
-        (Some(auth), Some(token)) => match auth.verify(token) {
-            Ok(identity) => Some(identity),
-            Err(message) => {
-                node.metrics.reject("unauthorized");
-                let mut response = error_response(StatusCode::UNAUTHORIZED, "unauthorized", &message);
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return response;
-            }
-        },
-        _ => None,
-    };
-    let client = client_ip::from_request(remote, request.headers(), &node.config.trusted_proxies);
-    let ticket = match node.admission.admit(client) {
-        Ok(ticket) => ticket,
-        Err(refused) => {
-            node.metrics.reject(refused.reason());
-            let message = match refused {
-                Refused::NodeFull => {
-                    "this node has no room for more connections; retry (another node may have)"
-                }
-                Refused::IpFull => "too many connections from your address",
-                Refused::RateLimited => "too many new connections right now; retry shortly",
-            };
-            return retry_later(refused.reason(), message);
-        }
+    let (key, encoding, identity, ticket) = match check(node, request.headers(), remote) {
+        Ok(checked) => checked,
+        Err(refusal) => return refusal,
     };
 
     let on_upgrade = hyper::upgrade::on(&mut request);
     let node = node.clone();
-    // What this task keeps across awaits stays with the connection for its
-    // whole life: keep it small (the identity boxed, the config read later).
-    let identity = identity.map(Box::new);
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let config = Some(node.websocket_config());
+                let config = Some(websocket_config(&node));
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config).await;
+                let session = Session::new(node, encoding.encoding, ticket, identity);
                 // Its own task: it holds the connection's state and nothing else.
-                tokio::spawn(session::start(ws, encoding.encoding, node, ticket, identity));
+                tokio::spawn(Connection::new(ws, session));
             }
             Err(error) => tracing::debug!(%error, "upgrade did not complete"),
         }
     });
 
-    let mut response = Response::new(Body::default());
+    let mut response = Response::new(empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -120,42 +87,29 @@ pub fn handle(node: &Arc<Node>, mut request: Request<Incoming>, remote: IpAddr) 
     response
 }
 
-/// A 503 with `Retry-After`, so clients back off before retrying.
-fn retry_later(code: &str, message: &str) -> Response<Body> {
-    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, code, message);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
-}
+/// What an accepted upgrade request carries.
+type Checked = (String, Negotiated, Option<Box<Identity>>, Ticket);
 
-/// With `--allowed-origin` rules, a browser's `Origin` must match one.
-/// Requests without `Origin` (non-browser clients) pass unless
-/// `--require-origin`.
-fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), String> {
-    let origin = headers
-        .get(header::ORIGIN)
-        .map(|v| v.to_str().unwrap_or("(not text)"));
-    match origin {
-        None if node.config.require_origin => Err("an Origin header is required".into()),
-        None => Ok(()),
-        Some(_) if node.origins.is_empty() => Ok(()),
-        Some(origin) if node.origins.iter().any(|rule| rule.allows(origin)) => Ok(()),
-        Some(origin) => {
-            let shown: String = origin.chars().take(100).collect();
-            Err(format!("origin {shown:?} is not allowed"))
-        }
-    }
-}
-
-/// The token of an `Authorization: Bearer <token>` header.
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+/// Every check of an upgrade request, in the order of [`handle`].
+#[allow(clippy::result_large_err)]
+fn check(node: &Node, headers: &HeaderMap, remote: IpAddr) -> Result<Checked, Response<Body>> {
+    handshake::not_draining(node)?;
+    let key = check_request(headers)?;
+    handshake::origin(node, headers)?;
+    let encoding = negotiate(headers).map_err(|offered| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            "unsupported_subprotocol",
+            &format!(
+                "none of the offered subprotocols ({offered}) is supported; offer {} or {}, or none for JSON",
+                Encoding::JSON_SUBPROTOCOL,
+                Encoding::PROTOBUF_SUBPROTOCOL
+            ),
+        )
+    })?;
+    let identity = handshake::token(node, headers)?;
+    let ticket = handshake::admit(node, headers, remote)?;
+    Ok((key, encoding, identity, ticket))
 }
 
 /// Validates the handshake headers and returns the client's key.
@@ -266,7 +220,7 @@ fn negotiate(headers: &HeaderMap) -> Result<Negotiated, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http_api::tests::headers;
+    use crate::response::tests_support::headers;
 
     #[test]
     fn negotiation_follows_the_clients_preference() {

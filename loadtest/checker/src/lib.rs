@@ -12,7 +12,8 @@
 //!   was received, unless it falls in a hole the gateway *declared* (a gap
 //!   notice or `recovered: false`): silent loss is what fails the check.
 //!
-//! Used by the gateway's fault tests and by `loadtest`.
+//! Used by the gateway's fault tests; it depends on nothing else of the
+//! load generator, so the tests need not build its plotting and histograms.
 
 mod publisher;
 mod subscriber;

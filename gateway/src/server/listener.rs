@@ -1,0 +1,112 @@
+//! Everything before a request is routed: the listening socket, the accept
+//! loop, the PROXY header (from trusted proxies, when enabled), the TLS
+//! handshake, and hyper serving HTTP/1.1 on the connection.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::router::route;
+use crate::client_ip;
+use crate::node::Node;
+
+/// Connections the kernel queues for `accept` (capped by
+/// `net.core.somaxconn`). tokio's default, 1,024, overflowed when thousands
+/// of clients connect at once (a reconnect storm after a node failed): the
+/// kernel then drops handshakes and clients retry a second later.
+const ACCEPT_BACKLOG: u32 = 65_535;
+
+/// Binds the listener with a deep accept queue.
+pub(super) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // Restarting on the same port while old connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
+pub(super) async fn accept_loop(listener: TcpListener, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(accept_connection(stream, peer.ip(), node.clone(), stop.clone()));
+                }
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Everything before HTTP: the PROXY header (from trusted proxies, when
+/// enabled) and the TLS handshake, both within the handshake timeout.
+async fn accept_connection(
+    mut stream: TcpStream,
+    peer: IpAddr,
+    node: Arc<Node>,
+    stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let deadline = node.config.handshake_timeout;
+    let mut remote = peer;
+    if node.config.proxy_protocol && client_ip::is_trusted(peer, &node.config.trusted_proxies) {
+        match tokio::time::timeout(deadline, client_ip::read_proxy_header(&mut stream)).await {
+            Ok(Ok(source)) => remote = source.unwrap_or(peer),
+            Ok(Err(error)) => return tracing::debug!(%peer, %error, "dropping connection"),
+            Err(_) => return tracing::debug!(%peer, "no PROXY header in time"),
+        }
+    }
+    match &node.security.tls {
+        None => serve_connection(stream, remote, node, stop).await,
+        Some(tls) => match tokio::time::timeout(deadline, tls.accept(stream)).await {
+            Ok(Ok(stream)) => serve_connection(stream, remote, node, stop).await,
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        },
+    }
+}
+
+async fn serve_connection<S>(stream: S, remote: IpAddr, node: Arc<Node>, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service_node = node.clone();
+    let service = service_fn(move |request| {
+        let node = service_node.clone();
+        async move { Ok::<_, Infallible>(route(node, request, remote).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(node.config.handshake_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "HTTP connection ended with an error");
+            }
+        }
+        _ = stop.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The node's lifecycle: bind, accept, route, drain.
+//!
+//! [`Gateway::start`] binds the listener and starts the node; every
+//! accepted TCP connection is served by hyper (`listener`), each request is
+//! routed to its handler (`router`), and `GET /ws` upgrades to a WebSocket
+//! connection. [`Gateway::drain`] is the graceful shutdown: readiness fails
+//! at once, new connections are refused, existing clients are closed with
+//! 1012 spread over the drain window, then the listener stops.
+
+mod listener;
+mod router;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::node::Node;
+
+/// How long drained sessions get to finish their close handshakes.
+const SESSION_EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// A running gateway node.
+pub struct Gateway {
+    node: Arc<Node>,
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Binds `config.listen` and starts serving.
+    pub async fn start(config: Config) -> anyhow::Result<Gateway> {
+        let listener = listener::bind(config.listen)?;
+        let local_addr = listener.local_addr()?;
+        if config.api_keys.is_empty() {
+            tracing::warn!(
+                "no --api-key configured: the HTTP publish API is open to anyone who can reach it"
+            );
+        }
+        let (node, background) = Node::start(config).map_err(|e| anyhow::anyhow!(e))?;
+        let (stop, stopped) = watch::channel(false);
+        let accept = tokio::spawn(listener::accept_loop(listener, node.clone(), stopped));
+        tracing::info!(
+            addr = %local_addr,
+            node = %node.config.node_id,
+            broker = node.hub.broker_kind(),
+            tls = node.security.tls.is_some(),
+            auth = node.security.auth.is_some(),
+            "gateway listening"
+        );
+        if node.security.auth.is_none() {
+            tracing::warn!(
+                "no --jwt-secret or --jwt-public-key configured: WebSocket clients connect without authentication"
+            );
+        }
+        Ok(Gateway {
+            node,
+            local_addr,
+            stop,
+            accept,
+            background,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Reloads the TLS certificate and key files (SIGHUP). Open connections
+    /// keep their certificate; new handshakes get the new one.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match &self.node.security.tls {
+            Some(tls) => tls.reload(),
+            None => Err("TLS is not configured".into()),
+        }
+    }
+
+    /// The node's shared state.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Graceful shutdown: see the module docs. Returns when every session
+    /// has ended (or the grace period ran out) and the listener is closed.
+    pub async fn drain(self) {
+        self.node.lifecycle.set_draining();
+        let config = &self.node.config;
+        let registry = &self.node.clients.registry;
+        registry.drain(config.drain, config.drain_reconnect_jitter).await;
+        if tokio::time::timeout(SESSION_EXIT_GRACE, registry.wait_empty())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                sessions = registry.len(),
+                "sessions still open after the grace period"
+            );
+        }
+        self.shutdown().await;
+        tracing::info!("drained");
+    }
+
+    /// Stops at once: closes the listener and the HTTP connections, stops
+    /// the hub's and the broker's tasks, without draining clients (their
+    /// sockets close when the runtime stops).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.accept.await;
+        for task in self.background {
+            task.abort();
+        }
+        self.node.hub.close().await;
+    }
+}

@@ -1,0 +1,76 @@
+//! Which handler answers a request: by path, then by method (405 with
+//! `Allow` for the wrong one, 404 for an unknown path). Handlers return a
+//! [`Body`] that may be a stream, for responses that stay open.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::node::Node;
+use crate::response::{Body, error_response, retry_later};
+use crate::transport::websocket;
+use crate::{demo, http_api, probes};
+
+/// `remote`: where the connection comes from (after PROXY protocol).
+pub(super) async fn route(node: Arc<Node>, request: Request<Incoming>, remote: IpAddr) -> Response<Body> {
+    let path = request.uri().path();
+    let demo = node.config.demo && (path == "/demo" || path.starts_with("/demo/"));
+    let allowed: &'static str = match path {
+        "/ws" | "/healthz" | "/readyz" | "/metrics" | "/api/history" => "GET",
+        _ if demo => "GET",
+        "/api/publish" | "/api/broadcast" | "/api/batch" => "POST",
+        _ => {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no route for {path}"),
+            );
+        }
+    };
+    let method_ok =
+        request.method().as_str() == allowed || (allowed == "GET" && request.method() == Method::HEAD);
+    if !method_ok {
+        let mut response = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("{path} accepts {allowed}"),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allowed));
+        return response;
+    }
+    // The API is bounded in requests served at once; past the bound it
+    // answers at once rather than piling requests up.
+    let _permit = if path.starts_with("/api/") {
+        match node.api.try_enter() {
+            Some(permit) => Some(permit),
+            None => {
+                node.metrics.reject("api_concurrency");
+                return retry_later(
+                    "overloaded",
+                    &format!(
+                        "this node is serving {} API requests already; retry shortly",
+                        node.api.limit()
+                    ),
+                );
+            }
+        }
+    } else {
+        None
+    };
+    match path {
+        "/ws" => websocket::handle(&node, request, remote),
+        "/healthz" => probes::healthz(),
+        "/readyz" => probes::readyz(&node),
+        "/metrics" => probes::metrics(&node),
+        "/api/publish" => http_api::publish(node, request).await,
+        "/api/history" => http_api::history(node, request).await,
+        "/api/batch" => http_api::batch(node, request).await,
+        _ if demo => demo::serve(path),
+        _ => http_api::broadcast(node, request).await,
+    }
+}
