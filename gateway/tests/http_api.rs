@@ -485,7 +485,14 @@ async fn the_demo_page_is_served_only_with_the_demo_flag() {
             .unwrap()
             .starts_with("text/javascript")
     );
-    assert!(sdk.text().contains("export class Client"), "the SDK module");
+    assert!(sdk.text().contains("from './client.js'"), "the SDK's entry point");
+    let client = get(addr, "/demo/client.js").await;
+    assert!(
+        client.text().contains("export class Client"),
+        "its modules are served too"
+    );
+    let nested = get(addr, "/demo/transports/websocket.js").await;
+    assert_eq!(nested.status, 200);
     let moved = get(addr, "/demo").await;
     assert_eq!(moved.status, 308);
     assert_eq!(moved.headers["location"], "/demo/");

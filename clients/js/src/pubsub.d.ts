@@ -1,4 +1,5 @@
-// Type declarations of pubsub.js, the pubsub-gateway JavaScript client.
+// Type declarations of pubsub.js, the entry point of the pubsub-gateway JavaScript client (the
+// public API it re-exports; the other modules in src/ are internal and have no declarations).
 
 /** The WebSocket subprotocol this client speaks. */
 export const PROTOCOL: 'pubsub.v1.json';

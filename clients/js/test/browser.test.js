@@ -8,10 +8,10 @@
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, sep } from 'node:path';
 
 import { Gateway, JS_ROOT, Redis, gatewayHas, stopAll, waitFor } from './support/processes.js';
 import { range } from './support/recorder.js';
@@ -20,6 +20,19 @@ const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const ARTIFACTS = join(JS_ROOT, 'test-artifacts');
 const CHANNEL = 'demo:news';
 
+/**
+ * What the demo page loads: the page at /demo/ and every module of the SDK (src/, subfolders
+ * included) at /demo/<path>, since the page imports ./pubsub.js and that imports the rest.
+ */
+const DEMO_FILES = [
+  ['/demo/', 'demo/index.html'],
+  ...readdirSync(join(JS_ROOT, 'src'), { recursive: true })
+    .map((file) => file.split(sep).join('/'))
+    .filter((file) => file.endsWith('.js'))
+    .sort()
+    .map((file) => [`/demo/${file}`, `src/${file}`]),
+];
+
 const cleanups = [];
 after(async () => {
   for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
@@ -27,14 +40,13 @@ after(async () => {
 });
 
 /**
- * Only for gateway binaries without --demo: serves the same two files the gateway would, at the
+ * Only for gateway binaries without --demo: serves the same files the gateway would, at the
  * same paths.
  */
 async function staticDemoServer() {
-  const files = {
-    '/demo/': ['text/html; charset=utf-8', join(JS_ROOT, 'demo/index.html')],
-    '/demo/pubsub.js': ['text/javascript; charset=utf-8', join(JS_ROOT, 'src/pubsub.js')],
-  };
+  const files = Object.fromEntries(
+    DEMO_FILES.map(([path, file]) => [path, [file.endsWith('.html') ? 'text/html; charset=utf-8' : 'text/javascript; charset=utf-8', join(JS_ROOT, file)]]),
+  );
   const server = createServer((req, res) => {
     const file = files[new URL(req.url, 'http://x').pathname];
     if (!file) return res.writeHead(404).end();
@@ -56,11 +68,8 @@ test('the demo page subscribes, shows publications, and recovers every message a
   let pageUrl;
   if (demoBuiltIn) {
     pageUrl = `${pageNode.httpUrl}/demo/`;
-    // The gateway compiles both files in: a stale binary would test old copies.
-    for (const [path, file] of [
-      ['/demo/', 'demo/index.html'],
-      ['/demo/pubsub.js', 'src/pubsub.js'],
-    ]) {
+    // The gateway compiles the files in: a stale binary would test old copies.
+    for (const [path, file] of DEMO_FILES) {
       const served = await fetch(`${pageNode.httpUrl}${path}`).then((r) => r.text());
       assert.ok(served === readFileSync(join(JS_ROOT, file), 'utf8'), `the gateway serves this ${file} at ${path} (rebuild it after changing the file)`);
     }
