@@ -42,9 +42,10 @@ pub struct Clients {
     /// Connection limits checked before each connection is accepted.
     pub admission: Admission,
     next_session: AtomicU64,
-    /// Random per process start: client ids (`<node>-<boot>-<n>`) stay
-    /// unique across restarts of a node that keeps its id.
-    boot: String,
+    /// `<node>-<boot>-`, where boot is random per process start: client ids
+    /// (`<node>-<boot>-<n>`) stay unique across restarts of a node that
+    /// keeps its id.
+    client_prefix: Arc<str>,
     /// Reference point for the peers' idle clocks.
     pub epoch: Instant,
 }
@@ -55,9 +56,9 @@ impl Clients {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The client id of session `id`: unique across nodes and restarts.
-    pub fn client_id(&self, node_id: &str, id: u64) -> String {
-        format!("{node_id}-{}-{id}", self.boot)
+    /// What every client id of this node starts with.
+    pub fn client_prefix(&self) -> Arc<str> {
+        self.client_prefix.clone()
     }
 }
 
@@ -152,6 +153,8 @@ impl Node {
             }
         });
         let api = Concurrency::new(config.max_api_requests);
+        let boot: String = (0..4).map(|_| fastrand::alphanumeric()).collect();
+        let client_prefix = Arc::from(format!("{}-{boot}-", config.node_id));
         let node = Arc::new(Node {
             config,
             hub,
@@ -160,7 +163,7 @@ impl Node {
                 registry,
                 admission,
                 next_session: AtomicU64::new(1),
-                boot: (0..4).map(|_| fastrand::alphanumeric()).collect(),
+                client_prefix,
                 epoch: Instant::now(),
             },
             security: Security { auth, origins, tls },

@@ -6,8 +6,8 @@
 //! peer also says who the client is: its client id from the start, and its
 //! user and connection info once it connected.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -30,23 +30,25 @@ pub struct Who {
 pub struct Peer {
     /// Unique within this node's lifetime.
     pub id: u64,
-    /// Unique across nodes and restarts: `<node>-<boot>-<id>`.
-    pub client: Box<str>,
+    /// `<node>-<boot>-`, shared by every peer of the node: with `id`, the
+    /// client id (see [`Peer::client`]).
+    client_prefix: Arc<str>,
     /// The subprotocol's encoding, fixed at the handshake.
     pub encoding: Encoding,
     pub outbox: Outbox,
-    /// Set once, when the client connects.
-    who: OnceLock<Who>,
+    /// Set once, when the client connects (boxed: most of the time only
+    /// the pointer is kept per connection).
+    who: OnceLock<Box<Who>>,
     /// Milliseconds since `epoch` when the client last sent anything.
     last_seen_ms: AtomicU64,
     epoch: Instant,
 }
 
 impl Peer {
-    pub fn new(id: u64, client: String, encoding: Encoding, outbox: Outbox, epoch: Instant) -> Peer {
+    pub fn new(id: u64, client_prefix: Arc<str>, encoding: Encoding, outbox: Outbox, epoch: Instant) -> Peer {
         let peer = Peer {
             id,
-            client: client.into_boxed_str(),
+            client_prefix,
             encoding,
             outbox,
             who: OnceLock::new(),
@@ -60,12 +62,18 @@ impl Peer {
     /// Records who the client is (its first `connect`); later calls keep
     /// the first answer.
     pub fn set_who(&self, who: Who) {
-        let _ = self.who.set(who);
+        let _ = self.who.set(Box::new(who));
     }
 
     /// Who the client is, once connected.
     pub fn who(&self) -> Option<&Who> {
-        self.who.get()
+        self.who.get().map(|who| &**who)
+    }
+
+    /// The client id: unique across nodes and restarts,
+    /// `<node>-<boot>-<id>`.
+    pub fn client(&self) -> String {
+        format!("{}{}", self.client_prefix, self.id)
     }
 
     /// Queues a reply or notice for this client, in its encoding.

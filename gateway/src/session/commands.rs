@@ -103,7 +103,7 @@ impl Session {
         self.reply(ServerMessage {
             id,
             reply: Reply::Connected {
-                client: self.peer.client.to_string(),
+                client: self.peer.client(),
                 node: self.node.config.node_id.clone(),
                 ping_interval_ms: self.node.config.ping_interval.as_millis() as u64,
             },

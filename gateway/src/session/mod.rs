@@ -154,8 +154,13 @@ impl Session {
         let config = &node.config;
         let outbox = Outbox::new(config.outbound_queue_bytes, config.outbound_queue_messages);
         let id = node.clients.next_id();
-        let client = node.clients.client_id(&config.node_id, id);
-        let peer = Arc::new(Peer::new(id, client, encoding, outbox, node.clients.epoch));
+        let peer = Arc::new(Peer::new(
+            id,
+            node.clients.client_prefix(),
+            encoding,
+            outbox,
+            node.clients.epoch,
+        ));
         node.clients.registry.insert(peer.clone());
         node.metrics.connections.increment(1.0);
         node.metrics.connections_total.increment(1);
