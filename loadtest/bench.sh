@@ -15,8 +15,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 nodes="${1:?nodes}"; scenario="${2:?scenario}"; shift 2
 out="${OUT:-target/bench}"; mkdir -p "$out"
+# GATEWAY_BIN: another gateway binary (an A/B comparison against an older
+# build); the loadtest binary is always this checkout's.
 cargo build --release -q -p gateway -p loadtest
 bin=target/release
+gateway_bin="${GATEWAY_BIN:-$bin/gateway}"
 
 work="$(mktemp -d)"
 pids=()
@@ -50,7 +53,7 @@ fi
 urls=(); apis=(); gw_pids=()
 for n in $(seq 1 "$nodes"); do
   port=$((18080 + n))
-  "$bin/gateway" --listen "127.0.0.1:$port" --node-id "bench-$n" --log-level warn "${redis_args[@]}" ${GATEWAY_ARGS:-} &
+  "$gateway_bin" --listen "127.0.0.1:$port" --node-id "bench-$n" --log-level warn "${redis_args[@]}" ${GATEWAY_ARGS:-} &
   pids+=($!); gw_pids+=($!)
   urls+=("ws://127.0.0.1:$port/ws"); apis+=("http://127.0.0.1:$port")
   until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do sleep 0.05; done
