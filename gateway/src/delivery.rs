@@ -20,6 +20,9 @@ pub struct Delivery {
     content: Content,
     json: OnceLock<Bytes>,
     protobuf: OnceLock<Bytes>,
+    /// The encoded bytes deflated (JSON, protobuf), made by the first
+    /// subscriber with compression; `None` inside: not worth it.
+    deflated: [OnceLock<Option<Bytes>>; 2],
 }
 
 impl Delivery {
@@ -44,6 +47,7 @@ impl Delivery {
             content,
             json: OnceLock::new(),
             protobuf: OnceLock::new(),
+            deflated: Default::default(),
         })
     }
 
@@ -97,6 +101,26 @@ impl Delivery {
                 })
                 .clone(),
         }
+    }
+}
+
+impl Delivery {
+    /// The encoded bytes compressed by `compress` (raw deflate without
+    /// context, so the result is the same for everyone): computed by the
+    /// first caller per encoding, shared by all others. `None` when
+    /// `compress` found it not worth it.
+    pub fn deflated(
+        &self,
+        encoding: Encoding,
+        compress: impl FnOnce(&[u8]) -> Option<Bytes>,
+    ) -> Option<Bytes> {
+        let slot = match encoding {
+            Encoding::Json => 0,
+            Encoding::Protobuf => 1,
+        };
+        self.deflated[slot]
+            .get_or_init(|| compress(&self.encoded(encoding)))
+            .clone()
     }
 }
 

@@ -23,6 +23,7 @@
 mod access;
 mod auth;
 mod client_ip;
+mod compression;
 pub mod config;
 mod delivery;
 mod demo;

@@ -49,6 +49,12 @@ pub struct Metrics {
     pub gap_notices: Counter,
     /// History reads made to fill holes or catch up after an outage.
     pub repairs: Counter,
+    /// Payload bytes of WebSocket messages sent compressed, before and
+    /// after compression.
+    pub compression_bytes_in: Counter,
+    pub compression_bytes_out: Counter,
+    /// Open WebSocket connections that negotiated permessage-deflate.
+    pub compressed_connections: Gauge,
     /// Handles the broker records into.
     pub broker: BrokerMetrics,
     /// `gateway_rejections_total`, one handle per reason.
@@ -199,6 +205,20 @@ impl Metrics {
                 "gateway_stream_repairs_total",
                 "History reads made to fill a hole in a channel's stream or to catch up after a broker outage.",
                 vec![],
+            ),
+            compression_bytes_in: counter(
+                "gateway_compression_bytes_in_total",
+                "Payload bytes of WebSocket messages sent compressed (permessage-deflate), before compression.",
+                vec![],
+            ),
+            compression_bytes_out: counter(
+                "gateway_compression_bytes_out_total",
+                "Payload bytes of WebSocket messages sent compressed (permessage-deflate), after compression.",
+                vec![],
+            ),
+            compressed_connections: gauge(
+                "gateway_compression_connections",
+                "Open WebSocket connections that negotiated permessage-deflate.",
             ),
             broker,
             rejections: REJECTION_REASONS

@@ -12,6 +12,7 @@ use broker_adapter::{BrokerConfig, BrokerError};
 use tokio::task::JoinHandle;
 
 use crate::auth::Authenticator;
+use crate::compression::Deflater;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::{Admission, Concurrency};
@@ -33,6 +34,9 @@ pub struct Node {
     pub lifecycle: Lifecycle,
     /// Bounds the HTTP API requests served at once (`--max-api-requests`).
     pub api: Concurrency,
+    /// The pooled compressors of permessage-deflate; `None` with
+    /// `--compression off`.
+    pub compression: Option<Arc<Deflater>>,
 }
 
 /// The node's clients: who is connected, who may connect, and their ids.
@@ -155,6 +159,9 @@ impl Node {
         let api = Concurrency::new(config.max_api_requests);
         let boot: String = (0..4).map(|_| fastrand::alphanumeric()).collect();
         let client_prefix = Arc::from(format!("{}-{boot}-", config.node_id));
+        let compression = config
+            .compression
+            .then(|| Deflater::new(config.compression_level));
         let node = Arc::new(Node {
             config,
             hub,
@@ -169,6 +176,7 @@ impl Node {
             security: Security { auth, origins, tls },
             lifecycle: Lifecycle::default(),
             api,
+            compression,
         });
         // Histograms keep their samples until upkeep folds them in; without
         // it a node nobody scrapes would grow without bound.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use super::values::{parse_duration, parse_size};
+use super::values::{parse_duration, parse_size, parse_switch};
 
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
@@ -95,6 +95,20 @@ pub struct Cli {
     /// heavy fan-out, at the cost of that much latency.
     #[arg(long, env = "GATEWAY_WRITE_DELAY", value_name = "DURATION", value_parser = parse_duration, default_value = "0s")]
     pub write_delay: Duration,
+
+    /// permessage-deflate for WebSocket clients that offer it (every browser does): `on` or
+    /// `off`. Each publication is compressed once and the same bytes go to every subscriber that
+    /// negotiated it; no connection keeps compression state of its own.
+    #[arg(long, env = "GATEWAY_COMPRESSION", value_name = "on|off", value_parser = parse_switch, default_value = "on")]
+    pub compression: bool,
+
+    /// deflate level for permessage-deflate, 1 (fastest) to 9 (smallest).
+    #[arg(long, env = "GATEWAY_COMPRESSION_LEVEL", value_name = "LEVEL", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub compression_level: u32,
+
+    /// Messages smaller than this are sent uncompressed (compression gains little on them).
+    #[arg(long, env = "GATEWAY_COMPRESSION_MIN_SIZE", value_name = "BYTES", value_parser = parse_size, default_value = "256B")]
+    pub compression_min_size: usize,
 
     /// Largest inbound WebSocket message or frame, such as `64KiB`; larger closes with 1009.
     #[arg(long, env = "GATEWAY_MAX_MESSAGE_SIZE", value_name = "BYTES", value_parser = parse_size, default_value = "64KiB")]

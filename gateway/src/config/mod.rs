@@ -19,7 +19,7 @@ use serde::Serialize;
 
 pub use cli::{Cli, LogFormat};
 pub use values::print::duration as print_duration;
-pub use values::{parse_duration, parse_size};
+pub use values::{parse_duration, parse_size, parse_switch};
 
 pub mod namespaces;
 
@@ -44,6 +44,11 @@ pub struct Config {
     pub handshake_timeout: Duration,
     #[serde(serialize_with = "print::duration")]
     pub write_delay: Duration,
+    /// permessage-deflate offered to WebSocket clients.
+    #[serde(serialize_with = "print::switch")]
+    pub compression: bool,
+    pub compression_level: u32,
+    pub compression_min_size: usize,
     pub max_message_size: usize,
     pub max_publication_size: usize,
     pub max_body_size: usize,
@@ -173,6 +178,9 @@ impl Config {
             drain_reconnect_jitter: cli.drain_reconnect_jitter,
             handshake_timeout: cli.handshake_timeout,
             write_delay: cli.write_delay,
+            compression: cli.compression,
+            compression_level: cli.compression_level,
+            compression_min_size: cli.compression_min_size,
             max_message_size: cli.max_message_size,
             max_publication_size: cli.max_publication_size,
             max_body_size: cli.max_body_size,

@@ -33,6 +33,15 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// Parses a switch: `on`/`off` (also `true`/`false`, `yes`/`no`, `1`/`0`).
+pub fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        other => Err(format!("{other:?} is not on or off")),
+    }
+}
+
 /// Parses an IP address or a CIDR network (`10.0.0.0/8`, `192.0.2.7`).
 pub fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
     let text = text.trim();
@@ -91,6 +100,10 @@ pub mod print {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 
+    pub fn switch<S: serde::Serializer>(on: &bool, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if *on { "on" } else { "off" })
+    }
+
     pub fn secrets<S: serde::Serializer>(keys: &[String], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(keys.iter().map(|_| "<redacted>"))
     }
@@ -142,6 +155,11 @@ mod tests {
             Ok("192.0.2.7/32".into())
         );
         assert!(parse_network("not-an-ip").is_err());
+        assert_eq!(
+            (parse_switch("on"), parse_switch("OFF"), parse_switch("true")),
+            (Ok(true), Ok(false), Ok(true))
+        );
+        assert!(parse_switch("maybe").is_err());
     }
 
     #[test]

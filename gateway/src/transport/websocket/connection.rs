@@ -1,12 +1,12 @@
 //! One WebSocket connection's task, written as one explicit state machine.
 //!
 //! An idle connection is this struct and nothing else: the session, the
-//! WebSocket, and at most a command in flight and a throttle timer inside
-//! the session. One `poll` does, in a loop until nothing moves:
+//! socket, and at most a command in flight and a throttle timer inside the
+//! session. One `poll` does, in a loop until nothing moves:
 //! 1. the session's work: a close that must not wait ends the connection,
 //!    the authentication timer, the command in flight;
 //! 2. read one message (when the session is ready for input);
-//! 3. write: take what the outbox holds, hand it to the socket, flush.
+//! 3. write: take what the outbox holds, turn it into frames, flush.
 //!
 //! Every path that returns `Pending` has registered the task's waker with
 //! whatever it waits on: the socket (read and write), the outbox, the
@@ -14,12 +14,11 @@
 //!
 //! The connection *is* its task's future (no async wrapper around it): the
 //! task holds exactly this state while the connection is open, and the close
-//! path's state is allocated only when the connection ends. Written with
-//! async/await, the same loop kept every branch's future and moved-from
-//! values side by side and cost about 1 KiB more per connection.
+//! path's state is allocated only when the connection ends.
 //!
-//! This is where the gateway's [`Frame`]s become WebSocket messages and
-//! WebSocket messages become [`Inbound`] ones.
+//! This is where the gateway's [`Frame`]s become WebSocket frames, each
+//! publication's compressed form shared by every subscriber that
+//! negotiated compression.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -29,16 +28,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{Sink, SinkExt, StreamExt};
 use pubsub_proto::{Encoding, close};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use super::socket::{Incoming, Socket, SocketError};
+use super::wire::opcode;
 use crate::frame::Frame;
 use crate::outbox::Taken;
 use crate::session::{End, Inbound, Session};
@@ -47,7 +41,10 @@ use crate::session::{End, Inbound, Session};
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Rounds of the loop in one poll before yielding to other tasks.
 const BUDGET: usize = 64;
-/// Frames handed to the socket in one poll before flushing and yielding.
+/// Frames are gathered up to this many bytes before a write; the writer
+/// flushes after each batch, so small batches still go out at once.
+const WRITE_BUFFER: usize = 16 * 1024;
+/// Frames written in one poll before yielding to other tasks.
 const WRITE_BUDGET: usize = 1024;
 
 /// A connection's task: open, then closing.
@@ -65,10 +62,10 @@ pub(super) enum Connection<S> {
 /// An open connection.
 pub(super) struct Open<S> {
     session: Session,
-    ws: WebSocketStream<S>,
-    /// Taken from the outbox, not yet handed to the socket.
+    socket: Socket<S>,
+    /// Taken from the outbox, not yet framed.
     outgoing: VecDeque<Frame>,
-    /// Frames handed to the socket and not yet flushed.
+    /// Frames queued on the socket and not yet flushed.
     flushing: bool,
     /// With `--write-delay`: armed when frames arrive at an idle writer;
     /// the frames queued until it fires go out in one write.
@@ -76,10 +73,10 @@ pub(super) struct Open<S> {
 }
 
 impl<S> Connection<S> {
-    pub(super) fn new(ws: WebSocketStream<S>, session: Session) -> Connection<S> {
+    pub(super) fn new(socket: Socket<S>, session: Session) -> Connection<S> {
         Connection::Open(Open {
             session,
-            ws,
+            socket,
             outgoing: VecDeque::new(),
             flushing: false,
             gather: None,
@@ -123,47 +120,21 @@ where
     }
 }
 
-/// The WebSocket message of a frame for a client using `encoding`.
-fn message(frame: Frame, encoding: Encoding) -> Message {
-    let bytes = match frame {
-        Frame::Publication(delivery) => delivery.encoded(encoding),
-        Frame::Message(bytes) => bytes,
-        Frame::Ping => return Message::Ping(Bytes::new()),
-    };
-    match encoding {
-        // JSON frames are made from Rust strings; the check cannot fail.
-        Encoding::Json => match Utf8Bytes::try_from(bytes) {
-            Ok(text) => Message::Text(text),
-            Err(_) => Message::Close(Some(CloseFrame {
-                code: CloseCode::from(close::INTERNAL_ERROR),
-                reason: Utf8Bytes::from_static("internal error"),
-            })),
-        },
-        Encoding::Protobuf => Message::Binary(bytes),
-    }
-}
-
-/// The close code for a read error, or `None` when the connection is gone
-/// and no close frame can be sent.
-fn read_error_close(error: &WsError) -> Option<(u16, &'static str)> {
+/// What a socket error means for the session.
+fn read_error(error: SocketError) -> End {
     match error {
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-            Some((close::MESSAGE_TOO_BIG, "message over the size limit"))
-        }
-        WsError::Capacity(_) => Some((close::MESSAGE_TOO_BIG, "message over a size limit")),
-        WsError::Utf8(_) => Some((close::INVALID_PAYLOAD, "text frame is not valid UTF-8")),
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
-        WsError::Protocol(_) => Some((close::PROTOCOL_ERROR, "WebSocket protocol violation")),
-        _ => None,
+        SocketError::Protocol(code, reason) => End::Violation(code, reason),
+        SocketError::Io(error) => End::Gone(format!("read failed: {error}")),
     }
 }
 
-/// How a read error ends the session.
-fn read_error(error: WsError) -> End {
-    match read_error_close(&error) {
-        Some((code, reason)) => End::Violation(code, reason),
-        None => End::Gone(format!("read failed: {error}")),
-    }
+/// Counts of one write batch, recorded once per batch.
+#[derive(Default)]
+struct Written {
+    publications: u64,
+    /// Payload bytes of the messages sent compressed, before and after.
+    uncompressed: u64,
+    compressed: u64,
 }
 
 impl<S> Open<S>
@@ -177,18 +148,15 @@ where
                 Err(end) => return Poll::Ready(end),
             };
             if self.session.ready_for_input(cx) {
-                match self.ws.poll_next_unpin(cx) {
-                    Poll::Ready(None) => return Poll::Ready(End::Gone("connection closed".into())),
-                    Poll::Ready(Some(Err(error))) => return Poll::Ready(read_error(error)),
-                    Poll::Ready(Some(Ok(message))) => {
+                match self.socket.poll_read(cx) {
+                    Poll::Ready(Err(error)) => return Poll::Ready(read_error(error)),
+                    Poll::Ready(Ok(incoming)) => {
                         progress = true;
-                        let inbound = match message {
-                            Message::Text(text) => Inbound::Text(text.into()),
-                            Message::Binary(bytes) => Inbound::Binary(bytes),
-                            // tungstenite answers pings itself; either way the
-                            // client is alive.
-                            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Inbound::Heartbeat,
-                            Message::Close(_) => return Poll::Ready(End::ClientClosed),
+                        let inbound = match incoming {
+                            Incoming::Text(text) => Inbound::Text(text),
+                            Incoming::Binary(bytes) => Inbound::Binary(bytes),
+                            Incoming::Heartbeat => Inbound::Heartbeat,
+                            Incoming::Close(_) => return Poll::Ready(End::ClientClosed),
                         };
                         if let Some(end) = self.session.on_inbound(inbound) {
                             return Poll::Ready(end);
@@ -209,60 +177,100 @@ where
         Poll::Pending
     }
 
+    /// Queues one frame on the socket, compressed when the connection
+    /// negotiated it and the payload is large enough to gain.
+    fn put(&mut self, frame: Frame, written: &mut Written) {
+        let encoding = self.session.peer().encoding;
+        let data_opcode = match encoding {
+            Encoding::Json => opcode::TEXT,
+            Encoding::Protobuf => opcode::BINARY,
+        };
+        let node = self.session.node();
+        let min_size = node.config.compression_min_size;
+        let (payload, compressed) = match frame {
+            Frame::Ping => {
+                self.socket.queue(opcode::PING, false, &[]);
+                return;
+            }
+            Frame::Publication(delivery) => {
+                written.publications += u64::from(delivery.is_publication());
+                let payload = delivery.encoded(encoding);
+                let compressed = match self.socket.compression() {
+                    Some(c) if payload.len() >= min_size => {
+                        let bits = c.agreed.server_window_bits;
+                        if bits == 15 {
+                            // Compressed once, shared by every subscriber.
+                            delivery.deflated(encoding, |data| c.deflater.compress(data, 15))
+                        } else {
+                            c.deflater.compress(&payload, bits)
+                        }
+                    }
+                    _ => None,
+                };
+                (payload, compressed)
+            }
+            Frame::Message(payload) => {
+                let compressed = match self.socket.compression() {
+                    Some(c) if payload.len() >= min_size => {
+                        c.deflater.compress(&payload, c.agreed.server_window_bits)
+                    }
+                    _ => None,
+                };
+                (payload, compressed)
+            }
+        };
+        match compressed {
+            Some(compressed) => {
+                written.uncompressed += payload.len() as u64;
+                written.compressed += compressed.len() as u64;
+                self.socket.queue(data_opcode, true, &compressed);
+            }
+            None => self.socket.queue(data_opcode, false, &payload),
+        }
+    }
+
     /// Moves queued frames to the socket and flushes. `Ready` ends the
     /// session (a requested close once everything is written, or an error).
     fn poll_writes(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         if self.poll_gather(cx).is_pending() {
             return Poll::Pending;
         }
-        let encoding = self.session.peer().encoding;
-        let write_failed = |error: WsError| End::Gone(format!("write failed: {error}"));
-        let mut delivered = 0;
+        let write_failed = |error: std::io::Error| End::Gone(format!("write failed: {error}"));
+        let mut written = Written::default();
         let mut handed = 0;
         let result = loop {
-            if handed >= WRITE_BUDGET {
-                // A steady stream of frames: flush what was handed over, let
-                // other tasks run, then carry on.
-                if self.flushing {
-                    match Pin::new(&mut self.ws).poll_flush(cx) {
-                        Poll::Ready(Ok(())) => self.flushing = false,
-                        Poll::Ready(Err(error)) => break Poll::Ready(write_failed(error)),
-                        Poll::Pending => break Poll::Pending,
-                    }
+            if self.flushing && (self.socket.buffered() >= WRITE_BUFFER || handed >= WRITE_BUDGET) {
+                match self.socket.poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.flushing = false,
+                    Poll::Ready(Err(error)) => break Poll::Ready(write_failed(error)),
+                    Poll::Pending => break Poll::Pending,
                 }
-                cx.waker().wake_by_ref();
-                break Poll::Pending;
+                if handed >= WRITE_BUDGET {
+                    // A steady stream of frames: let other tasks run, then
+                    // carry on.
+                    cx.waker().wake_by_ref();
+                    break Poll::Pending;
+                }
             }
             if self.outgoing.is_empty() {
                 match self.session.peer().outbox.take() {
                     Taken::Items(items) => self.outgoing = items,
                     Taken::Close(close) if !self.flushing => break Poll::Ready(End::Requested(close)),
-                    Taken::Close(_) | Taken::Empty if self.flushing => {
-                        match Pin::new(&mut self.ws).poll_flush(cx) {
-                            Poll::Ready(Ok(())) => {
-                                self.flushing = false;
-                                continue;
-                            }
-                            Poll::Ready(Err(error)) => break Poll::Ready(write_failed(error)),
-                            Poll::Pending => break Poll::Pending,
+                    Taken::Close(_) | Taken::Empty if self.flushing => match self.socket.poll_flush(cx) {
+                        Poll::Ready(Ok(())) => {
+                            self.flushing = false;
+                            continue;
                         }
-                    }
+                        Poll::Ready(Err(error)) => break Poll::Ready(write_failed(error)),
+                        Poll::Pending => break Poll::Pending,
+                    },
                     Taken::Close(_) | Taken::Empty => break Poll::Pending,
                 }
-            }
-            // Hand over everything the socket takes; one flush for the lot.
-            match Pin::new(&mut self.ws).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(error)) => break Poll::Ready(write_failed(error)),
-                Poll::Pending => break Poll::Pending,
             }
             let Some(frame) = self.outgoing.pop_front() else {
                 continue;
             };
-            delivered += u64::from(frame.is_publication());
-            if let Err(error) = Pin::new(&mut self.ws).start_send(message(frame, encoding)) {
-                break Poll::Ready(write_failed(error));
-            }
+            self.put(frame, &mut written);
             self.flushing = true;
             handed += 1;
             if self.outgoing.is_empty() {
@@ -270,8 +278,13 @@ where
                 self.outgoing = VecDeque::new();
             }
         };
-        if delivered > 0 {
-            self.session.node().metrics.delivered.increment(delivered);
+        let metrics = &self.session.node().metrics;
+        if written.publications > 0 {
+            metrics.delivered.increment(written.publications);
+        }
+        if written.uncompressed > 0 {
+            metrics.compression_bytes_in.increment(written.uncompressed);
+            metrics.compression_bytes_out.increment(written.compressed);
         }
         result
     }
@@ -307,43 +320,47 @@ where
     /// client's answer.
     async fn finish(mut self, end: End) {
         self.session.log_end(&end);
+        if self.socket.compression().is_some() {
+            self.session.node().metrics.compressed_connections.decrement(1.0);
+        }
         let (code, reason): (u16, Cow<'static, str>) = match &end {
             End::Requested(close) | End::Killed(close) => (close.code, close.reason_text()),
             End::Violation(code, reason) => (*code, Cow::Borrowed(*reason)),
             End::ClientClosed => {
-                // tungstenite queued the echo of the client's close; send it.
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
+                // The socket queued the echo of the client's close: send it
+                // and close the connection.
+                let _ = tokio::time::timeout(
+                    CLOSE_TIMEOUT,
+                    std::future::poll_fn(|cx| self.socket.poll_shutdown(cx)),
+                )
+                .await;
                 return;
             }
             End::Gone(_) => return,
             End::Panicked => (close::INTERNAL_ERROR, Cow::Borrowed("internal error")),
         };
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: match reason {
-                Cow::Borrowed(text) => Utf8Bytes::from_static(text),
-                Cow::Owned(text) => Utf8Bytes::from(text),
-            },
-        };
-        let encoding = self.session.peer().encoding;
         // A violation may follow a reply that explains it (the error for a
         // bad token): write what is queued before the close frame.
-        let explanation = match &end {
-            End::Violation(..) => match self.session.peer().outbox.take() {
-                Taken::Items(items) => items,
-                _ => VecDeque::new(),
-            },
-            _ => VecDeque::new(),
-        };
-        let ws = &mut self.ws;
-        let closed = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            for frame in explanation {
-                ws.feed(message(frame, encoding)).await?;
+        if matches!(end, End::Violation(..))
+            && let Taken::Items(items) = self.session.peer().outbox.take()
+        {
+            let mut written = Written::default();
+            for frame in items {
+                self.put(frame, &mut written);
             }
-            ws.send(Message::Close(Some(frame))).await?;
+        }
+        self.socket.queue_close(code, &reason);
+        let socket = &mut self.socket;
+        let closed = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            std::future::poll_fn(|cx| socket.poll_flush(cx)).await?;
             // Read until the client answers the close (or goes away).
-            while let Some(Ok(_)) = ws.next().await {}
-            Ok::<(), WsError>(())
+            while !socket.closed_by_client() {
+                match std::future::poll_fn(|cx| socket.poll_read(cx)).await {
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            std::future::poll_fn(|cx| socket.poll_shutdown(cx)).await
         })
         .await;
         if !matches!(closed, Ok(Ok(()))) {

@@ -2,99 +2,145 @@
 //!
 //! Checks the upgrade request (with the shared checks of
 //! `crate::handshake` in between), negotiates the subprotocol (which fixes
-//! the connection's encoding), answers `101 Switching Protocols`, and hands
-//! the upgraded socket to a new connection task. Everything refused here is
+//! the connection's encoding) and permessage-deflate (`deflate.rs`),
+//! answers `101 Switching Protocols`, and hands the upgraded socket to a new
+//! connection task. Everything refused here is
 //! refused with a plain HTTP status and a JSON error body, before any
 //! WebSocket exists.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use pubsub_proto::Encoding;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use sha1::{Digest, Sha1};
 
 use super::connection::Connection;
+use super::deflate;
+use super::socket::{Compression, Socket};
 use crate::auth::Identity;
+use crate::compression::Deflater;
 use crate::handshake;
 use crate::limits::Ticket;
 use crate::node::Node;
 use crate::response::{Body, empty, error_response};
 use crate::session::Session;
 
-/// Read buffer of each WebSocket. It is allocated for every connection and
-/// kept while the connection lives, so it is sized for commands (small),
-/// not for bulk upload; larger messages grow it as needed.
-const READ_BUFFER: usize = 256;
-/// Frames are collected up to this size before a write; the writer flushes
-/// after each batch, so small batches still go out at once.
-const WRITE_BUFFER: usize = 16 * 1024;
-
-/// tungstenite settings for every connection of `node`.
-fn websocket_config(node: &Node) -> WebSocketConfig {
-    let mut config = WebSocketConfig::default();
-    config.read_buffer_size = READ_BUFFER;
-    config.write_buffer_size = WRITE_BUFFER;
-    config.max_message_size = Some(node.config.max_message_size);
-    config.max_frame_size = Some(node.config.max_message_size);
-    config
-}
-
 /// Answers an upgrade request from `remote` and, on success, starts the
 /// connection. Refusals, cheapest first: draining (503), malformed
 /// handshake (400/426), Origin (403), subprotocol (400), token (401),
 /// limits (503).
 pub fn handle(node: &Arc<Node>, mut request: Request<Incoming>, remote: IpAddr) -> Response<Body> {
-    let (key, encoding, identity, ticket) = match check(node, request.headers(), remote) {
+    let (upgrade, encoding, identity, ticket) = match check(node, request.headers(), remote) {
         Ok(checked) => checked,
         Err(refusal) => return refusal,
     };
-
+    let response = upgrade.response(encoding.echo.then(|| encoding.encoding.subprotocol()));
     let on_upgrade = hyper::upgrade::on(&mut request);
     let node = node.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let config = Some(websocket_config(&node));
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config).await;
+                if upgrade.compression.is_some() {
+                    node.metrics.compressed_connections.increment(1.0);
+                }
+                let socket = Socket::new(
+                    TokioIo::new(upgraded),
+                    node.config.max_message_size,
+                    upgrade.compression,
+                );
                 let session = Session::new(node, encoding.encoding, ticket, identity);
                 // Its own task: it holds the connection's state and nothing else.
-                tokio::spawn(Connection::new(ws, session));
+                tokio::spawn(Connection::new(socket, session));
             }
             Err(error) => tracing::debug!(%error, "upgrade did not complete"),
         }
     });
-
-    let mut response = Response::new(empty());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
-    if encoding.echo {
-        headers.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(encoding.encoding.subprotocol()),
-        );
-    }
     response
 }
 
+/// The WebSocket part of an accepted upgrade request: the client's key and
+/// what was agreed for compression.
+pub struct Upgrade {
+    key: String,
+    pub compression: Option<Compression>,
+    extensions: Option<String>,
+}
+
+impl Upgrade {
+    /// Checks the handshake headers (RFC 6455 section 4.2.1) and negotiates
+    /// permessage-deflate when `deflater` is given (compression on).
+    #[allow(clippy::result_large_err)]
+    pub fn check(headers: &HeaderMap, deflater: Option<&Arc<Deflater>>) -> Result<Upgrade, Response<Body>> {
+        let key = check_request(headers)?;
+        let offers = headers
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        let agreed = deflater.and_then(|deflater| {
+            deflate::negotiate(offers).map(|(agreed, response)| {
+                (
+                    Compression {
+                        agreed,
+                        deflater: deflater.clone(),
+                    },
+                    response,
+                )
+            })
+        });
+        let (compression, extensions) = agreed.unzip();
+        Ok(Upgrade {
+            key,
+            compression,
+            extensions,
+        })
+    }
+
+    /// The `101 Switching Protocols` answer, naming `subprotocol` if one
+    /// was chosen.
+    pub fn response(&self, subprotocol: Option<&'static str>) -> Response<Body> {
+        let mut response = Response::new(empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Ok(accept) = HeaderValue::from_str(&accept_key(&self.key)) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        if let Some(protocol) = subprotocol {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
+        }
+        if let Some(extensions) = self
+            .extensions
+            .as_deref()
+            .and_then(|e| HeaderValue::from_str(e).ok())
+        {
+            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, extensions);
+        }
+        response
+    }
+}
+
+/// `Sec-WebSocket-Accept` for a client's key (RFC 6455 section 4.2.2).
+fn accept_key(key: &str) -> String {
+    let mut sha1 = Sha1::new();
+    sha1.update(key.as_bytes());
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
+}
+
 /// What an accepted upgrade request carries.
-type Checked = (String, Negotiated, Option<Box<Identity>>, Ticket);
+type Checked = (Upgrade, Negotiated, Option<Box<Identity>>, Ticket);
 
 /// Every check of an upgrade request, in the order of [`handle`].
 #[allow(clippy::result_large_err)]
 fn check(node: &Node, headers: &HeaderMap, remote: IpAddr) -> Result<Checked, Response<Body>> {
     handshake::not_draining(node)?;
-    let key = check_request(headers)?;
+    let upgrade = Upgrade::check(headers, node.compression.as_ref())?;
     handshake::origin(node, headers)?;
     let encoding = negotiate(headers).map_err(|offered| {
         error_response(
@@ -109,7 +155,7 @@ fn check(node: &Node, headers: &HeaderMap, remote: IpAddr) -> Result<Checked, Re
     })?;
     let identity = handshake::token(node, headers)?;
     let ticket = handshake::admit(node, headers, remote)?;
-    Ok((key, encoding, identity, ticket))
+    Ok((upgrade, encoding, identity, ticket))
 }
 
 /// Validates the handshake headers and returns the client's key.
@@ -254,6 +300,14 @@ mod tests {
         assert_eq!(
             negotiate(&headers(&[("sec-websocket-protocol", "mqtt, stomp")])),
             Err("mqtt, stomp".into())
+        );
+    }
+
+    #[test]
+    fn the_accept_key_is_the_rfc_example() {
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 
