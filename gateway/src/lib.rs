@@ -47,5 +47,14 @@ mod session;
 mod tls;
 mod transport;
 
+/// The gateway's WebSocket protocol on its own: the handshake, frame
+/// handling and compression every `/ws` connection uses, exposed so that
+/// the RFC 6455 / RFC 7692 conformance run (Autobahn|Testsuite against
+/// `examples/autobahn_echo.rs`) exercises exactly that code.
+pub mod websocket {
+    pub use crate::compression::Deflater;
+    pub use crate::transport::websocket::{Incoming, Socket, SocketError, Upgrade};
+}
+
 pub use config::Config;
 pub use server::Gateway;

@@ -14,10 +14,6 @@ use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::wire::{self, Frame, Protocol};
 
@@ -61,7 +57,7 @@ impl AsyncWrite for Io {
     }
 }
 
-pub type Ws = WebSocketStream<Io>;
+pub type Ws = ws_client::WebSocket<Io>;
 
 /// How clients reach the gateway: everything but the URL and source address.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -73,6 +69,10 @@ pub struct ClientOptions {
     pub ca: Option<std::path::PathBuf>,
     /// Accept any server certificate (`wss://` against a self-signed test node).
     pub insecure: bool,
+    /// Offer permessage-deflate as browsers do, and compress what clients
+    /// send when it is negotiated.
+    #[serde(default)]
+    pub compression: bool,
 }
 
 /// A ready-made client configuration: TLS built once, shared by every client.
@@ -98,24 +98,18 @@ impl Connector {
 
     /// Opens a WebSocket to `url` from `source` (port chosen by the kernel).
     pub async fn connect(&self, url: &str, source: Option<IpAddr>) -> anyhow::Result<Ws> {
-        let mut request = url.into_client_request()?;
-        let secure = request.uri().scheme_str() == Some("wss");
-        let host = request.uri().host().unwrap_or("127.0.0.1").to_owned();
-        let port = request.uri().port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let uri: http::Uri = url.parse()?;
+        let secure = uri.scheme_str() == Some("wss");
+        let host = uri.host().unwrap_or("127.0.0.1").to_owned();
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
         let target = tokio::net::lookup_host((host.as_str(), port))
             .await?
             .next()
             .ok_or_else(|| anyhow::anyhow!("{host} did not resolve"))?;
-        let headers = request.headers_mut();
-        headers.insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_static(self.options.protocol.subprotocol()),
-        );
-        if let Some(token) = &self.options.token {
-            headers.insert(
-                "authorization",
-                HeaderValue::from_str(&format!("Bearer {token}"))?,
-            );
+        let authorization = self.options.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Sec-WebSocket-Protocol", self.options.protocol.subprotocol())];
+        if let Some(authorization) = &authorization {
+            headers.push(("Authorization", authorization));
         }
         let stream = connect_tcp(target, source).await?;
         let io = if secure {
@@ -128,13 +122,14 @@ impl Connector {
         } else {
             Io::Plain(stream)
         };
-        let mut config = WebSocketConfig::default();
-        // Several gathered frames per read syscall, without holding much
-        // memory per client (tens of thousands of clients per worker).
-        // tungstenite zero-fills the free part of this buffer before every
-        // read, so bigger is not free either.
-        config.read_buffer_size = 4 * 1024;
-        let (ws, _) = tokio_tungstenite::client_async_with_config(request, io, Some(config)).await?;
+        let options = ws_client::Options {
+            offer: self
+                .options
+                .compression
+                .then(|| ws_client::BROWSER_OFFER.to_string()),
+            compress_from: self.options.compression.then_some(0),
+        };
+        let (ws, _) = ws_client::connect(io, url, &headers, options).await?;
         Ok(ws)
     }
 

@@ -75,7 +75,7 @@ impl Publisher {
         api_key: Option<String>,
         channels: Vec<String>,
         concurrency: usize,
-        payload: usize,
+        padding: String,
         batch: usize,
     ) -> Publisher {
         let mut connector = HttpConnector::new();
@@ -99,7 +99,7 @@ impl Publisher {
             },
             channels,
             concurrency,
-            payload,
+            padding,
         )
     }
 
@@ -110,9 +110,9 @@ impl Publisher {
         connections: usize,
         channels: Vec<String>,
         concurrency: usize,
-        payload: usize,
+        padding: String,
     ) -> anyhow::Result<Publisher> {
-        let mut publisher = Publisher::new(Route::Ws(Vec::new()), channels, concurrency, payload);
+        let mut publisher = Publisher::new(Route::Ws(Vec::new()), channels, concurrency, padding);
         let mut senders = Vec::new();
         for k in 0..connections.max(1) {
             let ws = connector.connect(&urls[k % urls.len()], None).await?;
@@ -132,7 +132,7 @@ impl Publisher {
         Ok(publisher)
     }
 
-    fn new(route: Route, channels: Vec<String>, concurrency: usize, payload: usize) -> Publisher {
+    fn new(route: Route, channels: Vec<String>, concurrency: usize, padding: String) -> Publisher {
         Publisher {
             route,
             next_seq: vec![0; channels.len()],
@@ -142,7 +142,7 @@ impl Publisher {
             round_trip: Arc::default(),
             in_flight: Arc::new(Semaphore::new(concurrency.max(1))),
             concurrency: concurrency.max(1),
-            padding: "x".repeat(payload),
+            padding,
         }
     }
 

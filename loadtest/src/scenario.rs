@@ -14,7 +14,7 @@ use crate::fleet::{Fleet, Plan};
 use crate::procstat;
 use crate::publisher::Publisher;
 use crate::report::{Churn, Memory, Report, Step};
-use crate::wire::Protocol;
+use crate::wire::{self, Protocol};
 use crate::worker::Job;
 
 /// Where the gateway is and how clients reach it.
@@ -44,6 +44,10 @@ pub struct Target {
     /// Accept any certificate on `wss://` (test nodes with self-signed certificates).
     #[arg(long)]
     pub insecure: bool,
+    /// Offer permessage-deflate on every connection, as browsers do (and compress what
+    /// clients send when the gateway accepts).
+    #[arg(long)]
+    pub compression: bool,
     /// PIDs of the gateway processes, for their memory and CPU time (comma-separated).
     #[arg(long = "pid", value_delimiter = ',')]
     pub pids: Vec<u32>,
@@ -76,6 +80,7 @@ impl Target {
             token,
             ca: self.ca.clone(),
             insecure: self.insecure,
+            compression: self.compression,
         })
     }
 
@@ -154,6 +159,10 @@ pub struct Publishing {
     /// Padding bytes in each publication.
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
+    /// Pad with a realistic JSON event of about `--payload` bytes instead of `x`s (for
+    /// compression figures).
+    #[arg(long)]
+    pub event: bool,
     /// Publish through the HTTP API or through WebSocket clients.
     #[arg(long, value_enum, default_value = "http")]
     pub publish_via: Via,
@@ -250,7 +259,7 @@ pub async fn idle(
     report.connections.dropped = counts.disconnects;
     if broadcast {
         let names: Vec<String> = (0..channels).map(|c| format!("{prefix}{c}")).collect();
-        let mut publisher = Publisher::http(target.apis.clone(), target.api_key.clone(), names, 64, 16, 1);
+        let mut publisher = Publisher::http(target.apis.clone(), target.api_key.clone(), names, 64, wire::padding(16, false), 1);
         let started = Instant::now();
         // One publication per channel, within a second.
         let published = publisher
@@ -348,7 +357,7 @@ pub async fn traffic(
             target.api_key.clone(),
             names,
             publishing.in_flight,
-            publishing.payload,
+            wire::padding(publishing.payload, publishing.event),
             publishing.batch,
         ),
         Via::Ws => {
@@ -364,7 +373,7 @@ pub async fn traffic(
                 publishing.publishers,
                 names,
                 publishing.in_flight,
-                publishing.payload,
+                wire::padding(publishing.payload, publishing.event),
             )
             .await?
         }

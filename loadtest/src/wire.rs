@@ -60,9 +60,37 @@ pub fn now_micros() -> u64 {
         .unwrap_or(0)
 }
 
-/// The probe payload for publication `seq` scheduled at `sent_micros`.
+/// The probe payload for publication `seq` scheduled at `sent_micros`;
+/// `padding` (from [`padding`]) follows the two numbers.
 pub fn probe(seq: u64, sent_micros: u64, padding: &str) -> String {
-    format!(r#"{{"seq":{seq},"t":{sent_micros},"pad":"{padding}"}}"#)
+    format!(r#"{{"seq":{seq},"t":{sent_micros}{padding}}}"#)
+}
+
+/// What pads each probe to about `bytes`: `x`s, or with `event` a JSON
+/// event of the kind frontend apps receive (an order with its items), which
+/// compresses the way real payloads do rather than as a run of one letter.
+pub fn padding(bytes: usize, event: bool) -> String {
+    if !event {
+        return format!(r#","pad":"{}""#, "x".repeat(bytes));
+    }
+    let mut items = Vec::new();
+    let mut event = String::new();
+    for i in 0.. {
+        items.push(format!(
+            r#"{{"sku":"SKU-{:05}","name":"Product {i} with a longer descriptive name","quantity":{},"price":{{"amount":{},"currency":"EUR"}}}}"#,
+            (i * 7919) % 100_000,
+            i % 5 + 1,
+            1999 + i * 37
+        ));
+        event = format!(
+            r#","event":"order.updated","order":{{"id":"ord_8f2b1c9d4e","status":"shipped","customer":{{"id":"cus_19a7","name":"Ann Example"}},"items":[{}]}}"#,
+            items.join(",")
+        );
+        if event.len() >= bytes {
+            break;
+        }
+    }
+    event
 }
 
 pub fn subscribe(protocol: Protocol, id: u64, channel: &str) -> Message {
@@ -170,7 +198,7 @@ mod tests {
     fn reads_probes_from_json_frames() {
         let frame = Message::text(format!(
             r#"{{"type":"message","channel":"c","data":{},"offset":3}}"#,
-            probe(42, 1_700_000_000_123_456, "xx")
+            probe(42, 1_700_000_000_123_456, &padding(2, false))
         ));
         assert_eq!(
             parse(Protocol::Json, &frame),
@@ -201,7 +229,7 @@ mod tests {
             id: None,
             kind: Some(pb::server_message::Kind::Message(pb::Message {
                 channel: "c".into(),
-                data: Bytes::from(probe(7, 99, "")),
+                data: Bytes::from(probe(7, 99, &padding(0, false))),
                 offset: None,
                 epoch: None,
             })),

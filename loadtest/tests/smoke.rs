@@ -190,6 +190,27 @@ fn scenarios_run_against_two_redis_backed_nodes_without_loss() {
     assert_eq!(report.steps[0].expected, 80 * 300);
     assert!(report.steps[0].server_cpu_secs.is_some());
 
+    // The same with permessage-deflate on every connection, JSON clients
+    // and payloads large enough to be compressed.
+    let report = loadtest(&[
+        "fanout",
+        "--url",
+        &urls,
+        "--api",
+        &cluster.api(0),
+        "--subscribers",
+        "200",
+        "--compression",
+        "--payload",
+        "1024",
+        "--event",
+        "--rate",
+        "40",
+        "--duration",
+        "2s",
+    ]);
+    assert_no_loss(&report, 200);
+
     // Many channels, random targets, publishing through both APIs.
     let apis = format!("{},{}", cluster.api(0), cluster.api(1));
     let report = loadtest(&[

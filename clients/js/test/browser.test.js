@@ -175,3 +175,79 @@ test('the demo page subscribes, shows publications, and recovers every message a
     await page.screenshot({ path: join(ARTIFACTS, 'browser-recovery.png'), fullPage: true }).catch(() => {});
   }
 });
+
+/** The value of an unlabelled sample in a Prometheus text body. */
+function metric(text, name) {
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line === undefined ? undefined : Number(line.slice(name.length + 1));
+}
+
+test('the browser negotiates permessage-deflate, receives compressed publications, and its own compressed publishes arrive intact', async () => {
+  const { chromium } = await import('playwright-core');
+  const node = await Gateway.start(['--node-id', 'deflate-node']);
+  const profile = mkdtempSync(join(tmpdir(), 'js-client-chromium-'));
+  cleanups.push(async () => rmSync(profile, { recursive: true, force: true }));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  cleanups.push(() => context.close());
+  const page = await context.newPage();
+  await page.goto(`${node.httpUrl}/healthz`);
+  // A JSON event of about 1 KiB, the kind an app receives.
+  const event = (n) => ({
+    event: 'order.updated',
+    n,
+    items: Array.from({ length: 10 }, (_, i) => ({ sku: `SKU-${i}`, name: `Product number ${i} with a descriptive name`, quantity: i + 1, price: { amount: 1999 + i, currency: 'EUR' } })),
+  });
+
+  // Two sockets in the page: one subscribes and collects, one publishes.
+  const extensions = await page.evaluate(async (url) => {
+    const open = () =>
+      new Promise((resolve, reject) => {
+        const ws = new WebSocket(url, 'pubsub.v1.json');
+        ws.onopen = () => resolve(ws);
+        ws.onerror = () => reject(new Error('WebSocket did not open'));
+      });
+    const reader = await open();
+    const writer = await open();
+    window.received = [];
+    window.replies = [];
+    reader.onmessage = (e) => {
+      const m = JSON.parse(e.data);
+      if (m.type === 'message') window.received.push(m.data);
+    };
+    writer.onmessage = (e) => window.replies.push(JSON.parse(e.data));
+    await new Promise((resolve) => {
+      reader.addEventListener('message', function once(e) {
+        if (JSON.parse(e.data).type === 'subscribed') resolve();
+      });
+      reader.send(JSON.stringify({ type: 'subscribe', id: 1, channel: 'deflate:feed' }));
+    });
+    window.writer = writer;
+    return [reader.extensions, writer.extensions];
+  }, node.wsUrl);
+  for (const negotiated of extensions) {
+    assert.match(negotiated, /^permessage-deflate/, 'Chromium offered the extension and the gateway accepted it');
+    assert.match(negotiated, /client_no_context_takeover/);
+  }
+
+  // Publications from a backend reach the page compressed.
+  for (const n of [1, 2, 3]) await node.publish('deflate:feed', event(n));
+  await waitFor(() => page.evaluate(() => window.received.length >= 3), { message: 'the page to receive 3 publications' });
+  assert.deepEqual(await page.evaluate(() => window.received), [event(1), event(2), event(3)]);
+  const before = await fetch(`${node.httpUrl}/metrics`).then((r) => r.text());
+  assert.equal(metric(before, 'gateway_compression_connections'), 2);
+  const compressedIn = metric(before, 'gateway_compression_bytes_in_total');
+  const compressedOut = metric(before, 'gateway_compression_bytes_out_total');
+  assert.ok(compressedOut > 0 && compressedIn > 3 * compressedOut, `compressed ${compressedIn} -> ${compressedOut} bytes`);
+
+  // The page publishes (Chromium compresses its messages); the other socket receives intact.
+  await page.evaluate((data) => window.writer.send(JSON.stringify({ type: 'publish', id: 9, channel: 'deflate:feed', data })), event(4));
+  await waitFor(() => page.evaluate(() => window.received.length >= 4), { message: 'the page to receive its own publish' });
+  assert.deepEqual((await page.evaluate(() => window.received))[3], event(4));
+  assert.equal((await page.evaluate(() => window.replies)).find((r) => r.id === 9)?.type, 'published');
+  const history = await fetch(`${node.httpUrl}/api/history?channel=deflate:feed`).then((r) => r.json());
+  assert.deepEqual(history.publications.at(-1).data, event(4), 'stored as published');
+});

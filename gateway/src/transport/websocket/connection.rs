@@ -32,7 +32,6 @@ use pubsub_proto::{Encoding, close};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::socket::{Incoming, Socket, SocketError};
-use super::wire::opcode;
 use crate::frame::Frame;
 use crate::outbox::Taken;
 use crate::session::{End, Inbound, Session};
@@ -181,51 +180,44 @@ where
     /// negotiated it and the payload is large enough to gain.
     fn put(&mut self, frame: Frame, written: &mut Written) {
         let encoding = self.session.peer().encoding;
-        let data_opcode = match encoding {
-            Encoding::Json => opcode::TEXT,
-            Encoding::Protobuf => opcode::BINARY,
-        };
-        let node = self.session.node();
-        let min_size = node.config.compression_min_size;
-        let (payload, compressed) = match frame {
-            Frame::Ping => {
-                self.socket.queue(opcode::PING, false, &[]);
+        let text = encoding == Encoding::Json;
+        let min_size = self.session.node().config.compression_min_size;
+        let payload = match frame {
+            Frame::Ping => return self.socket.queue_ping(),
+            Frame::Message(payload) => {
+                if let Some(size) = self.socket.queue_data(text, &payload, min_size) {
+                    written.uncompressed += payload.len() as u64;
+                    written.compressed += size as u64;
+                }
                 return;
             }
             Frame::Publication(delivery) => {
                 written.publications += u64::from(delivery.is_publication());
                 let payload = delivery.encoded(encoding);
-                let compressed = match self.socket.compression() {
-                    Some(c) if payload.len() >= min_size => {
-                        let bits = c.agreed.server_window_bits;
-                        if bits == 15 {
-                            // Compressed once, shared by every subscriber.
-                            delivery.deflated(encoding, |data| c.deflater.compress(data, 15))
-                        } else {
-                            c.deflater.compress(&payload, bits)
-                        }
+                let shared = match self.socket.compression() {
+                    // The usual window: compressed once, shared by every
+                    // subscriber.
+                    Some(c) if payload.len() >= min_size && c.agreed.server_window_bits == 15 => {
+                        Some(delivery.deflated(encoding, |data| c.deflater.compress(data, 15)))
                     }
                     _ => None,
                 };
-                (payload, compressed)
-            }
-            Frame::Message(payload) => {
-                let compressed = match self.socket.compression() {
-                    Some(c) if payload.len() >= min_size => {
-                        c.deflater.compress(&payload, c.agreed.server_window_bits)
+                match shared {
+                    Some(Some(compressed)) => {
+                        written.uncompressed += payload.len() as u64;
+                        written.compressed += compressed.len() as u64;
+                        return self.socket.queue_compressed(text, &compressed);
                     }
-                    _ => None,
-                };
-                (payload, compressed)
+                    // Not worth compressing.
+                    Some(None) => return self.socket.queue_plain(text, &payload),
+                    None => payload,
+                }
             }
         };
-        match compressed {
-            Some(compressed) => {
-                written.uncompressed += payload.len() as u64;
-                written.compressed += compressed.len() as u64;
-                self.socket.queue(data_opcode, true, &compressed);
-            }
-            None => self.socket.queue(data_opcode, false, &payload),
+        // A smaller window the client asked for: this connection's own.
+        if let Some(size) = self.socket.queue_data(text, &payload, min_size) {
+            written.uncompressed += payload.len() as u64;
+            written.compressed += size as u64;
         }
     }
 

@@ -19,4 +19,5 @@ mod socket;
 mod upgrade;
 mod wire;
 
-pub use upgrade::handle;
+pub use socket::{Incoming, Socket, SocketError};
+pub use upgrade::{Upgrade, handle};

@@ -261,6 +261,9 @@ where
     }
 
     fn on_close(&mut self, payload: &[u8]) -> Result<Incoming, SocketError> {
+        // Even a malformed close frame is the client's close: nothing more
+        // is read, and nobody waits for another.
+        self.closed_by_client = true;
         let code = match payload {
             [] => None,
             [_] => return Err(SocketError::protocol("a close frame with one byte of payload")),
@@ -278,7 +281,6 @@ where
                 Some(code)
             }
         };
-        self.closed_by_client = true;
         if !self.sent_close {
             // The echo (RFC 6455 section 5.5.1): the same code, no reason.
             let echo = code.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
@@ -289,9 +291,50 @@ where
     }
 
     /// Appends one frame to the output (written by [`Socket::poll_flush`]).
-    pub fn queue(&mut self, opcode: u8, rsv1: bool, payload: &[u8]) {
+    fn queue(&mut self, opcode: u8, rsv1: bool, payload: &[u8]) {
         wire::write_header(&mut self.out, opcode, rsv1, payload.len());
         self.out.extend_from_slice(payload);
+    }
+
+    /// Appends a text (JSON) or binary (protobuf) message, compressed when
+    /// the connection negotiated compression, the payload has at least
+    /// `min_size` bytes and compressing makes it smaller. Returns the
+    /// compressed size when it was sent compressed.
+    pub fn queue_data(&mut self, text: bool, payload: &[u8], min_size: usize) -> Option<usize> {
+        let opcode = if text { opcode::TEXT } else { opcode::BINARY };
+        let compressed = match &self.compression {
+            Some(c) if payload.len() >= min_size => c.deflater.compress(payload, c.agreed.server_window_bits),
+            _ => None,
+        };
+        match compressed {
+            Some(compressed) => {
+                self.queue(opcode, true, &compressed);
+                Some(compressed.len())
+            }
+            None => {
+                self.queue(opcode, false, payload);
+                None
+            }
+        }
+    }
+
+    /// Appends an already compressed message (compressed once for many
+    /// connections; only valid when the connection negotiated compression
+    /// with the same window).
+    pub fn queue_compressed(&mut self, text: bool, compressed: &[u8]) {
+        let opcode = if text { opcode::TEXT } else { opcode::BINARY };
+        self.queue(opcode, true, compressed);
+    }
+
+    /// Appends an uncompressed message.
+    pub fn queue_plain(&mut self, text: bool, payload: &[u8]) {
+        let opcode = if text { opcode::TEXT } else { opcode::BINARY };
+        self.queue(opcode, false, payload);
+    }
+
+    /// Appends a ping.
+    pub fn queue_ping(&mut self) {
+        self.queue(opcode::PING, false, &[]);
     }
 
     /// Appends a close frame with `code` and `reason` (cut to fit 123 bytes

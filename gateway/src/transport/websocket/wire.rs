@@ -158,11 +158,12 @@ pub fn frame(opcode: u8, rsv1: bool, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Close codes a client may send (RFC 6455 section 7.4, as Autobahn checks
-/// them): 1000-1003, 1007-1011, and 3000-4999 for libraries and
-/// applications. 1005, 1006 and 1015 are never sent on the wire.
+/// Close codes a client may send (RFC 6455 section 7.4 and the IANA
+/// registry): 1000-1003, 1007-1014, and 3000-4999 for libraries and
+/// applications. 1004 is reserved; 1005, 1006 and 1015 are never sent on
+/// the wire.
 pub fn is_valid_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 #[cfg(test)]
@@ -249,6 +250,7 @@ mod tests {
             [0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]
         );
         assert!(is_valid_close_code(1000) && is_valid_close_code(4999) && is_valid_close_code(3000));
+        assert!(is_valid_close_code(1012) && is_valid_close_code(1014));
         for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
             assert!(!is_valid_close_code(bad), "{bad}");
         }
