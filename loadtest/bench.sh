@@ -75,5 +75,9 @@ redis_before=$(cpu_of "${redis_pids[@]}")
 report="$out/$scenario-$nodes-node-$(date +%H%M%S).json"
 "$bin/loadtest" "$scenario" --url "$(join "${urls[@]}")" --api "${apis[0]}" \
   --pid "$(join "${gw_pids[@]}")" --json "$report" "${extra[@]}" "$@"
+for api in "${apis[@]}"; do
+  # What compression did on each node (permessage-deflate), if anything.
+  curl -sf "$api/metrics" | grep -E '^gateway_compression_(bytes_(in|out)_total|connections) ' | sed "s|^|$api |" || true
+done
 (( ${#redis_pids[@]} )) && echo "Redis CPU during the run: $(awk -v a="$(cpu_of "${redis_pids[@]}")" -v b="$redis_before" 'BEGIN {printf "%.2f", a - b}') s"
 exit 0

@@ -211,9 +211,18 @@ where
     Ok((ws, response_headers))
 }
 
+/// Messages inflated recently on this thread, kept for reuse.
+const INFLATED_CACHE: usize = 32;
+
 thread_local! {
     /// One decompressor per thread for servers without context takeover.
     static INFLATER: RefCell<Decompress> = RefCell::new(Decompress::new(false));
+    /// Without context takeover, the same compressed bytes always inflate
+    /// to the same message, and a fan-out sends the same bytes to every
+    /// subscriber: the last few results are reused by the thread's other
+    /// clients (a load generator with thousands of subscribers would
+    /// otherwise spend more CPU inflating than the server compressing).
+    static INFLATED: RefCell<Vec<(Bytes, Bytes)>> = const { RefCell::new(Vec::new()) };
     static DEFLATER: RefCell<Compress> = RefCell::new(Compress::new(Compression::default(), false));
 }
 
@@ -237,6 +246,32 @@ fn inflate_with(decompressor: &mut Decompress, data: &[u8]) -> Result<Vec<u8>, E
         }
     }
     Ok(out)
+}
+
+/// Inflates a message compressed without context, reusing what this
+/// thread inflated recently.
+fn inflate_shared(data: &Bytes) -> Result<Bytes, Error> {
+    let cached = INFLATED.with(|cache| {
+        let cache = cache.borrow();
+        cache.iter().find(|(key, _)| key == data).map(|(_, value)| value.clone())
+    });
+    if let Some(inflated) = cached {
+        return Ok(inflated);
+    }
+    let inflated = INFLATER.with(|d| {
+        let mut d = d.borrow_mut();
+        d.reset(false);
+        inflate_with(&mut d, data)
+    })?;
+    let inflated = Bytes::from(inflated);
+    INFLATED.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.len() == INFLATED_CACHE {
+            cache.remove(0);
+        }
+        cache.push((data.clone(), inflated.clone()));
+    });
+    Ok(inflated)
 }
 
 fn deflate_with(compressor: &mut Compress, data: &[u8]) -> Vec<u8> {
@@ -418,17 +453,14 @@ where
                 if self.negotiated.is_none() {
                     return Err(Error::Protocol("a compressed frame without the extension"));
                 }
+                let data = data.freeze();
                 let inflated = match &mut self.decompressor {
-                    Some(decompressor) => inflate_with(decompressor, &data)?,
-                    None => INFLATER.with(|d| {
-                        let mut d = d.borrow_mut();
-                        d.reset(false);
-                        inflate_with(&mut d, &data)
-                    })?,
+                    Some(decompressor) => Bytes::from(inflate_with(decompressor, &data)?),
+                    None => inflate_shared(&data)?,
                 };
                 self.compressed_in += data.len() as u64;
                 self.inflated_in += inflated.len() as u64;
-                Bytes::from(inflated)
+                inflated
             } else {
                 data.freeze()
             };
