@@ -73,9 +73,19 @@ impl Outbox {
         }
     }
 
-    /// The bound on queued messages.
-    pub fn max_messages(&self) -> usize {
-        self.max_messages
+    /// Whether `held` frames kept for this client elsewhere (its share of
+    /// a channel buffered while it recovers) are within its bound. Past it
+    /// the client is closed as a slow consumer (4008), as if they had been
+    /// queued here: the one slow-consumer policy, whatever holds the frames.
+    pub fn may_hold(&self, held: usize) -> bool {
+        if held <= self.max_messages {
+            return true;
+        }
+        self.close(CloseRequest::now(
+            pubsub_proto::close::SLOW_CONSUMER,
+            "slow consumer: too much arrived while recovering",
+        ));
+        false
     }
 
     /// Queues `item` without waiting.

@@ -259,7 +259,14 @@ pub async fn idle(
     report.connections.dropped = counts.disconnects;
     if broadcast {
         let names: Vec<String> = (0..channels).map(|c| format!("{prefix}{c}")).collect();
-        let mut publisher = Publisher::http(target.apis.clone(), target.api_key.clone(), names, 64, wire::padding(16, false), 1);
+        let mut publisher = Publisher::http(
+            target.apis.clone(),
+            target.api_key.clone(),
+            names,
+            64,
+            wire::padding(16, false),
+            1,
+        );
         let started = Instant::now();
         // One publication per channel, within a second.
         let published = publisher

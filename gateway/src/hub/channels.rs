@@ -21,13 +21,13 @@ use std::sync::Arc;
 use broker_adapter::{BrokerError, BrokerEvent, History, Listener, StreamOptions};
 use metrics::{Counter, Gauge};
 use parking_lot::Mutex;
-use pubsub_proto::{ChannelName, Publication, ServerMessage, close};
+use pubsub_proto::{ChannelName, Publication, ServerMessage};
 use tokio::sync::oneshot;
 
 use super::stream::{Arrival, Output, Stream};
 use super::worklist::Worklist;
 use crate::delivery::Delivery;
-use crate::frame::{CloseRequest, Frame};
+use crate::frame::Frame;
 use crate::peer::Peer;
 
 const SHARDS: usize = 64;
@@ -96,12 +96,8 @@ impl Entry {
 impl Subscriber {
     fn offer(&mut self, delivery: &Arc<Delivery>) {
         if let Some(buffer) = &mut self.syncing {
-            if buffer.len() >= self.peer.outbox.max_messages() {
+            if !self.peer.outbox.may_hold(buffer.len() + 1) {
                 self.syncing = None;
-                self.peer.outbox.close(CloseRequest::now(
-                    close::SLOW_CONSUMER,
-                    "slow consumer: too much arrived while recovering",
-                ));
                 return;
             }
             buffer.push(delivery.clone());

@@ -253,7 +253,10 @@ fn inflate_with(decompressor: &mut Decompress, data: &[u8]) -> Result<Vec<u8>, E
 fn inflate_shared(data: &Bytes) -> Result<Bytes, Error> {
     let cached = INFLATED.with(|cache| {
         let cache = cache.borrow();
-        cache.iter().find(|(key, _)| key == data).map(|(_, value)| value.clone())
+        cache
+            .iter()
+            .find(|(key, _)| key == data)
+            .map(|(_, value)| value.clone())
     });
     if let Some(inflated) = cached {
         return Ok(inflated);
