@@ -25,6 +25,10 @@ use crate::frame::{CloseRequest, Frame};
 
 /// Items a fresh queue makes room for (a batch gathered under load).
 const BATCH_HINT: usize = 8;
+/// Queued bytes past which the writer is woken even though the queue was
+/// not empty: a writer gathering frames for one write stops gathering
+/// once it has a full write's worth.
+pub const FULL_WRITE: usize = 16 * 1024;
 
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,10 +123,12 @@ impl Outbox {
         }
         state.queue.push_back(item);
         state.bytes += size;
+        let crossed = state.bytes >= FULL_WRITE && state.bytes - size < FULL_WRITE;
         drop(state);
-        // The session empties the whole queue each time it runs, so it only
-        // needs waking when the queue goes from empty to non-empty.
-        if was_empty {
+        // The writer empties the whole queue each time it runs, so it only
+        // needs waking when the queue goes from empty to non-empty, or (if
+        // it is gathering) when a full write's worth is waiting.
+        if was_empty || crossed {
             self.waker.wake();
         }
         Push::Queued
@@ -169,6 +175,16 @@ impl Outbox {
     /// True when frames are queued (a close request alone does not count).
     pub fn has_items(&self) -> bool {
         !self.state.lock().queue.is_empty()
+    }
+
+    /// Frames queued now.
+    pub fn len(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    /// True when at least a full write's worth of bytes is queued.
+    pub fn has_full_write(&self) -> bool {
+        self.state.lock().bytes >= FULL_WRITE
     }
 
     /// The close request, if one was made.
@@ -313,6 +329,34 @@ mod tests {
                 None => std::task::Poll::Pending,
             }
         }))
+    }
+
+    #[tokio::test]
+    async fn a_gathering_writer_is_woken_once_a_full_write_is_queued() {
+        let outbox = Arc::new(Outbox::new(1 << 20, 1000));
+        outbox.push(frame("first"));
+        // The writer looked (and is gathering): later small pushes do not
+        // wake it, the one that completes a full write does.
+        let waiter = tokio::spawn({
+            let outbox = outbox.clone();
+            std::future::poll_fn(move |cx| {
+                outbox.register(cx.waker());
+                if outbox.has_full_write() {
+                    std::task::Poll::Ready(())
+                } else {
+                    std::task::Poll::Pending
+                }
+            })
+        });
+        tokio::task::yield_now().await;
+        outbox.push(frame("small"));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        outbox.push(frame(&"x".repeat(FULL_WRITE)));
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
     }
 
     #[tokio::test]

@@ -90,11 +90,28 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub handshake_timeout: Duration,
 
-    /// How long a connection gathers outgoing frames before writing them, such as `5ms`. `0`
-    /// (the default) writes at once; a few milliseconds turn many small writes into one under
-    /// heavy fan-out, at the cost of that much latency.
+    /// A fixed time each connection gathers outgoing frames before writing them, such as
+    /// `20ms`, instead of --write-coalesce's adaptive window: every frame waits up to that long.
+    /// `0` (the default) leaves it to --write-coalesce.
     #[arg(long, env = "GATEWAY_WRITE_DELAY", value_name = "DURATION", value_parser = parse_duration, default_value = "0s")]
     pub write_delay: Duration,
+
+    /// Adaptive write batching: a connection that has not written for this long writes a new
+    /// frame at once; one that wrote more recently (it is receiving a stream) waits out the rest
+    /// of the window, so what arrives meanwhile shares one write. Light traffic gets no added
+    /// latency, heavy fan-out most of a fixed delay's savings. `0` writes every frame at once.
+    #[arg(long, env = "GATEWAY_WRITE_COALESCE", value_name = "DURATION", value_parser = parse_duration, default_value = "20ms")]
+    pub write_coalesce: Duration,
+
+    /// Runtime worker threads [0: one per CPU the process may use]. When several gateway
+    /// processes share a host, give each its share of the cores.
+    #[arg(
+        long,
+        env = "GATEWAY_WORKER_THREADS",
+        value_name = "COUNT",
+        default_value_t = 0
+    )]
+    pub worker_threads: usize,
 
     /// permessage-deflate for WebSocket clients that offer it (every browser does): `on` or
     /// `off`. Each publication is compressed once and the same bytes go to every subscriber that

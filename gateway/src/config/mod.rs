@@ -44,6 +44,10 @@ pub struct Config {
     pub handshake_timeout: Duration,
     #[serde(serialize_with = "print::duration")]
     pub write_delay: Duration,
+    #[serde(serialize_with = "print::duration")]
+    pub write_coalesce: Duration,
+    /// 0: one per CPU.
+    pub worker_threads: usize,
     /// permessage-deflate offered to WebSocket clients.
     #[serde(serialize_with = "print::switch")]
     pub compression: bool,
@@ -178,6 +182,8 @@ impl Config {
             drain_reconnect_jitter: cli.drain_reconnect_jitter,
             handshake_timeout: cli.handshake_timeout,
             write_delay: cli.write_delay,
+            write_coalesce: cli.write_coalesce,
+            worker_threads: cli.worker_threads,
             compression: cli.compression,
             compression_level: cli.compression_level,
             compression_min_size: cli.compression_min_size,
@@ -250,6 +256,12 @@ impl Config {
         }
         if self.write_delay > Duration::from_secs(1) {
             return Err(invalid("write_delay", "must be at most 1s".into()));
+        }
+        if self.write_coalesce > Duration::from_secs(1) {
+            return Err(invalid("write_coalesce", "must be at most 1s".into()));
+        }
+        if self.worker_threads > 1024 {
+            return Err(invalid("worker_threads", "must be at most 1024".into()));
         }
         if self.handshake_timeout.is_zero() {
             return Err(invalid("handshake_timeout", "must be more than zero".into()));
