@@ -37,13 +37,16 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use pubsub_proto::{ChannelName, Publication};
+use pubsub_proto::{ChannelName, Member, Publication};
 use tokio::sync::watch;
 
 pub mod memory;
+pub mod presence;
 pub mod redis;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+pub use presence::{ChannelPresence, PresenceBatch, PresenceChange, PresenceEvent, PresenceStats};
 
 /// A boxed future, so that [`Broker`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -94,6 +97,33 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Stops delivering publications on `channels` to this node.
     fn unsubscribe<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Applies this node's presence work ([`presence`]): every channel of
+    /// the batch in one round trip where the broker allows, each channel's
+    /// changes in order. Returns the channels whose count of this node's
+    /// members differed from `expected` (the node syncs them next time).
+    /// `Err(Partial)` names the channels that were not applied.
+    fn presence_update<'a>(
+        &'a self,
+        batch: &'a PresenceBatch,
+    ) -> BoxFuture<'a, Result<Vec<ChannelName>, BrokerError>>;
+
+    /// The members of `channel` on every node. Members of nodes whose
+    /// entries expired are dropped first (with leave events at most
+    /// `events` per second, if given).
+    fn presence<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        events: Option<u32>,
+    ) -> BoxFuture<'a, Result<Vec<Member>, BrokerError>>;
+
+    /// How many clients and distinct users `channel` has, without reading
+    /// the members (the cost does not grow with their number).
+    fn presence_stats<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        events: Option<u32>,
+    ) -> BoxFuture<'a, Result<PresenceStats, BrokerError>>;
 
     /// Current health, updated as it changes.
     fn health(&self) -> watch::Receiver<Health>;
@@ -157,6 +187,12 @@ impl ListenerSlot {
             listener.on_event(event);
         }
     }
+
+    pub(crate) fn on_presence(&self, event: PresenceEvent) {
+        if let Some(listener) = self.get() {
+            listener.on_presence(event);
+        }
+    }
 }
 
 /// Receives what a broker delivers to this node. Implemented by the hub.
@@ -168,6 +204,11 @@ pub trait Listener: Send + Sync + 'static {
     /// The broker's connection changed state. After [`BrokerEvent::Restored`]
     /// the node may have missed publications while it was down.
     fn on_event(&self, event: BrokerEvent);
+
+    /// A member joined or left a channel (its namespace has join and
+    /// leave events on), on any node. Called in the order the broker
+    /// applied the changes per channel; must return quickly.
+    fn on_presence(&self, event: PresenceEvent);
 }
 
 /// Metric handles a broker records into (registered by the node).

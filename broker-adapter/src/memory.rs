@@ -26,9 +26,13 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::{
-    BoxFuture, Broker, BrokerError, Health, History, Listener, ListenerSlot, Published, StreamOptions,
-    new_epoch,
+    BoxFuture, Broker, BrokerError, Health, History, Listener, ListenerSlot, PresenceBatch, PresenceStats,
+    Published, StreamOptions, new_epoch,
 };
+use presence::PresenceTable;
+use pubsub_proto::Member;
+
+mod presence;
 
 const SHARDS: usize = 32;
 /// How often expired streams of idle channels are dropped.
@@ -97,6 +101,7 @@ type Shard = Mutex<HashMap<ChannelName, Channel>>;
 
 struct Inner {
     listener: ListenerSlot,
+    presence: PresenceTable,
     shards: Box<[Shard]>,
     hasher: RandomState,
 }
@@ -158,6 +163,7 @@ impl MemoryBroker {
         MemoryBroker {
             inner: Arc::new(Inner {
                 listener: ListenerSlot::default(),
+                presence: PresenceTable::default(),
                 shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
                 hasher: RandomState::new(),
             }),
@@ -301,6 +307,41 @@ impl Broker for MemoryBroker {
         Box::pin(async { Ok(()) })
     }
 
+    fn presence_update<'a>(
+        &'a self,
+        batch: &'a PresenceBatch,
+    ) -> BoxFuture<'a, Result<Vec<ChannelName>, BrokerError>> {
+        let mut differing = Vec::new();
+        for work in &batch.channels {
+            let (events, differs) = self.inner.presence.apply(work, batch.event_rate);
+            for event in events {
+                self.inner.listener.on_presence(event);
+            }
+            if differs {
+                differing.push(work.channel.clone());
+            }
+        }
+        Box::pin(async move { Ok(differing) })
+    }
+
+    fn presence<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        _events: Option<u32>,
+    ) -> BoxFuture<'a, Result<Vec<Member>, BrokerError>> {
+        let members = self.inner.presence.members(channel);
+        Box::pin(async move { Ok(members) })
+    }
+
+    fn presence_stats<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        _events: Option<u32>,
+    ) -> BoxFuture<'a, Result<PresenceStats, BrokerError>> {
+        let stats = self.inner.presence.stats(channel);
+        Box::pin(async move { Ok(stats) })
+    }
+
     fn health(&self) -> watch::Receiver<Health> {
         self.health.subscribe()
     }
@@ -341,6 +382,7 @@ mod tests {
             self.0.lock().push((p.channel.to_string(), p.data, p.offset));
         }
         fn on_event(&self, _: BrokerEvent) {}
+        fn on_presence(&self, _: crate::PresenceEvent) {}
     }
 
     fn ch(name: &str) -> ChannelName {
@@ -413,6 +455,7 @@ mod tests {
             }
         }
         fn on_event(&self, _: BrokerEvent) {}
+        fn on_presence(&self, _: crate::PresenceEvent) {}
     }
 
     #[tokio::test]

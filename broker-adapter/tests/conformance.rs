@@ -3,6 +3,7 @@
 //! three-master Redis Cluster, each test on its own servers.
 
 use broker_adapter::testing::conformance::{self, Subject};
+use broker_adapter::testing::presence;
 
 macro_rules! suite {
     ($broker:ident, $make:expr) => {
@@ -45,6 +46,16 @@ macro_rules! suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn restart_stream_starts_one_new_epoch() {
                 conformance::restart_stream_starts_one_new_epoch(&subject().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn presence_members_counts_and_events() {
+                presence::members_counts_and_events(&subject().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn presence_of_a_silent_node_ends_after_its_ttl() {
+                presence::a_silent_node_leaves_after_its_ttl(&subject().await).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,6 +85,7 @@ mod tests {
             channels: channels.iter().map(|s| s.to_string()).collect(),
             publish: publish.iter().map(|s| s.to_string()).collect(),
             expires_at: u64::MAX,
+            info: None,
         }
     }
 

@@ -9,7 +9,8 @@
 //!
 //! Claims the gateway reads: `sub` (user id; empty for anonymous),
 //! `channels` and `publish` (channel patterns the user may subscribe and
-//! publish to), `exp`.
+//! publish to), `exp`, and `info` (any JSON value, at most
+//! [`MAX_INFO_LEN`] bytes as written: shown to other members in presence).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +21,8 @@ use crate::config::Config;
 
 /// Longest token accepted, in bytes (before any parsing).
 const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// Longest `info` claim accepted, in bytes of JSON text.
+pub const MAX_INFO_LEN: usize = 1024;
 
 /// Who a connection is, from its token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +35,8 @@ pub struct Identity {
     pub publish: Vec<String>,
     /// When the token expires, as Unix seconds.
     pub expires_at: u64,
+    /// The `info` claim's JSON text, if any (presence shows it).
+    pub info: Option<bytes::Bytes>,
 }
 
 impl Identity {
@@ -51,6 +56,8 @@ struct Claims {
     channels: Vec<String>,
     #[serde(default)]
     publish: Vec<String>,
+    #[serde(default)]
+    info: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// Verifies client tokens.
@@ -139,11 +146,21 @@ impl Authenticator {
             }
         })?;
         let claims = data.claims;
+        let info = claims.info.map(|raw| raw.get().to_owned());
+        if let Some(info) = &info
+            && info.len() > MAX_INFO_LEN
+        {
+            return Err(format!(
+                "the token's info claim is {} bytes; at most {MAX_INFO_LEN} are accepted",
+                info.len()
+            ));
+        }
         Ok(Identity {
             user: claims.sub,
             channels: claims.channels,
             publish: claims.publish,
             expires_at: claims.exp,
+            info: info.map(bytes::Bytes::from),
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Encode once, share everywhere.
 //!
 //! A [`Delivery`] is one thing on its way to a channel's local subscribers:
-//! a publication, or a gap notice. The first subscriber of each encoding
+//! a publication, a gap notice, or an event (a presence join or leave). The first subscriber of each encoding
 //! encodes the frame; every other subscriber clones the same
 //! reference-counted bytes. No subscriber copies or re-serializes a payload.
 
@@ -13,6 +13,7 @@ use pubsub_proto::{ChannelName, Encoding, Publication, Reply, ServerMessage, jso
 enum Content {
     Publication(Publication),
     Gap(ServerMessage),
+    Event(ServerMessage),
 }
 
 /// One publication or notice, with its frames cached per encoding.
@@ -42,6 +43,12 @@ impl Delivery {
         }))
     }
 
+    /// A notice for every subscriber that is neither a publication nor a
+    /// gap (a presence `join` or `leave`).
+    pub fn event(message: ServerMessage) -> Arc<Delivery> {
+        Self::with(Content::Event(message))
+    }
+
     fn with(content: Content) -> Arc<Delivery> {
         Arc::new(Delivery {
             content,
@@ -55,7 +62,7 @@ impl Delivery {
     pub fn offset(&self) -> Option<u64> {
         match &self.content {
             Content::Publication(p) => p.offset,
-            Content::Gap(_) => None,
+            Content::Gap(_) | Content::Event(_) => None,
         }
     }
 
@@ -74,6 +81,7 @@ impl Delivery {
         match &self.content {
             Content::Publication(p) => p.data.len() + p.channel.as_str().len() + 64,
             Content::Gap(_) => 128,
+            Content::Event(_) => 256,
         }
     }
 
@@ -87,7 +95,7 @@ impl Delivery {
                 .get_or_init(|| {
                     Bytes::from(match &self.content {
                         Content::Publication(p) => json::encode_publication(p),
-                        Content::Gap(notice) => json::encode_reply(notice),
+                        Content::Gap(notice) | Content::Event(notice) => json::encode_reply(notice),
                     })
                 })
                 .clone(),
@@ -96,7 +104,7 @@ impl Delivery {
                 .get_or_init(|| {
                     Bytes::from(match &self.content {
                         Content::Publication(p) => protobuf::encode_publication(p),
-                        Content::Gap(notice) => protobuf::encode_reply(notice),
+                        Content::Gap(notice) | Content::Event(notice) => protobuf::encode_reply(notice),
                     })
                 })
                 .clone(),

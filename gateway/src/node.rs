@@ -142,6 +142,10 @@ impl Node {
             metrics.clone(),
             config.namespaces.clone(),
             config.max_publication_size,
+            crate::hub::PresenceConfig {
+                ttl: config.presence_ttl,
+                event_rate: config.presence_event_rate,
+            },
             broker,
         );
         let registry = Arc::new(Registry::default());

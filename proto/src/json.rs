@@ -16,8 +16,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use crate::message::{
-    ClientCommand, Command, DecodeError, ErrorCode, Publication, Reply, ServerMessage, StreamPosition,
-    parse_channel,
+    ClientCommand, Command, DecodeError, ErrorCode, Member, Publication, Reply, ServerMessage,
+    StreamPosition, parse_channel,
 };
 
 /// The shape every JSON command is read into before it is checked.
@@ -167,6 +167,12 @@ pub fn decode_command(text: &str) -> Result<ClientCommand, DecodeError> {
         "refresh" => Command::Refresh {
             token: raw.token.unwrap_or_default(),
         },
+        "presence" => Command::Presence {
+            channel: channel(raw.channel)?,
+        },
+        "presence_stats" => Command::PresenceStats {
+            channel: channel(raw.channel)?,
+        },
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err(DecodeError::new(
@@ -206,6 +212,112 @@ struct Out<'a> {
     code: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'a str>,
+}
+
+/// A presence member as JSON: `info` is the token claim's JSON text,
+/// embedded as it is.
+#[derive(Serialize)]
+struct OutMember<'a> {
+    client: &'a str,
+    user: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<&'a RawValue>,
+}
+
+impl<'a> OutMember<'a> {
+    fn of(member: &'a Member) -> OutMember<'a> {
+        OutMember {
+            client: &member.client,
+            user: &member.user,
+            // Checked when the token was read; anything else is left out.
+            info: member
+                .info
+                .as_deref()
+                .and_then(|raw| std::str::from_utf8(raw).ok())
+                .and_then(|text| serde_json::from_str::<&RawValue>(text).ok()),
+        }
+    }
+}
+
+/// The presence replies and events, which carry members.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum PresenceOut<'a> {
+    List {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: &'a str,
+        members: Vec<OutMember<'a>>,
+    },
+    Stats {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: &'a str,
+        clients: u64,
+        users: u64,
+    },
+    Join {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        member: OutMember<'a>,
+        first: bool,
+    },
+    Leave {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        member: OutMember<'a>,
+        last: bool,
+    },
+}
+
+fn encode_presence(id: Option<u64>, reply: &Reply) -> Option<String> {
+    let out = match reply {
+        Reply::Presence { channel, members } => PresenceOut::List {
+            kind: "presence",
+            id,
+            channel: channel.as_str(),
+            members: members.iter().map(OutMember::of).collect(),
+        },
+        Reply::PresenceStats {
+            channel,
+            clients,
+            users,
+        } => PresenceOut::Stats {
+            kind: "presence_stats",
+            id,
+            channel: channel.as_str(),
+            clients: *clients,
+            users: *users,
+        },
+        Reply::Join {
+            channel,
+            member,
+            first,
+        } => PresenceOut::Join {
+            kind: "join",
+            channel: channel.as_str(),
+            member: OutMember::of(member),
+            first: *first,
+        },
+        Reply::Leave {
+            channel,
+            member,
+            last,
+        } => PresenceOut::Leave {
+            kind: "leave",
+            channel: channel.as_str(),
+            member: OutMember::of(member),
+            last: *last,
+        },
+        _ => return None,
+    };
+    serde_json::to_string(&out).ok()
 }
 
 /// Encodes a reply or notice as one JSON text frame.
@@ -287,6 +399,13 @@ pub fn encode_reply(msg: &ServerMessage) -> String {
             expires_in_ms: Some(*expires_in_ms),
             ..Out::default()
         },
+        presence @ (Reply::Presence { .. }
+        | Reply::PresenceStats { .. }
+        | Reply::Join { .. }
+        | Reply::Leave { .. }) => {
+            return encode_presence(id, presence)
+                .unwrap_or_else(|| String::from(r#"{"type":"error","code":"internal"}"#));
+        }
     };
     // Serializing a struct of strings and integers into a String cannot fail.
     serde_json::to_string(&out).unwrap_or_else(|_| String::from(r#"{"type":"error","code":"internal"}"#))
@@ -416,6 +535,20 @@ mod tests {
                 Some(6),
                 Command::Refresh { token: "t2".into() },
             ),
+            (
+                r#"{"type":"presence","id":7,"channel":"room:1"}"#,
+                Some(7),
+                Command::Presence {
+                    channel: ch("room:1"),
+                },
+            ),
+            (
+                r#"{"type":"presence_stats","id":8,"channel":"room:1"}"#,
+                Some(8),
+                Command::PresenceStats {
+                    channel: ch("room:1"),
+                },
+            ),
         ];
         for (text, id, command) in cases {
             assert_eq!(decode_command(text), Ok(ClientCommand { id, command }), "{text}");
@@ -521,6 +654,72 @@ mod tests {
     fn unknown_type_text_is_truncated_in_the_message() {
         let long = format!(r#"{{"type":"{}"}}"#, "x".repeat(10_000));
         assert!(decode_err(&long).message.len() < 200);
+    }
+
+    #[test]
+    fn presence_replies_and_events_encode_as_documented() {
+        let ann = Member {
+            client: "n1-a-1".into(),
+            user: "ann".into(),
+            info: Some(Bytes::from_static(br#"{"name":"Ann"}"#)),
+        };
+        let anon = Member {
+            client: "n2-b-2".into(),
+            user: String::new(),
+            info: None,
+        };
+        let cases = [
+            (
+                ServerMessage {
+                    id: Some(7),
+                    reply: Reply::Presence {
+                        channel: ch("room:1"),
+                        members: vec![ann.clone(), anon.clone()],
+                    },
+                },
+                json!({"type":"presence","id":7,"channel":"room:1","members":[
+                    {"client":"n1-a-1","user":"ann","info":{"name":"Ann"}},
+                    {"client":"n2-b-2","user":""}]}),
+            ),
+            (
+                ServerMessage {
+                    id: Some(8),
+                    reply: Reply::PresenceStats {
+                        channel: ch("room:1"),
+                        clients: 3,
+                        users: 2,
+                    },
+                },
+                json!({"type":"presence_stats","id":8,"channel":"room:1","clients":3,"users":2}),
+            ),
+            (
+                ServerMessage {
+                    id: None,
+                    reply: Reply::Join {
+                        channel: ch("room:1"),
+                        member: ann.clone(),
+                        first: true,
+                    },
+                },
+                json!({"type":"join","channel":"room:1","member":
+                    {"client":"n1-a-1","user":"ann","info":{"name":"Ann"}},"first":true}),
+            ),
+            (
+                ServerMessage {
+                    id: None,
+                    reply: Reply::Leave {
+                        channel: ch("room:1"),
+                        member: anon,
+                        last: false,
+                    },
+                },
+                json!({"type":"leave","channel":"room:1","member":{"client":"n2-b-2","user":""},"last":false}),
+            ),
+        ];
+        for (message, expected) in cases {
+            let v: Value = serde_json::from_str(&encode_reply(&message)).unwrap();
+            assert_eq!(v, expected);
+        }
     }
 
     #[test]

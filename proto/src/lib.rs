@@ -27,7 +27,7 @@ pub mod pb {
 
 pub use channel::{ChannelName, InvalidChannel};
 pub use message::{
-    ClientCommand, Command, DecodeError, ErrorCode, Publication, Reply, ServerMessage, StreamPosition,
+    ClientCommand, Command, DecodeError, ErrorCode, Member, Publication, Reply, ServerMessage, StreamPosition,
 };
 
 /// The two encodings of protocol v1, chosen per connection by subprotocol.

@@ -40,6 +40,10 @@ pub enum Command {
     Ping,
     /// Replace the connection's token before it expires.
     Refresh { token: String },
+    /// Who is in `channel` (its presence namespace keeps a member list).
+    Presence { channel: ChannelName },
+    /// How many clients and distinct users are in `channel`.
+    PresenceStats { channel: ChannelName },
 }
 
 impl Command {
@@ -52,6 +56,8 @@ impl Command {
             Command::Publish { .. } => "publish",
             Command::Ping => "ping",
             Command::Refresh { .. } => "refresh",
+            Command::Presence { .. } => "presence",
+            Command::PresenceStats { .. } => "presence_stats",
         }
     }
 }
@@ -126,6 +132,43 @@ pub enum Reply {
     Refreshed {
         expires_in_ms: u64,
     },
+    /// The members of `channel` (answers `presence`).
+    Presence {
+        channel: ChannelName,
+        members: Vec<Member>,
+    },
+    /// The number of clients and distinct users in `channel` (answers
+    /// `presence_stats`).
+    PresenceStats {
+        channel: ChannelName,
+        clients: u64,
+        users: u64,
+    },
+    /// A member joined `channel`; `first`: the user's first connection in
+    /// it (the user joined, not just another tab).
+    Join {
+        channel: ChannelName,
+        member: Member,
+        first: bool,
+    },
+    /// A member left `channel`; `last`: it was the user's last connection
+    /// in it (the user left).
+    Leave {
+        channel: ChannelName,
+        member: Member,
+        last: bool,
+    },
+}
+
+/// One connection in a channel's presence.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Member {
+    /// The client id (`connected.client`), unique across nodes.
+    pub client: String,
+    /// The token's `sub`; empty for an anonymous connection.
+    pub user: String,
+    /// The token's `info` claim as JSON text, if it had one.
+    pub info: Option<Bytes>,
 }
 
 /// A publication on a channel, as delivered to subscribers.
@@ -183,6 +226,9 @@ pub enum ErrorCode {
     LimitExceeded,
     /// Too many publications; slow down.
     RateLimited,
+    /// The channel's namespace does not offer this (presence, join and
+    /// leave events).
+    NotAvailable,
 }
 
 impl ErrorCode {
@@ -201,6 +247,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::NotAvailable => "not_available",
         }
     }
 
@@ -219,6 +266,7 @@ impl ErrorCode {
             "forbidden" => ErrorCode::Forbidden,
             "limit_exceeded" => ErrorCode::LimitExceeded,
             "rate_limited" => ErrorCode::RateLimited,
+            "not_available" => ErrorCode::NotAvailable,
             _ => return None,
         })
     }

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use prost::Message as _;
 
 use crate::message::{
-    ClientCommand, Command, DecodeError, ErrorCode, Publication, Reply, ServerMessage, StreamPosition,
-    parse_channel,
+    ClientCommand, Command, DecodeError, ErrorCode, Member, Publication, Reply, ServerMessage,
+    StreamPosition, parse_channel,
 };
 use crate::pb;
 
@@ -41,6 +41,12 @@ pub fn decode_command(frame: Bytes) -> Result<ClientCommand, DecodeError> {
         },
         Some(C::Ping(_)) => Command::Ping,
         Some(C::Refresh(r)) => Command::Refresh { token: r.token },
+        Some(C::Presence(p)) => Command::Presence {
+            channel: parse_channel(id, &p.channel)?,
+        },
+        Some(C::PresenceStats(p)) => Command::PresenceStats {
+            channel: parse_channel(id, &p.channel)?,
+        },
         None => {
             return Err(DecodeError::new(
                 id,
@@ -73,6 +79,12 @@ pub fn encode_command(cmd: &ClientCommand) -> Vec<u8> {
         }),
         Command::Ping => C::Ping(pb::Ping {}),
         Command::Refresh { token } => C::Refresh(pb::Refresh { token: token.clone() }),
+        Command::Presence { channel } => C::Presence(pb::Presence {
+            channel: channel.to_string(),
+        }),
+        Command::PresenceStats { channel } => C::PresenceStats(pb::PresenceStats {
+            channel: channel.to_string(),
+        }),
     };
     pb::ClientCommand {
         id: cmd.id,
@@ -132,12 +144,51 @@ pub fn encode_reply(msg: &ServerMessage) -> Vec<u8> {
         Reply::Refreshed { expires_in_ms } => K::Refreshed(pb::Refreshed {
             expires_in_ms: *expires_in_ms,
         }),
+        Reply::Presence { channel, members } => K::Presence(pb::PresenceReply {
+            channel: channel.to_string(),
+            members: members.iter().map(member).collect(),
+        }),
+        Reply::PresenceStats {
+            channel,
+            clients,
+            users,
+        } => K::PresenceStats(pb::PresenceStatsReply {
+            channel: channel.to_string(),
+            clients: *clients,
+            users: *users,
+        }),
+        Reply::Join {
+            channel,
+            member: who,
+            first,
+        } => K::Join(pb::Join {
+            channel: channel.to_string(),
+            member: Some(member(who)),
+            first: *first,
+        }),
+        Reply::Leave {
+            channel,
+            member: who,
+            last,
+        } => K::Leave(pb::Leave {
+            channel: channel.to_string(),
+            member: Some(member(who)),
+            last: *last,
+        }),
     };
     pb::ServerMessage {
         id: msg.id,
         kind: Some(kind),
     }
     .encode_to_vec()
+}
+
+fn member(m: &Member) -> pb::Member {
+    pb::Member {
+        client: m.client.clone(),
+        user: m.user.clone(),
+        info: m.info.clone(),
+    }
 }
 
 /// Encodes a publication as a `Message` frame. Called once per publication;
@@ -211,6 +262,18 @@ mod tests {
             ClientCommand {
                 id: None,
                 command: Command::Refresh { token: "r".into() },
+            },
+            ClientCommand {
+                id: Some(8),
+                command: Command::Presence {
+                    channel: ch("room:1"),
+                },
+            },
+            ClientCommand {
+                id: None,
+                command: Command::PresenceStats {
+                    channel: ch("room:1"),
+                },
             },
         ];
         for cmd in commands {

@@ -23,6 +23,7 @@
 
 pub mod cluster;
 mod names;
+mod presence;
 mod push;
 mod route;
 mod single;
@@ -40,11 +41,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::{
-    BoxFuture, Broker, BrokerError, BrokerMetrics, Health, History, Listener, ListenerSlot, Published,
-    StreamOptions,
+    BoxFuture, Broker, BrokerError, BrokerMetrics, Health, History, Listener, ListenerSlot, PresenceBatch,
+    PresenceStats, Published, StreamOptions,
 };
 use names::Names;
 pub use names::validate_prefix;
+use pubsub_proto::Member;
 use route::Route;
 use supervisor::Control;
 
@@ -160,6 +162,7 @@ struct Shared {
     /// The publishing connection(s), and which channels they serve now.
     route: Route,
     scripts: streams::Scripts,
+    presence: presence::Scripts,
     health: watch::Sender<Health>,
 }
 
@@ -223,6 +226,7 @@ impl RedisBroker {
             metrics,
             route,
             scripts: streams::Scripts::new(),
+            presence: presence::Scripts::new(),
             health: watch::Sender::new(Health::down(what)),
         });
         Ok(RedisBroker {
@@ -308,6 +312,39 @@ impl Broker for RedisBroker {
         supervisor::request(self.control(), |reply| {
             Control::Unsubscribe(channels.to_vec(), reply)
         })
+    }
+
+    fn presence_update<'a>(
+        &'a self,
+        batch: &'a PresenceBatch,
+    ) -> BoxFuture<'a, Result<Vec<ChannelName>, BrokerError>> {
+        Box::pin(presence::update(&self.shared, &self.shared.presence, batch))
+    }
+
+    fn presence<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        events: Option<u32>,
+    ) -> BoxFuture<'a, Result<Vec<Member>, BrokerError>> {
+        Box::pin(presence::members(
+            &self.shared,
+            &self.shared.presence,
+            channel,
+            events,
+        ))
+    }
+
+    fn presence_stats<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        events: Option<u32>,
+    ) -> BoxFuture<'a, Result<PresenceStats, BrokerError>> {
+        Box::pin(presence::stats(
+            &self.shared,
+            &self.shared.presence,
+            channel,
+            events,
+        ))
     }
 
     fn health(&self) -> watch::Receiver<Health> {

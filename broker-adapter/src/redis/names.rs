@@ -11,13 +11,24 @@
 /// Redis names for one deployment (prefix) and node.
 pub(super) struct Names {
     prefix: String,
+    node_id: String,
     probe: String,
+}
+
+/// The keys of a channel's presence (see `presence`).
+pub(super) struct PresenceKeys {
+    pub nodes: String,
+    pub users: String,
+    pub events: String,
+    /// A node's hash is this followed by the node id.
+    pub node_prefix: String,
 }
 
 impl Names {
     pub fn new(prefix: &str, node_id: &str) -> Names {
         Names {
             prefix: prefix.to_owned(),
+            node_id: node_id.to_owned(),
             probe: format!("{prefix}:!probe:{node_id}"),
         }
     }
@@ -33,6 +44,22 @@ impl Names {
             format!("{}:{{{channel}}}:m", self.prefix),
             format!("{}:{{{channel}}}:s", self.prefix),
         )
+    }
+
+    /// The keys of a channel's presence.
+    pub fn presence_keys(&self, channel: &str) -> PresenceKeys {
+        let base = format!("{}:{{{channel}}}:p", self.prefix);
+        PresenceKeys {
+            nodes: format!("{base}n"),
+            users: format!("{base}u"),
+            events: format!("{base}e"),
+            node_prefix: format!("{base}c:"),
+        }
+    }
+
+    /// This node's hash of members in a channel's presence.
+    pub fn presence_node(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:pc:{}", self.prefix, self.node_id)
     }
 
     /// This node's probe channel (on a cluster: the prefix of its shards'
@@ -90,5 +117,11 @@ mod tests {
         assert_eq!(names.gateway_channel(b"gw:!probe:node-1"), None);
         assert_eq!(names.gateway_channel(b"other:{news}"), None);
         assert_eq!(names.shard_probe("p7"), "gw:!probe:node-1:{p7}");
+        let keys = names.presence_keys("room:1");
+        assert_eq!(keys.nodes, "gw:{room:1}:pn");
+        assert_eq!(
+            format!("{}node-1", keys.node_prefix),
+            names.presence_node("room:1")
+        );
     }
 }

@@ -20,6 +20,7 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{Notify, mpsc};
 
 use super::names::Names;
+use super::presence;
 use super::{Shared, now_us};
 use crate::{BrokerMetrics, Listener};
 
@@ -81,6 +82,23 @@ impl AsyncPushSender for PushHandler {
 }
 
 impl PushHandler {
+    /// A join or leave the presence scripts published on the channel.
+    fn on_presence(&self, redis_channel: &[u8], payload: &[u8]) {
+        let event = self
+            .names
+            .gateway_channel(redis_channel)
+            .and_then(|name| pubsub_proto::ChannelName::parse(name).ok())
+            .and_then(|channel| presence::decode_event(channel, payload));
+        match (event, &self.listener) {
+            (Some(event), Some(listener)) => listener.on_presence(event),
+            (Some(_), None) => {}
+            (None, _) => {
+                self.metrics.dropped.increment(1);
+                tracing::warn!("dropping a presence event that does not decode");
+            }
+        }
+    }
+
     /// A handler for one connection of the broker `shared`, reporting to
     /// `signals`.
     pub fn new(shared: &Shared, signals: Arc<Signals>) -> PushHandler {
@@ -106,6 +124,10 @@ impl PushHandler {
                 let seen = probes.entry(channel).or_default();
                 *seen = (*seen).max(seq);
             }
+            return;
+        }
+        if payload.first() == Some(&presence::EVENT_MARK) {
+            self.on_presence(&channel, &payload);
             return;
         }
         let envelope = match envelope::decode(Bytes::from(payload)) {

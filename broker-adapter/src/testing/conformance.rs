@@ -35,7 +35,9 @@ use pubsub_proto::{ChannelName, Publication};
 use super::cluster::RedisCluster;
 use super::server::RedisServer;
 use crate::redis::{RedisConfig, RedisTarget};
-use crate::{Broker, BrokerConfig, BrokerError, BrokerEvent, BrokerMetrics, Listener, StreamOptions};
+use crate::{
+    Broker, BrokerConfig, BrokerError, BrokerEvent, BrokerMetrics, Listener, PresenceEvent, StreamOptions,
+};
 
 /// How long a check waits for something that should happen.
 const WAIT: Duration = Duration::from_secs(20);
@@ -45,6 +47,7 @@ const WAIT: Duration = Duration::from_secs(20);
 pub struct Recorder {
     publications: Mutex<Vec<Publication>>,
     events: Mutex<Vec<BrokerEvent>>,
+    presence: Mutex<Vec<PresenceEvent>>,
 }
 
 impl Recorder {
@@ -61,6 +64,11 @@ impl Recorder {
     pub fn events(&self) -> Vec<BrokerEvent> {
         self.events.lock().clone()
     }
+
+    /// The presence events received, in arrival order.
+    pub fn presence(&self) -> Vec<PresenceEvent> {
+        self.presence.lock().clone()
+    }
 }
 
 impl Listener for Recorder {
@@ -70,6 +78,10 @@ impl Listener for Recorder {
 
     fn on_event(&self, event: BrokerEvent) {
         self.events.lock().push(event);
+    }
+
+    fn on_presence(&self, event: PresenceEvent) {
+        self.presence.lock().push(event);
     }
 }
 
@@ -127,6 +139,23 @@ impl Subject {
         Subject::started(BrokerConfig::Redis(config), Backing::Cluster(cluster))
     }
 
+    /// A broker of another node (`node_id`) on the same backing, started
+    /// with its own recorder; `None` for the embedded broker (one node).
+    pub fn another_node(&self, node_id: &str) -> Option<(Arc<dyn Broker>, Arc<Recorder>)> {
+        let target = match &self.backing {
+            Backing::Memory => return None,
+            Backing::Redis(server) => RedisTarget::Single(server.url()),
+            Backing::Cluster(cluster) => {
+                RedisTarget::Cluster(cluster.nodes.iter().map(RedisServer::url).collect())
+            }
+        };
+        let config = fast(RedisConfig::new(target, "conformance", node_id));
+        let broker = crate::open(BrokerConfig::Redis(config), BrokerMetrics::default()).ok()?;
+        let recorder = Arc::new(Recorder::default());
+        broker.start(recorder.clone());
+        Some((broker, recorder))
+    }
+
     /// Waits until the broker reports healthy.
     pub async fn ready(&self) {
         let mut health = self.broker.health();
@@ -169,7 +198,7 @@ fn fast(mut config: RedisConfig) -> RedisConfig {
     config
 }
 
-fn channel(name: &str) -> ChannelName {
+pub(super) fn channel(name: &str) -> ChannelName {
     ChannelName::parse(name).expect("a valid channel name")
 }
 
@@ -181,7 +210,7 @@ fn options(history_size: usize) -> StreamOptions {
 }
 
 /// Polls `check` until it holds or the wait runs out.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+pub(super) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !check() {
         assert!(

@@ -4,4 +4,5 @@
 
 pub mod cluster;
 pub mod conformance;
+pub mod presence;
 pub mod server;

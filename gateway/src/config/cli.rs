@@ -328,6 +328,21 @@ pub struct Cli {
     )]
     pub command_rate: u32,
 
+    /// How long a node's presence entries live without a refresh: members of a node that dies
+    /// (or is cut off from the broker) vanish within this time. Refreshed every third of it.
+    #[arg(long, env = "GATEWAY_PRESENCE_TTL", value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub presence_ttl: Duration,
+
+    /// Join and leave events per channel per second, at most; beyond that, joins and leaves are
+    /// recorded in presence without an event (a mass reconnect does not become an event storm).
+    #[arg(
+        long,
+        env = "GATEWAY_PRESENCE_EVENT_RATE",
+        value_name = "PER_SECOND",
+        default_value_t = 100
+    )]
+    pub presence_event_rate: u32,
+
     /// Most HTTP API requests (`/api/*`) served at once; more are answered 503 `overloaded`
     /// with Retry-After, at once.
     #[arg(

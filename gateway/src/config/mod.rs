@@ -92,6 +92,9 @@ pub struct Config {
     pub max_subscriptions: usize,
     /// Per second and connection; 0: no limit.
     pub publish_rate: u32,
+    #[serde(serialize_with = "print::duration")]
+    pub presence_ttl: Duration,
+    pub presence_event_rate: u32,
     /// Inbound frames per second and connection; 0: no limit.
     pub command_rate: u32,
     pub max_api_requests: usize,
@@ -218,6 +221,8 @@ impl Config {
             max_connect_rate: cli.max_connect_rate,
             max_subscriptions: cli.max_subscriptions,
             publish_rate: cli.publish_rate,
+            presence_ttl: cli.presence_ttl,
+            presence_event_rate: cli.presence_event_rate,
             command_rate: cli.command_rate,
             max_api_requests: cli.max_api_requests,
             log_format: cli.log_format,
@@ -259,6 +264,12 @@ impl Config {
         }
         if self.write_coalesce > Duration::from_secs(1) {
             return Err(invalid("write_coalesce", "must be at most 1s".into()));
+        }
+        if self.presence_ttl < Duration::from_secs(1) || self.presence_ttl > Duration::from_secs(3600) {
+            return Err(invalid("presence_ttl", "must be 1s to 1h".into()));
+        }
+        if self.presence_event_rate == 0 {
+            return Err(invalid("presence_event_rate", "must be at least 1".into()));
         }
         if self.worker_threads > 1024 {
             return Err(invalid("worker_threads", "must be at most 1024".into()));

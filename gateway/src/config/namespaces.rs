@@ -7,6 +7,11 @@
 //! and, with authentication on, who may use them without a token claim:
 //! `allow_anonymous_subscribe` (any connected client may subscribe) and
 //! `allow_client_publish` (any connected client may publish).
+//!
+//! Presence is per namespace too, off by default: `presence` (the channel
+//! keeps a member list that subscribers may read) and `join_leave`
+//! (subscribers receive `join` and `leave` events; it tracks members even
+//! without `presence`, which only governs reading the list).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,6 +30,8 @@ pub struct FileNamespace {
     pub history_ttl: Option<toml::Value>,
     pub allow_anonymous_subscribe: Option<bool>,
     pub allow_client_publish: Option<bool>,
+    pub presence: Option<bool>,
+    pub join_leave: Option<bool>,
 }
 
 /// The resolved settings of one namespace.
@@ -38,6 +45,11 @@ pub struct Namespace {
     /// Any connected client may publish, without a `publish` claim.
     /// `None`: yes without authentication, no with it.
     pub allow_client_publish: Option<bool>,
+    /// Subscribers may read the channel's members (`presence`,
+    /// `presence_stats`).
+    pub presence: bool,
+    /// Subscribers receive `join` and `leave` events.
+    pub join_leave: bool,
 }
 
 impl Namespace {
@@ -49,7 +61,14 @@ impl Namespace {
             history_ttl,
             allow_anonymous_subscribe: false,
             allow_client_publish: None,
+            presence: false,
+            join_leave: false,
         }
+    }
+
+    /// Whether the node tracks who is in the namespace's channels.
+    pub fn tracks_members(&self) -> bool {
+        self.presence || self.join_leave
     }
 
     pub fn stream_options(&self) -> StreamOptions {
@@ -124,6 +143,8 @@ impl Namespaces {
                 history_ttl,
                 allow_anonymous_subscribe: table.allow_anonymous_subscribe.unwrap_or(false),
                 allow_client_publish: table.allow_client_publish.or(global.allow_client_publish),
+                presence: table.presence.unwrap_or(false),
+                join_leave: table.join_leave.unwrap_or(false),
             };
             named.insert(name, namespace);
         }

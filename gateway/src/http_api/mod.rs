@@ -2,6 +2,7 @@
 //!
 //! - `publish`: `POST /api/publish`, `POST /api/broadcast`, `POST /api/batch`;
 //! - `history`: `GET /api/history`;
+//! - `presence`: `GET /api/presence`, `GET /api/presence/stats`;
 //! - here: what every request goes through (API key, content type, body).
 //!
 //! Checks run in a fixed order so a caller gets the most useful error first:
@@ -9,6 +10,7 @@
 //! (400), publication size (413), broker (503). docs/api.md documents each.
 
 mod history;
+mod presence;
 mod publish;
 
 use base64::Engine as _;
@@ -29,6 +31,7 @@ use crate::node::Node;
 use crate::response::{Body, error_response};
 
 pub use history::history;
+pub use presence::{presence, presence_stats};
 pub use publish::{batch, broadcast, publish};
 
 pub(super) fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -66,6 +69,7 @@ impl From<HubError> for Failure {
             HubError::Internal(_) => {
                 Failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
             }
+            HubError::NotAvailable(_) => Failure(StatusCode::BAD_REQUEST, "not_available", error.to_string()),
         }
     }
 }

@@ -18,12 +18,13 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
-use broker_adapter::{BrokerError, BrokerEvent, History, Listener, StreamOptions};
+use broker_adapter::{BrokerError, BrokerEvent, History, Listener, PresenceEvent, StreamOptions};
 use metrics::{Counter, Gauge};
 use parking_lot::Mutex;
-use pubsub_proto::{ChannelName, Publication, ServerMessage};
+use pubsub_proto::{ChannelName, Publication, Reply, ServerMessage};
 use tokio::sync::oneshot;
 
+use super::presence::Presence;
 use super::stream::{Arrival, Output, Stream};
 use super::worklist::Worklist;
 use crate::delivery::Delivery;
@@ -128,11 +129,19 @@ pub struct Channels {
     /// Channels whose history must be read, for the repair task.
     repairs: Arc<Worklist>,
     counters: Counters,
+    /// This node's members, synced again after an outage.
+    presence: Arc<Presence>,
 }
 
 impl Channels {
-    pub fn new(dirty: Arc<Worklist>, repairs: Arc<Worklist>, counters: Counters) -> Channels {
+    pub fn new(
+        dirty: Arc<Worklist>,
+        repairs: Arc<Worklist>,
+        counters: Counters,
+        presence: Arc<Presence>,
+    ) -> Channels {
         Channels {
+            presence,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             dirty,
@@ -381,11 +390,47 @@ impl Listener for Channels {
             BrokerEvent::Restored => {
                 tracing::info!("broker connection restored: catching up every channel from history");
                 self.repair_all();
+                self.presence.sync_all();
             }
             BrokerEvent::Missed { channels, reason } => {
                 tracing::info!(channels = channels.len(), %reason, "catching up channels from history");
                 self.repair(&channels);
+                self.presence.sync(&channels);
             }
+        }
+    }
+
+    /// A join or leave: every local subscriber of the channel gets it, in
+    /// the order the broker reports them (under the channel's lock, like
+    /// publications; a subscriber still syncing gets it after its reply).
+    fn on_presence(&self, event: PresenceEvent) {
+        let mut shard = self.shard(event.channel().as_str()).lock();
+        let Some(entry) = shard.get_mut(event.channel().as_str()) else {
+            return;
+        };
+        let reply = match event {
+            PresenceEvent::Join {
+                channel,
+                member,
+                first,
+            } => Reply::Join {
+                channel,
+                member,
+                first,
+            },
+            PresenceEvent::Leave {
+                channel,
+                member,
+                last,
+            } => Reply::Leave {
+                channel,
+                member,
+                last,
+            },
+        };
+        let delivery = Delivery::event(ServerMessage { id: None, reply });
+        for subscriber in &mut entry.subscribers {
+            subscriber.offer(&delivery);
         }
     }
 }

@@ -11,6 +11,7 @@
 //! sessions.
 
 mod channels;
+mod presence;
 mod recovery;
 mod repair;
 mod stream;
@@ -19,9 +20,9 @@ mod worklist;
 
 use std::sync::Arc;
 
-use broker_adapter::{Broker, BrokerError, Health, History, Published};
+use broker_adapter::{Broker, BrokerError, Health, History, PresenceStats, Published};
 use bytes::Bytes;
-use pubsub_proto::{ChannelName, Reply, ServerMessage, StreamPosition};
+use pubsub_proto::{ChannelName, Member, Reply, ServerMessage, StreamPosition};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -29,7 +30,13 @@ use crate::config::Namespaces;
 use crate::metrics::Metrics;
 use crate::peer::Peer;
 use channels::{Channels, Counters, Join};
+use presence::Presence;
+pub use presence::PresenceConfig;
 use worklist::Worklist;
+
+/// How long closing the hub waits for the last presence changes (a
+/// drain's leaves) to reach the broker.
+const PRESENCE_CLOSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Where a publication came from, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +59,9 @@ pub enum HubError {
     /// The broker refused, or something unexpected happened.
     #[error("{0}")]
     Internal(String),
+    /// The channel's namespace does not offer this (presence).
+    #[error("{0}")]
+    NotAvailable(String),
 }
 
 impl From<BrokerError> for HubError {
@@ -91,6 +101,7 @@ pub struct Hub {
     max_publication_size: usize,
     dirty: Arc<Worklist>,
     repairs: Arc<Worklist>,
+    presence: Arc<Presence>,
 }
 
 impl Hub {
@@ -101,8 +112,10 @@ impl Hub {
         metrics: Arc<Metrics>,
         namespaces: Namespaces,
         max_publication_size: usize,
+        presence: PresenceConfig,
         broker: Arc<dyn Broker>,
     ) -> (Hub, Vec<JoinHandle<()>>) {
+        let presence = Arc::new(Presence::new(presence));
         let (dirty, repairs) = (Arc::new(Worklist::default()), Arc::new(Worklist::default()));
         let counters = Counters {
             subscriptions: metrics.subscriptions.clone(),
@@ -110,7 +123,12 @@ impl Hub {
             gap_notices: metrics.gap_notices.clone(),
             repairs: metrics.repairs.clone(),
         };
-        let channels = Arc::new(Channels::new(dirty.clone(), repairs.clone(), counters));
+        let channels = Arc::new(Channels::new(
+            dirty.clone(),
+            repairs.clone(),
+            counters,
+            presence.clone(),
+        ));
         broker.start(channels.clone());
         let tasks = vec![
             tokio::spawn(subscriptions::run(
@@ -119,6 +137,7 @@ impl Hub {
                 dirty.clone(),
             )),
             tokio::spawn(repair::run(channels.clone(), broker.clone(), repairs.clone())),
+            tokio::spawn(presence::run(presence.clone(), broker.clone())),
         ];
         let hub = Hub {
             channels,
@@ -128,6 +147,7 @@ impl Hub {
             max_publication_size,
             dirty,
             repairs,
+            presence,
         };
         (hub, tasks)
     }
@@ -179,12 +199,53 @@ impl Hub {
         };
         self.channels
             .finish_sync(&channel, peer.id, &reply, plan.replay, plan.floor);
+        let namespace = self.namespaces.of(&channel);
+        if namespace.tracks_members() {
+            let who = peer.who();
+            let member = Member {
+                client: peer.client(),
+                user: who.map(|w| w.user.to_string()).unwrap_or_default(),
+                info: who.and_then(|w| w.info.clone()),
+            };
+            self.presence
+                .join(&channel, peer.id, member, namespace.join_leave);
+        }
         Ok(subscription)
     }
 
     /// Removes `peer_id` from `channel`. Never waits.
     pub fn unsubscribe(&self, channel: &ChannelName, peer_id: u64) {
         self.channels.leave(channel, peer_id);
+        if self.namespaces.of(channel).tracks_members() {
+            self.presence.leave(channel, peer_id);
+        }
+    }
+
+    /// The members of `channel` across nodes.
+    pub async fn presence(&self, channel: &ChannelName) -> Result<Vec<Member>, HubError> {
+        let events = self.presence_events(channel)?;
+        self.presence.flush(&*self.broker, channel).await;
+        Ok(self.broker.presence(channel, events).await?)
+    }
+
+    /// How many clients and distinct users `channel` has across nodes.
+    pub async fn presence_stats(&self, channel: &ChannelName) -> Result<PresenceStats, HubError> {
+        let events = self.presence_events(channel)?;
+        self.presence.flush(&*self.broker, channel).await;
+        Ok(self.broker.presence_stats(channel, events).await?)
+    }
+
+    /// `NotAvailable` unless the channel's namespace has presence; else
+    /// the event rate for leaves found while reading (members of a node
+    /// that expired), if its subscribers get events.
+    fn presence_events(&self, channel: &ChannelName) -> Result<Option<u32>, HubError> {
+        let namespace = self.namespaces.of(channel);
+        if !namespace.presence {
+            return Err(HubError::NotAvailable(format!(
+                "presence is not enabled for {channel} (set presence = true in its namespace)"
+            )));
+        }
+        Ok(namespace.join_leave.then_some(self.presence.config().event_rate))
     }
 
     /// Publishes `data` on `channel` through the broker, as the channel's
@@ -245,6 +306,7 @@ impl Hub {
     pub async fn close(&self) {
         self.dirty.close();
         self.repairs.close();
+        self.presence.close(&*self.broker, PRESENCE_CLOSE).await;
         self.broker.close().await;
     }
 }

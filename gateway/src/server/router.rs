@@ -19,7 +19,13 @@ pub(super) async fn route(node: Arc<Node>, request: Request<Incoming>, remote: I
     let path = request.uri().path();
     let demo = node.config.demo && (path == "/demo" || path.starts_with("/demo/"));
     let allowed: &'static str = match path {
-        "/ws" | "/healthz" | "/readyz" | "/metrics" | "/api/history" => "GET",
+        "/ws"
+        | "/healthz"
+        | "/readyz"
+        | "/metrics"
+        | "/api/history"
+        | "/api/presence"
+        | "/api/presence/stats" => "GET",
         _ if demo => "GET",
         "/api/publish" | "/api/broadcast" | "/api/batch" => "POST",
         _ => {
@@ -69,6 +75,8 @@ pub(super) async fn route(node: Arc<Node>, request: Request<Incoming>, remote: I
         "/metrics" => probes::metrics(&node),
         "/api/publish" => http_api::publish(node, request).await,
         "/api/history" => http_api::history(node, request).await,
+        "/api/presence" => http_api::presence(node, request).await,
+        "/api/presence/stats" => http_api::presence_stats(node, request).await,
         "/api/batch" => http_api::batch(node, request).await,
         _ if demo => demo::serve(path),
         _ => http_api::broadcast(node, request).await,

@@ -59,7 +59,53 @@ impl Session {
                 Step::Continue
             }
             Command::Refresh { token } => self.refresh(id, token),
+            Command::Presence { channel } => self.presence(id, channel, false),
+            Command::PresenceStats { channel } => self.presence(id, channel, true),
         }
+    }
+
+    /// `presence` and `presence_stats`: for a channel the connection is
+    /// subscribed to or may subscribe to, in a namespace with presence.
+    fn presence(&mut self, id: Option<u64>, channel: ChannelName, stats: bool) -> Step {
+        if !self.subscriptions.contains(&channel)
+            && let Err(message) = access::may_subscribe(
+                self.node.security.auth.is_some(),
+                self.node.config.namespaces.of(&channel),
+                self.identity.as_deref(),
+                &channel,
+            )
+        {
+            self.node.metrics.reject("forbidden");
+            self.reply(ServerMessage::error(
+                id,
+                ErrorCode::Forbidden,
+                format!("may not read presence: {message}"),
+            ));
+            return Step::Continue;
+        }
+        let node = self.node.clone();
+        Step::Wait(Box::pin(async move {
+            let reply = if stats {
+                node.hub
+                    .presence_stats(&channel)
+                    .await
+                    .map(|s| Reply::PresenceStats {
+                        channel,
+                        clients: s.clients,
+                        users: s.users,
+                    })
+            } else {
+                node.hub
+                    .presence(&channel)
+                    .await
+                    .map(|members| Reply::Presence { channel, members })
+            };
+            let reply = reply.unwrap_or_else(|error| Reply::Error {
+                code: error_code(&error),
+                message: error.to_string(),
+            });
+            Outcome::Reply(ServerMessage { id, reply })
+        }))
     }
 
     fn connect(&mut self, id: Option<u64>, token: String) -> Step {
@@ -98,7 +144,7 @@ impl Session {
                 .identity
                 .as_ref()
                 .map_or_else(Default::default, |i| i.user.as_str().into()),
-            info: None,
+            info: self.identity.as_ref().and_then(|i| i.info.clone()),
         });
         self.reply(ServerMessage {
             id,

@@ -340,5 +340,6 @@ fn error_code(error: &HubError) -> ErrorCode {
         HubError::TooLarge { .. } => ErrorCode::TooLarge,
         HubError::Unavailable(_) => ErrorCode::Unavailable,
         HubError::Internal(_) => ErrorCode::Internal,
+        HubError::NotAvailable(_) => ErrorCode::NotAvailable,
     }
 }
