@@ -1,10 +1,10 @@
 // Client: a connection to a pubsub-gateway, kept up until close(), and the public API
-// (connect, close, subscribe, publish, ping). It owns the client's state machine (idle,
-// connecting, connected, disconnected, closed, failed), routing the server's frames, and the
-// subscriptions it resumes with `since` on every new connection. Each attempt is a Connection
-// (./connection.js) over a Transport (./transport.js); commands go through Requests
-// (./requests.js), the close rules and the next attempt's timing through Reconnect
-// (./reconnect.js), the token through Tokens (./tokens.js).
+// (connect, close, subscribe, publish, ping; presence queries are on the Subscription). It
+// owns the client's state machine (idle, connecting, connected, disconnected, closed, failed),
+// routing the server's frames, and the subscriptions it resumes with `since` on every new
+// connection. Each attempt is a Connection (./connection.js) over a Transport
+// (./transport.js); commands go through Requests (./requests.js), the close rules and the next
+// attempt's timing through Reconnect (./reconnect.js), the token through Tokens (./tokens.js).
 
 import { Connection } from './connection.js';
 import { CLOSE_ABNORMAL } from './constants.js';
@@ -217,6 +217,11 @@ export class Client extends Emitter {
     });
   }
 
+  /** @internal An application command (see #call), for Subscription's presence queries. */
+  _call(build, timeout) {
+    return this.#call(build, timeout);
+  }
+
   /** @internal */
   _forget(sub) {
     if (this.#subs.get(sub.channel) === sub) this.#subs.delete(sub.channel);
@@ -298,6 +303,10 @@ export class Client extends Emitter {
         return;
       case 'gap':
         this.#subs.get(msg.channel)?._onGap(msg);
+        return;
+      case 'join':
+      case 'leave':
+        this.#subs.get(msg.channel)?._onPresence(msg);
         return;
       case 'token_expiring': {
         const gen = this.#gen;

@@ -19,7 +19,7 @@ export const DEFAULTS = Object.freeze({
   maxReconnectAttempts: Infinity,
   /** From creating the socket to the `connected` reply. */
   connectTimeout: 10000,
-  /** Default timeout of publish() and ping() (from the call, queueing included). */
+  /** Default timeout of publish(), ping() and the presence queries (from the call, queueing included). */
   requestTimeout: 10000,
   /** Most commands queued while the client is not connected. */
   maxQueue: 1000,

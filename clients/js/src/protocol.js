@@ -1,5 +1,5 @@
 // The JSON encoding of protocol v1 (subprotocol `pubsub.v1.json`) on the client's side: the
-// text of the publish and ping commands, and parsing the server's frames.
+// text of the publish, ping and presence commands, and parsing the server's frames.
 
 import { asBytes, toBase64 } from './base64.js';
 import { PubSubError } from './errors.js';
@@ -27,6 +27,20 @@ export function publishCommand(channel, data) {
 
 /** The ping command, as a function of the request id. */
 export const pingCommand = (id) => `{"type":"ping","id":${id}}`;
+
+/** A command that names only a channel (`presence`, `presence_stats`), as a function of the request id. */
+export function channelCommand(type, channel) {
+  const head = `{"type":${JSON.stringify(type)},"id":`;
+  const tail = `,"channel":${JSON.stringify(channel)}}`;
+  return (id) => `${head}${id}${tail}`;
+}
+
+/** A presence member of a reply or a join/leave event: {client, user, info?} (`info` only when sent). */
+export function parseMember(member) {
+  const parsed = { client: member?.client, user: member?.user ?? '' };
+  if (member && member.info !== undefined) parsed.info = member.info;
+  return parsed;
+}
 
 /** A server frame as an object, or null for anything that is not a JSON object in a text frame. */
 export function parseFrame(data) {

@@ -23,6 +23,7 @@ export type ClientErrorCode =
   | 'queue_full'
   | 'bad_request'
   | 'already_subscribed'
+  | 'not_subscribed'
   | 'unauthorized'
   | 'forbidden'
   | 'policy_violation'
@@ -46,7 +47,8 @@ export type ServerErrorCode =
   | 'unauthorized'
   | 'forbidden'
   | 'limit_exceeded'
-  | 'rate_limited';
+  | 'rate_limited'
+  | 'not_available';
 
 export class PubSubError extends Error {
   constructor(code: string, message: string, details?: Record<string, unknown>);
@@ -118,7 +120,7 @@ export interface ClientOptions {
   maxReconnectAttempts?: number;
   /** From opening the socket to `connected` (ms, default 10000). */
   connectTimeout?: number;
-  /** Default timeout of publish() and ping(), counted from the call (ms, default 10000). */
+  /** Default timeout of publish(), ping(), presence() and presenceStats(), counted from the call (ms, default 10000). */
   requestTimeout?: number;
   /** Most commands waiting for a connection (default 1000). */
   maxQueue?: number;
@@ -202,12 +204,41 @@ export interface GapInfo extends Position {
   channel: string;
 }
 
+/** One connection in a channel's presence. */
+export interface PresenceMember<I = unknown> {
+  /** The connection's client id (`Session.client` on its side), unique across nodes. */
+  client: string;
+  /** The token's `sub`; '' for an anonymous connection. */
+  user: string;
+  /** The token's `info` claim, when it had one. */
+  info?: I;
+}
+
+export interface PresenceStats {
+  /** Connections in the channel. */
+  clients: number;
+  /** Distinct users among them. */
+  users: number;
+}
+
+export interface JoinInfo {
+  /** The user's first connection in the channel: the user joined, not just another tab. */
+  first: boolean;
+}
+
+export interface LeaveInfo {
+  /** It was the user's last connection in the channel: the user left. */
+  last: boolean;
+}
+
 export interface SubscriptionEvents<T = unknown> {
   message: [data: T, meta: MessageMeta];
   subscribed: [info: SubscribedInfo];
   recovered: [info: RecoveredInfo];
   recoveryFailed: [info: RecoveryFailedInfo];
   gap: [info: GapInfo];
+  join: [member: PresenceMember, info: JoinInfo];
+  leave: [member: PresenceMember, info: LeaveInfo];
   error: [error: PubSubError];
 }
 
@@ -220,6 +251,10 @@ export interface SubscribeOptions<T = unknown> {
   onRecoveryFailed?: (info: RecoveryFailedInfo) => void;
   /** Publications up to `offset` in `epoch` could not be delivered: resync from your backend. */
   onGap?: (info: GapInfo) => void;
+  /** A connection joined the channel (namespaces with join_leave). */
+  onJoin?: (member: PresenceMember, info: JoinInfo) => void;
+  /** A connection left the channel (namespaces with join_leave). */
+  onLeave?: (member: PresenceMember, info: LeaveInfo) => void;
   /** The server refused the subscription (then it is 'failed') or had a transient error (it is retried). */
   onError?: (error: PubSubError) => void;
   /** Resume from a position saved earlier (the first subscribe then carries `since`). */
@@ -237,6 +272,13 @@ export class Subscription<T = unknown> {
   readonly ready: Promise<void>;
   /** Stops the subscription; resolves when the server confirmed (or at once when not connected). */
   unsubscribe(): Promise<void>;
+  /**
+   * The channel's members, one per connection. Only while 'subscribed' (else rejects with
+   * `not_subscribed`); `not_available` when the channel's namespace keeps no presence.
+   */
+  presence<I = unknown>(options?: { timeout?: number }): Promise<PresenceMember<I>[]>;
+  /** How many connections and distinct users are in the channel; rejects like presence(). */
+  presenceStats(options?: { timeout?: number }): Promise<PresenceStats>;
   on<E extends keyof SubscriptionEvents<T>>(event: E, listener: (...args: SubscriptionEvents<T>[E]) => void): () => void;
   once<E extends keyof SubscriptionEvents<T>>(event: E, listener: (...args: SubscriptionEvents<T>[E]) => void): () => void;
   off<E extends keyof SubscriptionEvents<T>>(event: E, listener: (...args: SubscriptionEvents<T>[E]) => void): void;

@@ -1,17 +1,20 @@
 // Subscription: one channel subscription of a Client. It owns the channel's position
 // ({epoch, offset}) and the recovery bookkeeping: the `since` of each resubscribe, dropping
-// duplicates, noticing when a replay is complete, gaps, and retrying transient refusals.
+// duplicates, noticing when a replay is complete, gaps, and retrying transient refusals. It
+// also asks for the channel's presence and delivers its join and leave events.
 
 import { fromBase64 } from './base64.js';
 import { Emitter } from './emitter.js';
 import { PubSubError } from './errors.js';
+import { channelCommand, parseMember } from './protocol.js';
 
 /**
  * One channel subscription of a Client. Created by client.subscribe(); lives across
  * reconnects until unsubscribe() (or a permanent refusal by the server).
  *
  * Events (also settable as on* options of subscribe()): message(data, meta), subscribed(info),
- * recovered(info), recoveryFailed(info), gap(info), error(err).
+ * recovered(info), recoveryFailed(info), gap(info), join(member, {first}), leave(member,
+ * {last}), error(err).
  */
 export class Subscription extends Emitter {
   #client;
@@ -34,6 +37,8 @@ export class Subscription extends Emitter {
       ['onRecovered', 'recovered'],
       ['onRecoveryFailed', 'recoveryFailed'],
       ['onGap', 'gap'],
+      ['onJoin', 'join'],
+      ['onLeave', 'leave'],
       ['onError', 'error'],
     ]) {
       if (typeof options[option] === 'function') this.on(event, options[option]);
@@ -74,6 +79,28 @@ export class Subscription extends Emitter {
     const wasLive = this.#state === 'subscribing' || this.#state === 'subscribed';
     this.#end('unsubscribed');
     return this.#client._unsubscribed(this, wasLive);
+  }
+
+  /**
+   * Who is in the channel: resolves with [{client, user, info?}], one per connection. Only
+   * while `subscribed` (else rejects with `not_subscribed`); rejects with the server's code
+   * (`not_available`: the namespace keeps no presence; `forbidden`, `unavailable`, ...),
+   * `timeout`, `disconnected`, `client_closed`.
+   */
+  presence({ timeout } = {}) {
+    return this.#query('presence', timeout).then((msg) => (Array.isArray(msg.members) ? msg.members.map(parseMember) : []));
+  }
+
+  /** How many connections and distinct users are in the channel: resolves with {clients, users}. Like presence(). */
+  presenceStats({ timeout } = {}) {
+    return this.#query('presence_stats', timeout).then((msg) => ({ clients: msg.clients, users: msg.users }));
+  }
+
+  #query(type, timeout) {
+    if (this.#state !== 'subscribed') {
+      return Promise.reject(new PubSubError('not_subscribed', `${type} needs a subscribed subscription; ${this.channel} is ${this.#state}`, { channel: this.channel }));
+    }
+    return this.#client._call(channelCommand(type, this.channel), timeout);
   }
 
   #end(state) {
@@ -187,5 +214,12 @@ export class Subscription extends Emitter {
     }
     if (this.#recovering && this.#recovering.epoch !== msg.epoch) this.#recovering = null;
     this._emit('gap', { channel: this.channel, epoch: msg.epoch, offset: msg.offset });
+  }
+
+  /** A `join` or `leave` event of the channel's presence. */
+  _onPresence(msg) {
+    if (this.#state !== 'subscribed') return;
+    if (msg.type === 'join') this._emit('join', parseMember(msg.member), { first: msg.first === true });
+    else this._emit('leave', parseMember(msg.member), { last: msg.last === true });
   }
 }

@@ -1,12 +1,12 @@
 // Integration tests against real gateway processes (GATEWAY_BIN): one node on its embedded
-// broker, reached directly or through a TCP proxy that cuts or silences the line, and a node
-// with token authentication.
+// broker, reached directly or through a TCP proxy that cuts or silences the line, a node
+// with token authentication, and nodes whose `room` namespace keeps presence (--config).
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { Client } from '../src/pubsub.js';
-import { Gateway, JWT_SECRET, mintToken, stopAll, waitFor } from './support/processes.js';
+import { Gateway, JWT_SECRET, gatewayKnowsConfig, mintToken, stopAll, tempFile, waitFor } from './support/processes.js';
 import { CutProxy } from './support/proxy.js';
 import { collect, range, record } from './support/recorder.js';
 
@@ -271,5 +271,113 @@ describe('token authentication', () => {
     assert.deepEqual(log.of('disconnected').map((d) => [d.code, d.willReconnect]), [[4003, false]]);
     assert.ok(log.of('error').some((e) => e.code === 'forbidden'));
     assert.equal(log.count('connecting'), 1);
+  });
+});
+
+describe('presence', () => {
+  const config = tempFile('presence.toml', '[namespaces.room]\npresence = true\njoin_leave = true\n');
+  const skip = !gatewayKnowsConfig(config) && 'this gateway binary has no presence/join_leave namespace settings yet';
+
+  /** Records a subscription's join and leave events; `of(kind, client)` those of one connection. */
+  function presenceLog(sub) {
+    const events = [];
+    sub.on('join', (member, info) => events.push({ kind: 'join', member, ...info }));
+    sub.on('leave', (member, info) => events.push({ kind: 'leave', member, ...info }));
+    const of = (kind, clientId) => events.filter((e) => e.kind === kind && e.member.client === clientId);
+    return {
+      of,
+      /** Waits for the `n`th `kind` event of connection `clientId` and returns it. */
+      nth: (kind, clientId, n = 1) => waitFor(() => of(kind, clientId)[n - 1], { message: `${kind} #${n} of ${clientId}` }),
+    };
+  }
+
+  const clientsOf = (members) => members.map((m) => m.client).sort();
+
+  test('two clients see each other in presence(), stats count both, join and leave reach the other', { skip }, async () => {
+    const gateway = await Gateway.start(['--node-id', 'presence', '--config', config]);
+    const b = client(gateway.wsUrl);
+    const subB = b.subscribe('room:1');
+    const log = presenceLog(subB);
+    const sessionB = await b.connect();
+    await subB.ready;
+
+    const a = client(gateway.wsUrl);
+    const subA = a.subscribe('room:1');
+    const sessionA = await a.connect();
+    await subA.ready;
+    const joined = await log.nth('join', sessionA.client);
+    assert.deepEqual(joined.member, { client: sessionA.client, user: '' }, 'anonymous: user "" and no info');
+    assert.equal(typeof joined.first, 'boolean');
+
+    for (const sub of [subA, subB]) {
+      const members = await sub.presence();
+      assert.deepEqual(clientsOf(members), clientsOf([sessionA, sessionB]));
+      assert.ok(members.every((m) => m.user === '' && !('info' in m)));
+      assert.equal((await sub.presenceStats()).clients, 2);
+    }
+
+    // A unsubscribes: B sees it leave; A subscribes again: it joins again; A disconnects: it leaves.
+    await subA.unsubscribe();
+    assert.equal(typeof (await log.nth('leave', sessionA.client)).last, 'boolean');
+    assert.deepEqual(clientsOf(await subB.presence()), [sessionB.client]);
+    assert.equal((await subB.presenceStats()).clients, 1);
+    await a.subscribe('room:1').ready;
+    await log.nth('join', sessionA.client, 2);
+    assert.equal((await subB.presenceStats()).clients, 2);
+    a.close();
+    await log.nth('leave', sessionA.client, 2);
+    assert.deepEqual(clientsOf(await subB.presence()), [sessionB.client]);
+
+    // Outside the namespace there is no presence; the subscription itself is fine.
+    const news = b.subscribe('news');
+    await news.ready;
+    await assert.rejects(news.presence(), { code: 'not_available' });
+    await assert.rejects(news.presenceStats(), { code: 'not_available' });
+    assert.equal(news.state, 'subscribed');
+    assert.equal(b.state, 'connected');
+    await gateway.kill();
+  });
+
+  test('with tokens: members carry the user and the info claim; first/last count users, not tabs', { skip }, async () => {
+    const gateway = await Gateway.start(['--node-id', 'presence-auth', '--config', config, '--jwt-secret', JWT_SECRET]);
+    const channels = ['room:*', 'news'];
+    const connectAs = async (user, info) => {
+      const c = client(gateway.wsUrl, { token: mintToken(user, 600, { channels, ...(info ? { info } : {}) }) });
+      const sub = c.subscribe('room:1');
+      const session = await c.connect();
+      await sub.ready;
+      return { c, sub, session };
+    };
+    const bob = await connectAs('bob');
+    const log = presenceLog(bob.sub);
+    const ann1 = await connectAs('ann', { name: 'Ann' });
+    const ann2 = await connectAs('ann', { name: 'Ann' });
+    const first = await log.nth('join', ann1.session.client);
+    assert.deepEqual(first, { kind: 'join', member: { client: ann1.session.client, user: 'ann', info: { name: 'Ann' } }, first: true });
+    assert.equal((await log.nth('join', ann2.session.client)).first, false, "ann's second tab");
+
+    const members = await bob.sub.presence();
+    assert.deepEqual(
+      members.map((m) => [m.client, m.user, m.info]).sort(),
+      [
+        [ann1.session.client, 'ann', { name: 'Ann' }],
+        [ann2.session.client, 'ann', { name: 'Ann' }],
+        [bob.session.client, 'bob', undefined],
+      ].sort(),
+    );
+    assert.deepEqual(await ann1.sub.presenceStats(), { clients: 3, users: 2 });
+
+    ann2.c.close();
+    assert.equal((await log.nth('leave', ann2.session.client)).last, false, 'ann is still there in another tab');
+    await ann1.sub.unsubscribe();
+    const left = await log.nth('leave', ann1.session.client);
+    assert.equal(left.last, true, 'ann left');
+    assert.equal(left.member.user, 'ann');
+    assert.deepEqual(await bob.sub.presenceStats(), { clients: 1, users: 1 });
+
+    const news = bob.c.subscribe('news');
+    await news.ready;
+    await assert.rejects(news.presence(), { code: 'not_available' });
+    await gateway.kill();
   });
 });

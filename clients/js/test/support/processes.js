@@ -3,7 +3,7 @@
 
 import { spawn, execFileSync } from 'node:child_process';
 import { createHmac } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -74,6 +74,15 @@ export function freePort() {
       server.close(() => resolve(port));
     });
   });
+}
+
+/** Writes `text` to a file `name` in a temporary folder removed when the test file ends (config files). */
+export function tempFile(name, text) {
+  const dir = mkdtempSync(join(tmpdir(), 'js-client-'));
+  tempDirs.add(dir);
+  const path = join(dir, name);
+  writeFileSync(path, text);
+  return path;
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -168,6 +177,20 @@ export function gatewayHelp() {
 }
 
 export const gatewayHas = (flag) => gatewayHelp().includes(flag);
+
+/**
+ * Whether the binary knows every key of the config file at `path` (`--print-config` does not
+ * report an unknown field); any other problem with the file is left for the test to show.
+ */
+export function gatewayKnowsConfig(path) {
+  gatewayHelp();
+  try {
+    execFileSync(GATEWAY_BIN, ['--config', path, '--print-config'], { encoding: 'utf8', stdio: 'pipe' });
+    return true;
+  } catch (err) {
+    return !/unknown field/.test(`${err.stdout}${err.stderr}`);
+  }
+}
 
 export class Gateway {
   constructor(args, port) {

@@ -1,5 +1,5 @@
 // Compiled (not run) by test/types.test.js: the declarations describe the API as documented.
-import { Client, PubSubError, backoffDelay, parseReconnectHint, type Position, type ClientState } from '@pubsub-gateway/client';
+import { Client, PubSubError, backoffDelay, parseReconnectHint, type Position, type ClientState, type PresenceMember, type PresenceStats } from '@pubsub-gateway/client';
 
 const client = new Client('wss://example.com/ws', {
   getToken: async ({ reason }) => (reason === 'refresh' ? 'new' : 'first'),
@@ -28,10 +28,13 @@ const sub = client.subscribe<Chat>('chat:lobby', {
   onRecovered: ({ replayed }) => void replayed,
   onRecoveryFailed: ({ since, epoch, offset }) => void [since.offset, epoch, offset],
   onGap: ({ epoch, offset }) => void [epoch, offset],
+  onJoin: (member, { first }) => void [member.client, member.user, first],
   since: { epoch: 'e', offset: 3 },
 });
 const position: Position | null = sub.position;
 sub.on('message', (data) => void data.text);
+sub.on('join', ({ client, user, info }, { first }) => void [client.length, user.length, info, first === true]);
+sub.on('leave', (member: PresenceMember, { last }) => void [member.client, last === true]);
 
 async function main() {
   const session = await client.connect();
@@ -40,6 +43,16 @@ async function main() {
   void [epoch.length, offset + 1];
   const rtt: number = await client.ping();
   await sub.ready;
+  const members: PresenceMember[] = await sub.presence({ timeout: 2000 });
+  const named = await sub.presence<{ name: string }>();
+  void [members.map((m) => m.user), named.map((m) => m.info?.name.toUpperCase())];
+  const stats: PresenceStats = await sub.presenceStats();
+  void [stats.clients + stats.users];
+  try {
+    await sub.presence();
+  } catch (err) {
+    if (err instanceof PubSubError && err.code === 'not_available') void err.message;
+  }
   await sub.unsubscribe();
   client.close();
   void [rtt, position, state, backoffDelay(3, { min: 100 }), parseReconnectHint('{}')];
@@ -52,3 +65,7 @@ new Client('ws://x', { protocol: 'protobuf' });
 client.on('nope', () => {});
 // @ts-expect-error: data is typed
 sub.on('message', (data) => void data.missing);
+// @ts-expect-error: a join carries `first`, not `last`
+sub.on('join', (_member, { last }) => void last);
+// @ts-expect-error: info is unknown unless presence<I>() says what it is
+void (async () => (await sub.presence())[0].info.name)();
