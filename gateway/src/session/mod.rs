@@ -169,6 +169,14 @@ impl Session {
             peer.outbox
                 .close(crate::registry::drain_close(config.drain_reconnect_jitter));
         }
+        // Authenticated at the handshake: it is someone already, whether or
+        // not it sends `connect` (presence shows who).
+        if let Some(identity) = &identity {
+            peer.set_who(crate::peer::Who {
+                user: identity.user.as_str().into(),
+                info: identity.info.clone(),
+            });
+        }
         tracing::debug!(peer = peer.id, ?encoding, "session started");
         let frames = (config.command_rate > 0).then(|| TokenBucket::per_second(config.command_rate));
         let publishes = (config.publish_rate > 0).then(|| {
