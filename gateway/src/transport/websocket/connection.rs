@@ -79,8 +79,8 @@ pub(super) struct Open<S> {
     /// the node's clock epoch (0: never).
     last_write_us: u64,
     /// Moving average of the time between the frames it writes (µs): below
-    /// a quarter of the coalescing window, the connection is receiving a
-    /// stream and gathers.
+    /// the coalescing window, the connection is receiving a stream and
+    /// gathers.
     frame_gap_us: u32,
 }
 
@@ -303,9 +303,9 @@ where
     /// - `--write-delay D`: always wait D (a fixed window);
     /// - otherwise (the default, `--write-coalesce W`), adaptively: the
     ///   connection keeps a moving average of the time between its frames;
-    ///   while that is under W/4 (a stream of at least four frames per
-    ///   window) it writes at most once per W, gathering what arrives in
-    ///   between; otherwise it writes at once. Light or sporadic traffic
+    ///   while that is under W (a stream of more than one frame per window)
+    ///   it writes at most once per W, gathering what arrives in between;
+    ///   otherwise it writes at once. Light or sporadic traffic
     ///   (one channel's publication now and then, even two close together)
     ///   gets no added latency; heavy fan-out gets most of a fixed delay's
     ///   savings.
@@ -336,7 +336,7 @@ where
                     let sample = (since / queued as u64).min(u64::from(u32::MAX / 4)) as u32;
                     self.frame_gap_us = (self.frame_gap_us / 4) * 3 + sample / 4;
                 }
-                let streaming = u64::from(self.frame_gap_us) * 4 < window;
+                let streaming = u64::from(self.frame_gap_us) < window;
                 if window == 0 || !streaming || since >= window {
                     self.last_write_us = now;
                     return Poll::Ready(());
