@@ -7,7 +7,9 @@
 //! - subscribe: the token's `channels` patterns match, or the channel's
 //!   namespace has `allow_anonymous_subscribe`;
 //! - publish: the token's `publish` patterns match, or the namespace has
-//!   `allow_client_publish`.
+//!   `allow_client_publish`; a personal channel only by its owner, whatever
+//!   the patterns and the namespace say (nobody else writes into a user's
+//!   inbox; the HTTP API, for backends, may).
 //!
 //! Without authentication every client may subscribe to anything, and may
 //! publish unless a namespace sets `allow_client_publish = false`.
@@ -55,6 +57,12 @@ pub fn may_publish(
     identity: Option<&Identity>,
     channel: &ChannelName,
 ) -> Result<(), Refusal> {
+    if auth_enabled && let Some(owner) = personal_owner(channel) {
+        let user = identity.map_or("", |i| i.user.as_str());
+        if owner.is_empty() || owner != user {
+            return Err(format!("{channel} is a personal channel of another user"));
+        }
+    }
     let open = namespace.allow_client_publish.unwrap_or(!auth_enabled);
     if open || identity.is_some_and(|i| any_matches(&i.publish, channel.as_str())) {
         Ok(())
@@ -115,6 +123,11 @@ mod tests {
             may_publish(false, &strict, None, &ch("x")).is_ok(),
             "without auth, open by default"
         );
+        // Personal channels: only the owner publishes, even where clients
+        // may publish anywhere.
+        assert!(may_publish(true, &open, Some(&user("43", &[], &["*"])), &ch("chat:dm#42")).is_err());
+        assert!(may_publish(true, &open, None, &ch("chat:dm#42")).is_err());
+        assert!(may_publish(true, &open, Some(&user("42", &[], &[])), &ch("chat:dm#42")).is_ok());
         let closed = Namespace {
             allow_client_publish: Some(false),
             ..strict

@@ -4,8 +4,13 @@
 //! (`--trusted-proxy`). From a trusted proxy the gateway takes, in order:
 //! - a PROXY protocol header (v1 text or v2 binary), read before anything
 //!   else when `--proxy-protocol` is on: its source address;
-//! - the `X-Forwarded-For` header: the rightmost address that is not itself
-//!   a trusted proxy (addresses to its left could be forged by the client).
+//! - the `X-Forwarded-For` header, walked from the right (what the nearest
+//!   proxy appended) to the left: trusted proxies are skipped, and the first
+//!   entry that is not one is the client. Entries may carry a port
+//!   (`203.0.113.5:4444`, `[2001:db8::1]:443`). An entry that is not an
+//!   address (`unknown`, garbage) stops the walk: the client is then the
+//!   last trusted hop, never an entry further left (which the client
+//!   itself could have written).
 //!
 //! Nothing an untrusted peer sends changes its address.
 
@@ -35,21 +40,59 @@ pub fn from_request(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpA
     if !is_trusted(peer, trusted) {
         return peer;
     }
-    let forwarded: Vec<IpAddr> = headers
+    let entries: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.to_str().unwrap_or("unknown"))
         .flat_map(|v| v.split(','))
-        .filter_map(|part| part.trim().parse::<IpAddr>().ok())
-        .map(canonical)
         .collect();
-    forwarded
-        .iter()
-        .rev()
-        .find(|ip| !is_trusted(**ip, trusted))
-        .or(forwarded.first())
-        .copied()
-        .unwrap_or(peer)
+    let mut client = peer;
+    for entry in entries.iter().rev() {
+        let Some(ip) = parse_forwarded(entry) else {
+            // Not an address: nothing to its left can be trusted.
+            return client;
+        };
+        client = ip;
+        if !is_trusted(ip, trusted) {
+            return ip;
+        }
+    }
+    client
+}
+
+/// One `X-Forwarded-For` entry: an address, with or without a port
+/// (`1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`, `[2001:db8::1]`, `[2001:db8::1]:80`).
+fn parse_forwarded(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    if let Some(rest) = entry.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(|p| p.parse::<u16>().is_ok());
+        return port_ok
+            .then(|| inside.parse::<Ipv6Addr>().ok())
+            .flatten()
+            .map(|v6| canonical(IpAddr::V6(v6)));
+    }
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    let (host, port) = entry.split_once(':')?;
+    port.parse::<u16>().ok()?;
+    host.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+/// The key per-IP limits count under: an IPv4 address, or the IPv6
+/// network of `v6_prefix` bits around the address (one host usually holds
+/// a whole /64, so counting /128s would let it open as many connections as
+/// it has addresses).
+pub fn limit_key(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let bits = u32::from(v6_prefix.min(128));
+            let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+        v4 => v4,
+    }
 }
 
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
@@ -160,6 +203,37 @@ mod tests {
         );
         assert_eq!(from_request(proxy, &HeaderMap::new(), &trusted), proxy);
         assert_eq!(from_request(proxy, &xff("garbage"), &trusted), proxy);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Ports and brackets are parsed, not skipped (skipping them let the
+        // client's forged leftmost entry through).
+        assert_eq!(
+            from_request(proxy, &xff("6.6.6.6, 203.0.113.5:4444"), &trusted),
+            ip("203.0.113.5")
+        );
+        assert_eq!(
+            from_request(proxy, &xff("6.6.6.6, [2001:db8::5]:443, 10.0.0.1:80"), &trusted),
+            ip("2001:db8::5")
+        );
+        assert_eq!(
+            from_request(proxy, &xff("6.6.6.6,2001:db8::7"), &trusted),
+            ip("2001:db8::7")
+        );
+        // `unknown` stops the walk at the last trusted hop: never the left.
+        assert_eq!(from_request(proxy, &xff("6.6.6.6, unknown"), &trusted), proxy);
+        assert_eq!(
+            from_request(proxy, &xff("6.6.6.6, unknown, 10.0.0.9"), &trusted),
+            ip("10.0.0.9")
+        );
+        assert_eq!(
+            from_request(proxy, &xff("6.6.6.6, 1.2.3.4:99999"), &trusted),
+            proxy
+        );
+        // IPv6 limits count per /64 (by default), IPv4 per address.
+        assert_eq!(limit_key(ip("2001:db8:1:2:a::1"), 64), ip("2001:db8:1:2::"));
+        assert_eq!(limit_key(ip("2001:db8:1:2:ffff::9"), 64), ip("2001:db8:1:2::"));
+        assert_eq!(limit_key(ip("2001:db8::1"), 128), ip("2001:db8::1"));
+        assert_eq!(limit_key(ip("203.0.113.5"), 64), ip("203.0.113.5"));
+        assert_eq!(limit_key(ip("::ffff:203.0.113.5"), 64), ip("203.0.113.5"));
         // IPv4-mapped IPv6 peers are recognised.
         let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
         assert!(is_trusted(mapped, &trusted));

@@ -92,7 +92,8 @@ pub fn token(node: &Node, headers: &HeaderMap) -> Result<Option<Box<Identity>>, 
 #[allow(clippy::result_large_err)]
 pub fn admit(node: &Node, headers: &HeaderMap, remote: IpAddr) -> Result<Ticket, Response<Body>> {
     let client = client_ip::from_request(remote, headers, &node.config.trusted_proxies);
-    node.clients.admission.admit(client).map_err(|refused| {
+    let key = client_ip::limit_key(client, node.config.ipv6_limit_prefix);
+    node.clients.admission.admit(key).map_err(|refused| {
         node.metrics.reject(refused.reason());
         let message = match refused {
             Refused::NodeFull => "this node has no room for more connections; retry (another node may have)",

@@ -271,6 +271,16 @@ async fn bad_requests_get_documented_codes() {
             "unsupported_media_type",
         ),
         (
+            // No Content-Type: what a cross-origin page can send without a
+            // CORS preflight.
+            Method::POST,
+            "/api/publish",
+            vec![],
+            r#"{"channel":"a","data":1}"#.into(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
             Method::POST,
             "/api/broadcast",
             json_type.to_vec(),
@@ -333,17 +343,6 @@ async fn bad_requests_get_documented_codes() {
         answer.headers.get("allow").map(|v| v.to_str().unwrap()),
         Some("POST")
     );
-
-    // A request without a content type is read as JSON.
-    let answer = http(
-        addr,
-        Method::POST,
-        "/api/publish",
-        &[],
-        r#"{"channel":"a","data":1}"#,
-    )
-    .await;
-    assert_eq!(answer.status, 200, "{}", answer.text());
 }
 
 #[tokio::test]
@@ -554,4 +553,28 @@ async fn api_requests_past_the_concurrency_bound_get_503_at_once() {
             == 200
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_broadcast_names_at_most_1000_channels() {
+    let gw = start(test_config()).await;
+    let addr = gw.local_addr();
+    let channels = |n: usize| (0..n).map(|i| format!("c{i}")).collect::<Vec<_>>();
+    let answer = post_json(
+        addr,
+        "/api/broadcast",
+        json!({"channels": channels(1001), "data": 1}),
+    )
+    .await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert_eq!(answer.json()["error"]["code"], "bad_request");
+    assert!(answer.text().contains("1000"), "{}", answer.text());
+    let answer = post_json(
+        addr,
+        "/api/broadcast",
+        json!({"channels": channels(1000), "data": 1}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["results"].as_array().map(Vec::len), Some(1000));
 }

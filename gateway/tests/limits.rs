@@ -79,6 +79,51 @@ async fn per_ip_limits_use_forwarded_addresses_only_from_trusted_proxies() {
     );
     assert!(rejections(addr, "max_connections_per_ip").await >= 2.0);
 
+    // The reviewer's bypass: the proxy's entry with a port (or `unknown`)
+    // used to be skipped and the client's forged leftmost one counted.
+    let mut config = test_config();
+    config.max_connections_per_ip = 1;
+    config.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    let _first = WsClient::connect_with(addr, &[("x-forwarded-for", "9.9.9.1, 203.0.113.5:4444")])
+        .await
+        .unwrap();
+    for forged in [
+        "9.9.9.2, 203.0.113.5:4444",
+        "9.9.9.3, 203.0.113.5:5555",
+        "9.9.9.4, 203.0.113.5",
+    ] {
+        assert_eq!(
+            status_of(WsClient::connect_with(addr, &[("x-forwarded-for", forged)]).await).map(|s| s.0),
+            Some(503),
+            "{forged}"
+        );
+    }
+    let _unknown = WsClient::connect_with(addr, &[("x-forwarded-for", "9.9.9.5, unknown")])
+        .await
+        .unwrap();
+    assert_eq!(
+        status_of(WsClient::connect_with(addr, &[("x-forwarded-for", "9.9.9.6, unknown")]).await)
+            .map(|s| s.0),
+        Some(503),
+        "`unknown` counts as the proxy itself, never as the forged entry to its left"
+    );
+    // IPv6 counts per /64: four addresses of one network are one client.
+    let _v6 = WsClient::connect_with(addr, &[("x-forwarded-for", "[2001:db8:0:1::1]:443")])
+        .await
+        .unwrap();
+    for other in ["2001:db8:0:1::2", "2001:db8:0:1:ffff::3", "[2001:db8:0:1::4]"] {
+        assert_eq!(
+            status_of(WsClient::connect_with(addr, &[("x-forwarded-for", other)]).await).map(|s| s.0),
+            Some(503),
+            "{other}"
+        );
+    }
+    let _next_network = WsClient::connect_with(addr, &[("x-forwarded-for", "2001:db8:0:2::1")])
+        .await
+        .unwrap();
+
     // Without trusted proxies the header counts for nothing.
     let mut config = test_config();
     config.max_connections_per_ip = 2;

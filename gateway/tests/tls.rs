@@ -154,3 +154,53 @@ async fn sighup_rotates_the_certificate_without_dropping_connections() {
     assert!(tls_connect(addr, &second.ca_cert, &[b"http/1.1"]).await.is_ok());
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// At the connection cap over wss, every further attempt gets its 503 with
+/// Retry-After promptly, however many came before (an outside check saw
+/// one handshake hang for the whole handshake timeout after several 503s).
+#[tokio::test]
+async fn at_the_connection_cap_every_wss_attempt_gets_a_prompt_503() {
+    let pki = TestPki::generate("cap");
+    let mut config = tls_config(&pki);
+    config.max_connections = 50;
+    config.jwt_secret = Some(support::tokens::SECRET.into());
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    let token = support::tokens::hs256("ann", 300, serde_json::json!({"channels": ["*"]}));
+    let bearer = format!("Bearer {token}");
+    let url = format!("wss://localhost:{}/ws", addr.port());
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        let tls = tls_connect(addr, &pki.ca_cert, &[b"http/1.1"])
+            .await
+            .expect("TLS handshake");
+        let (client, _) = WsClient::handshake(Box::new(tls), &url, &[("authorization", &bearer)])
+            .await
+            .expect("admitted below the cap");
+        held.push(client);
+    }
+    for attempt in 0..30 {
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+            let tls = tls_connect(addr, &pki.ca_cert, &[b"http/1.1"]).await?;
+            WsClient::handshake(Box::new(tls), &url, &[("authorization", &bearer)])
+                .await
+                .map(drop)
+                .map_err(std::io::Error::other)
+        })
+        .await
+        .unwrap_or_else(|_| panic!("attempt {attempt} at the cap got no answer within 3 s"));
+        match outcome {
+            Err(error) => {
+                let text = error.to_string();
+                assert!(
+                    text.contains("503"),
+                    "attempt {attempt}: expected a 503, got {text}"
+                );
+            }
+            Ok(()) => panic!("attempt {attempt} was admitted over the cap"),
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    }
+    drop(held);
+}

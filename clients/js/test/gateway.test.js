@@ -185,7 +185,7 @@ describe('token authentication', () => {
   const claims = { channels: ['news', 'chat:*'], publish: ['chat:*'] };
 
   before(async () => {
-    gateway = await Gateway.start(['--node-id', 'auth', '--jwt-secret', JWT_SECRET, '--jwt-leeway', '0s']);
+    gateway = await Gateway.start(['--node-id', 'auth', '--jwt-secret', JWT_SECRET, '--jwt-leeway', '0s', '--allow-open-api']);
   });
 
   test('token_expiring is answered with a fresh token from getToken: the connection outlives the first token', async () => {
@@ -339,7 +339,7 @@ describe('presence', () => {
   });
 
   test('with tokens: members carry the user and the info claim; first/last count users, not tabs', { skip }, async () => {
-    const gateway = await Gateway.start(['--node-id', 'presence-auth', '--config', config, '--jwt-secret', JWT_SECRET]);
+    const gateway = await Gateway.start(['--node-id', 'presence-auth', '--config', config, '--jwt-secret', JWT_SECRET, '--allow-open-api']);
     const channels = ['room:*', 'news'];
     const connectAs = async (user, info) => {
       const c = client(gateway.wsUrl, { token: mintToken(user, 600, { channels, ...(info ? { info } : {}) }) });

@@ -54,7 +54,8 @@ pub struct Cli {
 
     /// API key accepted by the HTTP API as `Authorization: Bearer <key>`. Repeat the flag (or
     /// separate with commas in the environment) for several keys. Without any key the API is
-    /// open to anyone who can reach it.
+    /// open to anyone who can reach it, so with token authentication on a key is required
+    /// (see --allow-open-api).
     #[arg(
         long,
         env = "GATEWAY_API_KEY",
@@ -64,6 +65,13 @@ pub struct Cli {
         hide_default_value = true
     )]
     pub api_key: Vec<String>,
+
+    /// Serve the HTTP API without an API key even though WebSocket clients need tokens (the API
+    /// bypasses every channel permission: only where the listener is reachable by trusted
+    /// backends alone). Without this flag, token authentication without --api-key refuses to
+    /// start.
+    #[arg(long, env = "GATEWAY_ALLOW_OPEN_API")]
+    pub allow_open_api: bool,
 
     /// Interval between server pings, such as `25s`. A client that sends nothing (not even a
     /// pong) for twice this long is disconnected.
@@ -288,6 +296,17 @@ pub struct Cli {
         default_value_t = 0
     )]
     pub max_connections_per_ip: usize,
+
+    /// IPv6 clients count against --max-connections-per-ip by network of this many bits (a
+    /// host usually has a whole /64 to pick addresses from); 128 counts every address alone.
+    #[arg(
+        long,
+        env = "GATEWAY_IPV6_LIMIT_PREFIX",
+        value_name = "BITS",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u8).range(1..=128)
+    )]
+    pub ipv6_limit_prefix: u8,
 
     /// Most new WebSocket connections per second on this node (token bucket, bursts of one
     /// second's worth); more are answered 503 with Retry-After [0: no limit].

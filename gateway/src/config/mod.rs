@@ -34,6 +34,8 @@ pub struct Config {
     pub node_id: String,
     #[serde(rename = "api_key", serialize_with = "print::secrets")]
     pub api_keys: Vec<String>,
+    /// The API may be served without a key while clients need tokens.
+    pub allow_open_api: bool,
     #[serde(serialize_with = "print::duration")]
     pub ping_interval: Duration,
     #[serde(rename = "drain_seconds", serialize_with = "as_seconds")]
@@ -87,6 +89,7 @@ pub struct Config {
     pub max_connections: usize,
     /// 0: no limit.
     pub max_connections_per_ip: usize,
+    pub ipv6_limit_prefix: u8,
     /// Per second; 0: no limit.
     pub max_connect_rate: u32,
     pub max_subscriptions: usize,
@@ -180,6 +183,7 @@ impl Config {
             listen: cli.listen,
             node_id: cli.node_id.unwrap_or_else(values::default_node_id),
             api_keys: cli.api_key,
+            allow_open_api: cli.allow_open_api,
             ping_interval: cli.ping_interval,
             drain: Duration::from_secs(cli.drain_seconds.min(u64::from(u32::MAX))),
             drain_reconnect_jitter: cli.drain_reconnect_jitter,
@@ -218,6 +222,7 @@ impl Config {
             proxy_protocol: cli.proxy_protocol,
             max_connections,
             max_connections_per_ip: cli.max_connections_per_ip,
+            ipv6_limit_prefix: cli.ipv6_limit_prefix,
             max_connect_rate: cli.max_connect_rate,
             max_subscriptions: cli.max_subscriptions,
             publish_rate: cli.publish_rate,
@@ -361,6 +366,15 @@ impl Config {
                 "must be at least 32 bytes (256 bits) for HS256".into(),
             ));
         }
+        if self.auth_enabled() && self.api_keys.is_empty() && !self.allow_open_api {
+            return Err(invalid(
+                "api_key",
+                "token authentication is on but the HTTP API has no key, so anyone reaching it could \
+                 publish anywhere and read any history: set --api-key (or --allow-open-api if only \
+                 trusted backends can reach this listener)"
+                    .into(),
+            ));
+        }
         for file in [
             &self.redis_ca_file,
             &self.tls_cert,
@@ -426,6 +440,20 @@ mod tests {
         let path = std::env::temp_dir().join(format!("gateway-config-{}.toml", fastrand::u64(..)));
         std::fs::write(&path, contents).unwrap();
         path
+    }
+
+    #[test]
+    fn token_authentication_without_an_api_key_refuses_to_start_unless_opted_out() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let refused = load(&["--jwt-secret", secret]).expect_err("an open API under auth is refused");
+        assert!(refused.to_string().contains("--api-key"), "{refused}");
+        assert!(load(&["--jwt-secret", secret, "--api-key", "k"]).is_ok());
+        let open = load(&["--jwt-secret", secret, "--allow-open-api"]).expect("opted out");
+        assert!(open.allow_open_api && open.api_keys.is_empty());
+        assert!(
+            load(&[]).is_ok(),
+            "without auth the API may stay open (a warning is logged)"
+        );
     }
 
     #[test]

@@ -63,12 +63,16 @@ impl From<HubError> for Failure {
             HubError::TooLarge { .. } => {
                 Failure(StatusCode::PAYLOAD_TOO_LARGE, "too_large", error.to_string())
             }
-            HubError::Unavailable(_) => {
-                Failure(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error.to_string())
-            }
-            HubError::Internal(_) => {
-                Failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
-            }
+            HubError::Unavailable(_) => Failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                error.public_message(),
+            ),
+            HubError::Internal(_) => Failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                error.public_message(),
+            ),
             HubError::NotAvailable(_) => Failure(StatusCode::BAD_REQUEST, "not_available", error.to_string()),
         }
     }
@@ -147,9 +151,17 @@ pub(super) fn authorize(keys: &[String], headers: &HeaderMap) -> Result<(), Fail
 }
 
 /// A body must be JSON; a request without a content type is read as JSON.
+/// A body must say it is JSON: a browser can send a cross-origin POST with
+/// no Content-Type (or `text/plain`) without a CORS preflight, so accepting
+/// those would let any web page a visitor opens publish through a gateway
+/// the visitor can reach.
 fn check_content_type(headers: &HeaderMap) -> Result<(), Failure> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
+        return Err(Failure(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send Content-Type: application/json".into(),
+        ));
     };
     let mime = value
         .to_str()
@@ -221,8 +233,9 @@ mod tests {
     }
 
     #[test]
-    fn content_type_must_be_json_when_given() {
-        assert!(check_content_type(&headers(&[])).is_ok());
+    fn content_type_must_be_json() {
+        // Absent: refused too (a browser's CORS-simple POST has none).
+        assert!(check_content_type(&headers(&[])).is_err());
         assert!(check_content_type(&headers(&[("content-type", "application/json; charset=utf-8")])).is_ok());
         assert!(check_content_type(&headers(&[("content-type", "application/cloudevents+json")])).is_ok());
         let err = check_content_type(&headers(&[("content-type", "application/x-www-form-urlencoded")]));

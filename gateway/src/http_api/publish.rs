@@ -70,6 +70,12 @@ pub async fn broadcast(node: Arc<Node>, request: Request<Incoming>) -> Response<
         if parsed.channels.is_empty() {
             return Err(Failure::bad_request("`channels` must name at least one channel"));
         }
+        if parsed.channels.len() > MAX_BATCH {
+            return Err(Failure::bad_request(format!(
+                "at most {MAX_BATCH} channels per broadcast (got {})",
+                parsed.channels.len()
+            )));
+        }
         let mut channels = Vec::with_capacity(parsed.channels.len());
         let mut seen = HashSet::with_capacity(parsed.channels.len());
         for name in &parsed.channels {
@@ -99,7 +105,8 @@ pub async fn broadcast(node: Arc<Node>, request: Request<Incoming>) -> Response<
     answer_many(result)
 }
 
-/// Most publications in one `POST /api/batch`.
+/// Most publications in one `POST /api/batch`, and channels in one
+/// `POST /api/broadcast`.
 const MAX_BATCH: usize = 1000;
 
 #[derive(Deserialize)]

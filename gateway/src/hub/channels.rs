@@ -63,7 +63,11 @@ struct Waiter {
 }
 
 struct Entry {
+    /// In a vector for the fan-out's sake (a straight walk), with an index
+    /// by peer id so that a join or leave on a channel of 100,000
+    /// subscribers does not scan them under the lock the fan-out needs.
     subscribers: Vec<Subscriber>,
+    index: HashMap<u64, usize>,
     waiting: Vec<Waiter>,
     stream: Stream,
     options: StreamOptions,
@@ -72,6 +76,28 @@ struct Entry {
 impl Entry {
     fn is_empty(&self) -> bool {
         self.subscribers.is_empty() && self.waiting.is_empty()
+    }
+
+    fn add(&mut self, subscriber: Subscriber) {
+        self.index.insert(subscriber.peer.id, self.subscribers.len());
+        self.subscribers.push(subscriber);
+    }
+
+    fn find_mut(&mut self, peer_id: u64) -> Option<&mut Subscriber> {
+        let i = *self.index.get(&peer_id)?;
+        self.subscribers.get_mut(i)
+    }
+
+    /// Removes a subscriber; false if `peer_id` was not one.
+    fn remove(&mut self, peer_id: u64) -> bool {
+        let Some(i) = self.index.remove(&peer_id) else {
+            return false;
+        };
+        self.subscribers.swap_remove(i);
+        if let Some(moved) = self.subscribers.get(i) {
+            self.index.insert(moved.peer.id, i);
+        }
+        true
     }
 
     /// Hands stream output to every subscriber, in order.
@@ -167,6 +193,7 @@ impl Channels {
                 self.dirty.push(channel.clone());
                 shard.entry(channel.clone()).or_insert_with(|| Entry {
                     subscribers: Vec::new(),
+                    index: HashMap::new(),
                     waiting: Vec::new(),
                     stream: Stream::default(),
                     options,
@@ -175,7 +202,7 @@ impl Channels {
         };
         match entry.stream.position() {
             Some((epoch, offset)) => {
-                entry.subscribers.push(Subscriber {
+                entry.add(Subscriber {
                     peer: peer.clone(),
                     syncing: Some(Vec::new()),
                     floor: offset,
@@ -208,7 +235,7 @@ impl Channels {
         let mut shard = self.shard(channel.as_str()).lock();
         let Some(subscriber) = shard
             .get_mut(channel.as_str())
-            .and_then(|entry| entry.subscribers.iter_mut().find(|s| s.peer.id == peer_id))
+            .and_then(|entry| entry.find_mut(peer_id))
         else {
             return;
         };
@@ -235,8 +262,7 @@ impl Channels {
         let Some(entry) = shard.get_mut(channel.as_str()) else {
             return;
         };
-        if let Some(i) = entry.subscribers.iter().position(|s| s.peer.id == peer_id) {
-            entry.subscribers.swap_remove(i);
+        if entry.remove(peer_id) {
             self.counters.subscriptions.decrement(1.0);
         } else {
             entry.waiting.retain(|w| w.peer.id != peer_id);
@@ -273,14 +299,14 @@ impl Channels {
         let Some((epoch, offset)) = entry.stream.position() else {
             return;
         };
-        for waiter in entry.waiting.drain(..) {
+        for waiter in std::mem::take(&mut entry.waiting) {
             let joined = Joined {
                 epoch: epoch.clone(),
                 offset,
             };
             // A waiter whose session ended meanwhile is dropped here.
             if waiter.done.send(Ok(joined)).is_ok() {
-                entry.subscribers.push(Subscriber {
+                entry.add(Subscriber {
                     peer: waiter.peer,
                     syncing: Some(Vec::new()),
                     floor: offset,

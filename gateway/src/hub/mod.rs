@@ -64,6 +64,25 @@ pub enum HubError {
     NotAvailable(String),
 }
 
+impl HubError {
+    /// What a client or caller is told: the broker's own error text (an
+    /// address, an OS error, a Redis reply) stays in the log, where the
+    /// details are logged once here.
+    pub fn public_message(&self) -> String {
+        match self {
+            HubError::Unavailable(detail) => {
+                tracing::debug!(%detail, "broker unavailable");
+                "the broker is unavailable right now; retry shortly".into()
+            }
+            HubError::Internal(detail) => {
+                tracing::warn!(%detail, "broker error");
+                "internal error (the node's log has the details)".into()
+            }
+            HubError::TooLarge { .. } | HubError::NotAvailable(_) => self.to_string(),
+        }
+    }
+}
+
 impl From<BrokerError> for HubError {
     fn from(error: BrokerError) -> HubError {
         match error {

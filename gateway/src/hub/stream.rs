@@ -14,15 +14,59 @@
 //!
 //! This module does no I/O; `channels` feeds it and fans out its output.
 
+use std::collections::VecDeque;
 use std::mem;
 use std::sync::Arc;
 
 use broker_adapter::{BrokerError, History};
 use pubsub_proto::Publication;
 
-/// Publications held while waiting for a position or a repair, at most.
-/// Past this the hold is given up: a gap notice, then what follows.
+/// Publications held while waiting for a position or a repair, at most,
+/// and their bytes at most. Past either, the oldest held are dropped and
+/// the merge reports the hole (a gap notice, then what follows).
 pub const MAX_HELD: usize = 10_000;
+pub const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
+
+/// Publications held in arrival order, bounded by count and bytes.
+#[derive(Debug, Default)]
+pub struct Held {
+    queue: VecDeque<Publication>,
+    bytes: usize,
+}
+
+impl Held {
+    fn one(publication: Publication) -> Held {
+        let mut held = Held::default();
+        held.push(publication);
+        held
+    }
+
+    /// Holds `publication`, dropping the oldest beyond the bounds
+    /// (something is very wrong: the read never ends).
+    fn push(&mut self, publication: Publication) {
+        self.bytes += publication.data.len();
+        self.queue.push_back(publication);
+        while self.queue.len() > MAX_HELD || (self.bytes > MAX_HELD_BYTES && self.queue.len() > 1) {
+            if let Some(dropped) = self.queue.pop_front() {
+                self.bytes -= dropped.data.len();
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+impl IntoIterator for Held {
+    type Item = Publication;
+    type IntoIter = std::collections::vec_deque::IntoIter<Publication>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.queue.into_iter()
+    }
+}
 
 /// What to hand to subscribers, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,7 +85,7 @@ pub enum Output {
 pub enum Stream {
     /// The position is not known yet (broker subscription or position read
     /// pending); publications arriving meanwhile are held.
-    Pending { held: Vec<Publication> },
+    Pending { held: Held },
     /// In sequence: `last` is the offset of the last publication delivered.
     Live { epoch: Arc<str>, last: u64 },
     /// History is being read to fill a hole (or to catch up after the broker
@@ -49,7 +93,7 @@ pub enum Stream {
     Repairing {
         epoch: Arc<str>,
         last: u64,
-        held: Vec<Publication>,
+        held: Held,
         /// Asked to repair again while this read was in flight (the read
         /// may predate what prompted the new request): read once more.
         again: bool,
@@ -69,7 +113,9 @@ pub enum Arrival {
 
 impl Default for Stream {
     fn default() -> Self {
-        Stream::Pending { held: Vec::new() }
+        Stream::Pending {
+            held: Held::default(),
+        }
     }
 }
 
@@ -88,11 +134,6 @@ impl Stream {
     pub fn arrive(&mut self, publication: Publication) -> Arrival {
         match self {
             Stream::Pending { held } | Stream::Repairing { held, .. } => {
-                if held.len() >= MAX_HELD {
-                    // Something is very wrong (the read never ends); stop
-                    // holding and let the merge report the hole honestly.
-                    held.remove(0);
-                }
                 held.push(publication);
                 Arrival::Held
             }
@@ -109,7 +150,7 @@ impl Stream {
                     *self = Stream::Repairing {
                         epoch,
                         last,
-                        held: vec![publication],
+                        held: Held::one(publication),
                         again: false,
                     };
                     return Arrival::NeedsRepair;
@@ -150,7 +191,7 @@ impl Stream {
                 *self = Stream::Repairing {
                     epoch,
                     last,
-                    held: Vec::new(),
+                    held: Held::default(),
                     again: false,
                 };
                 true
@@ -217,7 +258,7 @@ impl Stream {
             Stream::Repairing {
                 epoch,
                 last,
-                held: Vec::new(),
+                held: Held::default(),
                 again: false,
             }
         } else {
@@ -277,6 +318,30 @@ mod tests {
             offset: Some(offset),
             epoch: Some(Arc::from(epoch)),
         }
+    }
+
+    #[test]
+    fn what_is_held_is_bounded_by_bytes_as_well_as_count() {
+        let big = |offset: u64| Publication {
+            data: Bytes::from(vec![b'x'; 1024 * 1024]),
+            ..p("e", offset)
+        };
+        let mut stream = Stream::default();
+        for offset in 1..=40 {
+            assert_eq!(stream.arrive(big(offset)), Arrival::Held);
+        }
+        let Stream::Pending { held } = &stream else {
+            panic!("still pending");
+        };
+        assert_eq!(
+            held.len(),
+            MAX_HELD_BYTES / (1024 * 1024),
+            "16 MiB of 1 MiB publications"
+        );
+        // The newest are kept; activation reports the hole before them.
+        let out = stream.positioned(&history("e", 0, &[]));
+        assert_eq!(gaps(&out), [("e".to_string(), 24)]);
+        assert_eq!(pubs(&out), (25..=40).collect::<Vec<_>>());
     }
 
     fn history(epoch: &str, offset: u64, offsets: &[u64]) -> History {

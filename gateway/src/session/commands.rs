@@ -102,7 +102,7 @@ impl Session {
             };
             let reply = reply.unwrap_or_else(|error| Reply::Error {
                 code: error_code(&error),
-                message: error.to_string(),
+                message: error.public_message(),
             });
             Outcome::Reply(ServerMessage { id, reply })
         }))
@@ -248,7 +248,7 @@ impl Session {
                     let reply = ServerMessage::error(
                         id,
                         error_code(&error),
-                        format!("cannot subscribe to {channel}: {error}"),
+                        format!("cannot subscribe to {channel}: {}", error.public_message()),
                     );
                     Outcome::SubscribeFailed(channel, reply)
                 }
@@ -319,7 +319,7 @@ impl Session {
                 },
                 Err(error) => Reply::Error {
                     code: error_code(&error),
-                    message: error.to_string(),
+                    message: error.public_message(),
                 },
             };
             Outcome::Reply(ServerMessage { id, reply })
