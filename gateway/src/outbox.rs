@@ -55,6 +55,10 @@ pub enum Taken {
 struct State {
     queue: VecDeque<Frame>,
     bytes: usize,
+    /// Bytes taken by the writer and not yet handed to the socket: they
+    /// still count against the bound (a stalled client would otherwise
+    /// hold the bound once in the queue and once more in the writer).
+    in_flight: usize,
     close: Option<CloseRequest>,
 }
 
@@ -99,7 +103,7 @@ impl Outbox {
         if state.close.is_some() {
             return Push::Closed;
         }
-        if state.queue.len() >= self.max_messages || state.bytes + size > self.max_bytes {
+        if state.queue.len() >= self.max_messages || state.bytes + state.in_flight + size > self.max_bytes {
             // Free the memory now rather than when the session gets to it.
             let dropped = std::mem::take(&mut state.queue);
             state.bytes = 0;
@@ -163,13 +167,20 @@ impl Outbox {
     pub fn take(&self) -> Taken {
         let mut state = self.state.lock();
         if !state.queue.is_empty() {
-            state.bytes = 0;
+            state.in_flight += std::mem::take(&mut state.bytes);
             return Taken::Items(std::mem::take(&mut state.queue));
         }
         match &state.close {
             Some(close) => Taken::Close(close.clone()),
             None => Taken::Empty,
         }
+    }
+
+    /// The writer handed frames of `queued` bytes (their
+    /// [`Frame::queued_size`]) to the socket: they no longer count.
+    pub fn sent(&self, queued: usize) {
+        let mut state = self.state.lock();
+        state.in_flight = state.in_flight.saturating_sub(queued);
     }
 
     /// True when frames are queued (a close request alone does not count).
@@ -260,12 +271,19 @@ mod tests {
     }
 
     #[test]
-    fn taking_frees_the_byte_budget() {
+    fn bytes_count_until_they_are_sent_not_until_they_are_taken() {
         let outbox = Outbox::new(100, 1000);
+        let size = frame(&"a".repeat(30)).queued_size();
         for _ in 0..10 {
-            assert_eq!(outbox.push(frame(&"a".repeat(50))), Push::Queued);
+            assert_eq!(outbox.push(frame(&"a".repeat(30))), Push::Queued);
             let _ = outbox.take();
+            outbox.sent(size);
         }
+        // Taken but not sent (the client stopped reading): still counted.
+        assert_eq!(outbox.push(frame(&"a".repeat(30))), Push::Queued);
+        let _ = outbox.take();
+        assert_eq!(outbox.push(frame(&"a".repeat(30))), Push::Queued);
+        assert_eq!(outbox.push(frame(&"a".repeat(30))), Push::Overflow);
     }
 
     #[test]

@@ -244,7 +244,7 @@ where
         }
         let write_failed = |error: std::io::Error| End::Gone(format!("write failed: {error}"));
         let mut written = Written::default();
-        let mut handed = 0;
+        let (mut handed, mut sent) = (0, 0);
         let result = loop {
             if self.flushing && (self.socket.buffered() >= WRITE_BUFFER || handed >= WRITE_BUDGET) {
                 match self.socket.poll_flush(cx) {
@@ -277,6 +277,7 @@ where
             let Some(frame) = self.outgoing.pop_front() else {
                 continue;
             };
+            sent += frame.queued_size();
             self.put(frame, &mut written);
             self.flushing = true;
             handed += 1;
@@ -285,6 +286,9 @@ where
                 self.outgoing = VecDeque::new();
             }
         };
+        if sent > 0 {
+            self.session.peer().outbox.sent(sent);
+        }
         let metrics = &self.session.node().metrics;
         if written.publications > 0 {
             metrics.delivered.increment(written.publications);
