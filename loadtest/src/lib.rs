@@ -10,6 +10,7 @@
 pub mod clients;
 pub mod fleet;
 pub mod plot;
+pub mod presence;
 pub mod procstat;
 pub mod publisher;
 pub mod report;

@@ -34,6 +34,14 @@ enum Scenario {
         /// connections that receive it: every open connection must.
         #[arg(long)]
         broadcast: bool,
+        /// Name the channels in this namespace (`NS:idle-...`), for example one whose
+        /// namespace keeps presence.
+        #[arg(long, value_name = "NS")]
+        namespace: Option<String>,
+        /// After holding, this many `GET /api/presence/stats` and then as many `GET
+        /// /api/presence` on the first channel (16 in flight), for their latency and rate.
+        #[arg(long, default_value_t = 0)]
+        presence_reads: u64,
     },
     /// N subscribers of one channel; publish at a rate, or ramp up to the highest sustainable rate.
     Fanout {
@@ -121,7 +129,15 @@ async fn run(scenario: Scenario) -> anyhow::Result<Report> {
             channels,
             hold,
             broadcast,
-        } => scenario::idle(target, connections, channels, hold, broadcast).await,
+            namespace,
+            presence_reads,
+        } => {
+            let extra = scenario::IdleExtras {
+                namespace,
+                presence_reads,
+            };
+            scenario::idle(target, connections, channels, hold, broadcast, extra).await
+        }
         Scenario::Fanout {
             target,
             publishing,

@@ -228,18 +228,31 @@ fn new_report(scenario: &str) -> Report {
 
 /// `idle`: open, hold, report memory per connection; with `broadcast`,
 /// then publish once to every channel and count who received it.
+/// The idle scenario's optional parts.
+#[derive(Default)]
+pub struct IdleExtras {
+    /// Channels are `<namespace>:idle-...`.
+    pub namespace: Option<String>,
+    /// Presence reads on the first channel after holding.
+    pub presence_reads: u64,
+}
+
 pub async fn idle(
     target: Target,
     connections: u64,
     channels: u64,
     hold: Duration,
     broadcast: bool,
+    extras: IdleExtras,
 ) -> anyhow::Result<Report> {
     let mut report = new_report("idle");
     let rss_before = (!target.pids.is_empty())
         .then(|| target.server_rss())
         .transpose()?;
-    let prefix = format!("idle-{}-", unix_now());
+    let prefix = match &extras.namespace {
+        Some(ns) => format!("{ns}:idle-{}-", unix_now()),
+        None => format!("idle-{}-", unix_now()),
+    };
     let plan = target.plan(connections, channels, &prefix, None)?;
     let (mut fleet, opened) = Fleet::start(&plan).await?;
     report.connections = opened;
@@ -257,6 +270,24 @@ pub async fn idle(
     // Connections that dropped while held.
     let (counts, _, _) = fleet.step().await?;
     report.connections.dropped = counts.disconnects;
+    if extras.presence_reads > 0 {
+        for what in ["presence/stats", "presence"] {
+            let path = format!("/api/{what}?channel={prefix}0");
+            let reads = crate::presence::run(
+                &target.apis,
+                target.api_key.as_deref(),
+                &path,
+                extras.presence_reads,
+                16,
+            )
+            .await?;
+            let p = reads.latency.summary();
+            eprintln!(
+                "GET /api/{what}: {} answered, {} failed, {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; last: {}",
+                p.count, reads.failed, reads.per_second, p.p50, p.p99, p.max, reads.last
+            );
+        }
+    }
     if broadcast {
         let names: Vec<String> = (0..channels).map(|c| format!("{prefix}{c}")).collect();
         let mut publisher = Publisher::http(
