@@ -38,10 +38,16 @@ enum Scenario {
         /// namespace keeps presence.
         #[arg(long, value_name = "NS")]
         namespace: Option<String>,
-        /// After holding, this many `GET /api/presence/stats` and then as many `GET
-        /// /api/presence` on the first channel (16 in flight), for their latency and rate.
+        /// After holding, this many `GET /api/presence/stats` on the first channel (16 in
+        /// flight), for their latency and rate.
         #[arg(long, default_value_t = 0)]
         presence_reads: u64,
+        /// Then this many `GET /api/presence` (the member list) on the first channel.
+        #[arg(long, default_value_t = 0)]
+        presence_list_reads: u64,
+        /// Presence requests in flight at once.
+        #[arg(long, default_value_t = 16)]
+        presence_in_flight: usize,
     },
     /// N subscribers of one channel; publish at a rate, or ramp up to the highest sustainable rate.
     Fanout {
@@ -131,10 +137,14 @@ async fn run(scenario: Scenario) -> anyhow::Result<Report> {
             broadcast,
             namespace,
             presence_reads,
+            presence_list_reads,
+            presence_in_flight,
         } => {
             let extra = scenario::IdleExtras {
                 namespace,
                 presence_reads,
+                presence_list_reads,
+                presence_in_flight,
             };
             scenario::idle(target, connections, channels, hold, broadcast, extra).await
         }

@@ -233,8 +233,12 @@ fn new_report(scenario: &str) -> Report {
 pub struct IdleExtras {
     /// Channels are `<namespace>:idle-...`.
     pub namespace: Option<String>,
-    /// Presence reads on the first channel after holding.
+    /// Presence stats reads on the first channel after holding.
     pub presence_reads: u64,
+    /// Then member-list reads.
+    pub presence_list_reads: u64,
+    /// Presence requests in flight at once.
+    pub presence_in_flight: usize,
 }
 
 pub async fn idle(
@@ -270,15 +274,18 @@ pub async fn idle(
     // Connections that dropped while held.
     let (counts, _, _) = fleet.step().await?;
     report.connections.dropped = counts.disconnects;
-    if extras.presence_reads > 0 {
-        for what in ["presence/stats", "presence"] {
+    for (what, count) in [
+        ("presence/stats", extras.presence_reads),
+        ("presence", extras.presence_list_reads),
+    ] {
+        if count > 0 {
             let path = format!("/api/{what}?channel={prefix}0");
             let reads = crate::presence::run(
                 &target.apis,
                 target.api_key.as_deref(),
                 &path,
-                extras.presence_reads,
-                16,
+                count,
+                extras.presence_in_flight,
             )
             .await?;
             let p = reads.latency.summary();

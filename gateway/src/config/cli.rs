@@ -66,6 +66,12 @@ pub struct Cli {
     )]
     pub api_key: Vec<String>,
 
+    /// File of API keys, one per line (blank lines and `#` comments ignored), added to any
+    /// --api-key: keeps keys out of the command line, which other local users can read in
+    /// /proc.
+    #[arg(long, env = "GATEWAY_API_KEY_FILE", value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+
     /// Serve the HTTP API without an API key even though WebSocket clients need tokens (the API
     /// bypasses every channel permission: only where the listener is reachable by trusted
     /// backends alone). Without this flag, token authentication without --api-key refuses to

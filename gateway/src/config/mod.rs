@@ -28,7 +28,7 @@ use values::print;
 
 /// The resolved configuration of one gateway node. `--print-config` prints
 /// it in the config file's own format.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct Config {
     pub listen: SocketAddr,
     pub node_id: String,
@@ -140,6 +140,14 @@ pub enum ConfigError {
     Invalid { name: &'static str, message: String },
 }
 
+/// Debug output is the printed configuration, secrets redacted: a
+/// `{:?}` in a log line or a panic message never shows a key.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_toml())
+    }
+}
+
 impl Default for Config {
     /// The built-in defaults (no flags, environment or file).
     fn default() -> Self {
@@ -175,6 +183,17 @@ impl Config {
             .iter()
             .map(|net| values::parse_network(net).map_err(|m| invalid("trusted_proxy", m)))
             .collect::<Result<_, _>>()?;
+        let mut api_keys = cli.api_key;
+        if let Some(path) = &cli.api_key_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid("api_key_file", format!("cannot read {}: {e}", path.display())))?;
+            api_keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
         let max_connections = match cli.max_connections {
             0 => values::open_files_limit().map_or(usize::MAX, |limit| limit / 10 * 9),
             n => n,
@@ -182,7 +201,7 @@ impl Config {
         let config = Config {
             listen: cli.listen,
             node_id: cli.node_id.unwrap_or_else(values::default_node_id),
-            api_keys: cli.api_key,
+            api_keys,
             allow_open_api: cli.allow_open_api,
             ping_interval: cli.ping_interval,
             drain: Duration::from_secs(cli.drain_seconds.min(u64::from(u32::MAX))),
@@ -440,6 +459,35 @@ mod tests {
         let path = std::env::temp_dir().join(format!("gateway-config-{}.toml", fastrand::u64(..)));
         std::fs::write(&path, contents).unwrap();
         path
+    }
+
+    #[test]
+    fn api_keys_come_from_a_file_and_no_secret_shows_in_debug_output() {
+        let file = temp_file("# backends\nkey-from-file-1\n\n  key-from-file-2  \n");
+        let path = file.to_str().unwrap();
+        let config = load(&[
+            "--api-key",
+            "key-on-the-line",
+            "--api-key-file",
+            path,
+            "--jwt-secret",
+            "0123456789abcdef0123456789abcdef",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.api_keys,
+            ["key-on-the-line", "key-from-file-1", "key-from-file-2"]
+        );
+        let debug = format!("{config:?}");
+        for secret in [
+            "key-on-the-line",
+            "key-from-file-1",
+            "0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert!(load(&["--api-key-file", "/nonexistent/keys"]).is_err());
+        let _ = std::fs::remove_file(file);
     }
 
     #[test]
