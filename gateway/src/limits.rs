@@ -55,13 +55,18 @@ impl TokenBucket {
         }
     }
 
-    /// How long until a token is available (zero if one is).
-    pub fn wait_time(&mut self) -> Duration {
+    /// Takes a token now, into debt if there is none, and returns how long
+    /// until the balance is back at zero: for work that has already
+    /// arrived (a frame read) and must be paid for by waiting before the
+    /// next one. Without the debt, the frame read while the bucket was empty
+    /// would be free and the rate twice the limit.
+    pub fn take_or_owe(&mut self) -> Duration {
         self.refill(Instant::now());
-        if self.tokens >= 1.0 {
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+            Duration::from_secs_f64(-self.tokens / self.rate)
         }
     }
 }
@@ -246,7 +251,26 @@ mod tests {
             assert!(bucket.try_take());
         }
         assert!(!bucket.try_take());
-        assert!(bucket.wait_time() > Duration::ZERO && bucket.wait_time() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn work_that_already_arrived_is_paid_for_by_waiting() {
+        let mut bucket = TokenBucket::per_second(100);
+        for _ in 0..100 {
+            assert_eq!(bucket.take_or_owe(), Duration::ZERO);
+        }
+        // Empty: the next frame is taken on credit and owes 10 ms; the one
+        // after that owes 20 ms (each costs its token, none is free).
+        let first = bucket.take_or_owe();
+        let second = bucket.take_or_owe();
+        assert!(
+            first > Duration::from_millis(8) && first <= Duration::from_millis(10),
+            "{first:?}"
+        );
+        assert!(
+            second > Duration::from_millis(18) && second <= Duration::from_millis(20),
+            "{second:?}"
+        );
     }
 
     #[test]

@@ -434,3 +434,67 @@ async fn reading_presence_follows_the_permissions_and_the_namespace() {
     );
     assert_eq!(u16::from(ws.expect_close().await.code), 4001);
 }
+
+/// A client flooding presence reads is read at its command rate (nothing
+/// dropped, every read answered in order) while a bystander's publications
+/// arrive as usual.
+#[tokio::test]
+async fn a_flood_of_presence_reads_is_slowed_to_the_command_rate_and_harms_no_one() {
+    let config = presence_config();
+    let process = GatewayProcess::spawn(&["--config", config.as_str(), "--command-rate", "200"]);
+    let addr = process.addr;
+    let mut bystander = Member::join(addr, "room:flood").await;
+    let mut flooder = Member::join(addr, "room:flood").await;
+    bystander.drain_events(Duration::from_millis(200)).await;
+    let reads = 600u64;
+    let started = Instant::now();
+    for id in 0..reads {
+        flooder
+            .ws
+            .send_json(json!({"type":"presence_stats","id": 10_000 + id,"channel":"room:flood"}))
+            .await;
+    }
+    // Meanwhile the bystander's publications arrive promptly.
+    for n in 0..5 {
+        let sent = Instant::now();
+        let answer = post_json(
+            addr,
+            "/api/publish",
+            json!({"channel":"room:flood","data":{"n": n}}),
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+        loop {
+            let message = bystander.read().await;
+            if message["type"] == "message" {
+                assert_eq!(message["data"]["n"], n);
+                break;
+            }
+        }
+        assert!(
+            sent.elapsed() < Duration::from_millis(500),
+            "publication {n} took {:?}",
+            sent.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut next = 10_000u64;
+    while next < 10_000 + reads {
+        let message = flooder.read().await;
+        match message["type"].as_str() {
+            Some("presence_stats") => {
+                assert_eq!(message["id"], next, "answers in order, none dropped");
+                assert_eq!(message["clients"], 2);
+                next += 1;
+            }
+            Some("message" | "join" | "leave") => {}
+            _ => panic!("unexpected {message}"),
+        }
+    }
+    // 600 commands at 200/s (one second's burst allowed) take at least ~2 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "not slowed: {:?}",
+        started.elapsed()
+    );
+}

@@ -264,11 +264,12 @@ impl Session {
     /// `Some(end)`: the session must end.
     pub fn on_inbound(&mut self, inbound: Inbound) -> Option<End> {
         self.peer.touch();
-        if let Some(bucket) = self.frames.as_mut()
-            && !bucket.try_take()
-        {
-            self.node.metrics.reject("command_rate");
-            self.throttle = Some(Box::pin(tokio::time::sleep(bucket.wait_time())));
+        if let Some(bucket) = self.frames.as_mut() {
+            let wait = bucket.take_or_owe();
+            if !wait.is_zero() {
+                self.node.metrics.reject("command_rate");
+                self.throttle = Some(Box::pin(tokio::time::sleep(wait)));
+            }
         }
         let step = match (inbound, self.peer.encoding) {
             (Inbound::Text(text), Encoding::Json) => match std::str::from_utf8(&text) {
