@@ -498,3 +498,66 @@ async fn a_flood_of_presence_reads_is_slowed_to_the_command_rate_and_harms_no_on
         started.elapsed()
     );
 }
+
+/// The ACL docs/operations.md gives is enough for everything, presence
+/// included, with patterns that cannot match another deployment's prefix.
+#[tokio::test]
+async fn the_documented_redis_acl_is_enough() {
+    let redis = RedisServer::start();
+    let commands = "+hello +client +ping +evalsha +eval +script|load +hget +hset +hincrby +expire +del +xadd \
+                    +xrange +publish +subscribe +unsubscribe +time +incr +pexpire +hdel +hgetall +hvals +hlen \
+                    +zadd +zrem +zrange +zrangebyscore";
+    let mut acl = ::redis::cmd("ACL");
+    acl.arg("SETUSER")
+        .arg("gw")
+        .arg("on")
+        .arg(">pw")
+        .arg("resetchannels")
+        .arg("&gw:{*")
+        .arg("&gw:!*");
+    acl.arg("resetkeys").arg("~gw:{*").arg("~gw:!*").arg("-@all");
+    for command in commands.split_whitespace() {
+        acl.arg(command);
+    }
+    let _: String = acl.query(&mut redis.connection()).expect("ACL SETUSER");
+    let url = redis.url().replace("redis://", "redis://gw:pw@");
+    let config = presence_config();
+    let n1 = presence_node_at(&url, "node-1", config.as_str()).await;
+    let n2 = presence_node_at(&url, "node-2", config.as_str()).await;
+    let mut a = Member::join(n1.addr, "room:acl").await;
+    let b = Member::join(n2.addr, "room:acl").await;
+    let both = sorted(&[&a, &b]);
+    eventually("both listed", async || a.members("room:acl").await == both).await;
+    let answer = post_json(n2.addr, "/api/publish", json!({"channel":"room:acl","data":"x"})).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = get(n1.addr, "/api/history?channel=room:acl").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["publications"].as_array().map(Vec::len), Some(1));
+    loop {
+        let message = a.read().await;
+        if message["type"] == "message" {
+            assert_eq!(message["data"], "x");
+            break;
+        }
+    }
+    drop(b);
+    a.drain_events(Duration::from_millis(500)).await;
+    assert!(a.seen().iter().any(|e| e.starts_with("leave")), "{:?}", a.seen());
+    assert_eq!(
+        metric(
+            &get(n1.addr, "/metrics").await.text(),
+            "gateway_broker_reconnects_total"
+        ),
+        Some(0.0)
+    );
+}
+
+async fn presence_node_at(url: &str, id: &str, config: &str) -> GatewayProcess {
+    let process = GatewayProcess::spawn(&["--redis-url", url, "--node-id", id, "--config", config]);
+    let addr = process.addr;
+    eventually(&format!("{id} ready"), async || {
+        get(addr, "/readyz").await.status == 200
+    })
+    .await;
+    process
+}
