@@ -79,6 +79,12 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_ALLOW_OPEN_API")]
     pub allow_open_api: bool,
 
+    /// Production profile: refuse to start unless the settings that the defaults leave open are
+    /// set: token authentication, an API key (--allow-open-api is refused), at least one
+    /// --allowed-origin, --max-connections-per-ip and --max-connect-rate.
+    #[arg(long, env = "GATEWAY_PRODUCTION")]
+    pub production: bool,
+
     /// Interval between server pings, such as `25s`. A client that sends nothing (not even a
     /// pong) for twice this long is disconnected.
     #[arg(long, env = "GATEWAY_PING_INTERVAL", value_name = "DURATION", value_parser = parse_duration, default_value = "25s")]

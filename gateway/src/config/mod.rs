@@ -36,6 +36,8 @@ pub struct Config {
     pub api_keys: Vec<String>,
     /// The API may be served without a key while clients need tokens.
     pub allow_open_api: bool,
+    /// The production profile: the fail-open defaults must be overridden.
+    pub production: bool,
     #[serde(serialize_with = "print::duration")]
     pub ping_interval: Duration,
     #[serde(rename = "drain_seconds", serialize_with = "as_seconds")]
@@ -203,6 +205,7 @@ impl Config {
             node_id: cli.node_id.unwrap_or_else(values::default_node_id),
             api_keys,
             allow_open_api: cli.allow_open_api,
+            production: cli.production,
             ping_interval: cli.ping_interval,
             drain: Duration::from_secs(cli.drain_seconds.min(u64::from(u32::MAX))),
             drain_reconnect_jitter: cli.drain_reconnect_jitter,
@@ -385,6 +388,40 @@ impl Config {
                 "must be at least 32 bytes (256 bits) for HS256".into(),
             ));
         }
+        if self.production {
+            let missing: Vec<&str> = [
+                (
+                    !self.auth_enabled(),
+                    "token authentication (--jwt-secret, --jwt-secret-file or --jwt-public-key)",
+                ),
+                (
+                    self.api_keys.is_empty(),
+                    "an API key (--api-key or --api-key-file)",
+                ),
+                (self.allow_open_api, "no --allow-open-api"),
+                (
+                    self.allowed_origins.is_empty(),
+                    "an Origin allow-list (--allowed-origin)",
+                ),
+                (
+                    self.max_connections_per_ip == 0,
+                    "a per-IP connection limit (--max-connections-per-ip)",
+                ),
+                (
+                    self.max_connect_rate == 0,
+                    "a connect rate limit (--max-connect-rate)",
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(lacking, what)| lacking.then_some(what))
+            .collect();
+            if !missing.is_empty() {
+                return Err(invalid(
+                    "production",
+                    format!("the production profile needs {}", missing.join(", ")),
+                ));
+            }
+        }
         if self.auth_enabled() && self.api_keys.is_empty() && !self.allow_open_api {
             return Err(invalid(
                 "api_key",
@@ -488,6 +525,41 @@ mod tests {
         }
         assert!(load(&["--api-key-file", "/nonexistent/keys"]).is_err());
         let _ = std::fs::remove_file(file);
+    }
+
+    #[test]
+    fn the_production_profile_refuses_the_fail_open_defaults() {
+        let refused = load(&["--production"]).expect_err("defaults are not a production setup");
+        let text = refused.to_string();
+        for needed in [
+            "token authentication",
+            "API key",
+            "--allowed-origin",
+            "--max-connections-per-ip",
+            "--max-connect-rate",
+        ] {
+            assert!(text.contains(needed), "{text}");
+        }
+        let complete = [
+            "--production",
+            "--jwt-secret",
+            "0123456789abcdef0123456789abcdef",
+            "--api-key",
+            "k",
+            "--allowed-origin",
+            "https://app.example.com",
+            "--max-connections-per-ip",
+            "50",
+            "--max-connect-rate",
+            "500",
+        ];
+        assert!(load(&complete).is_ok());
+        let mut open_api = complete.to_vec();
+        open_api.push("--allow-open-api");
+        assert!(
+            load(&open_api).is_err(),
+            "no opting out of the API key in production"
+        );
     }
 
     #[test]
