@@ -13,19 +13,21 @@ use std::time::Duration;
 
 use crate::config::Config;
 
-/// `/healthz` on the configuration's own listener.
+/// `/healthz` on the configuration's own listener (the admin listener,
+/// plain HTTP, when there is one: probes live there then).
 pub fn default_url(config: &Config) -> String {
-    let scheme = if config.tls_cert.is_some() {
+    let listen = config.admin_listen.unwrap_or(config.listen);
+    let scheme = if config.tls_cert.is_some() && config.admin_listen.is_none() {
         "https"
     } else {
         "http"
     };
-    let ip = match config.listen.ip() {
+    let ip = match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    format!("{scheme}://{}/healthz", SocketAddr::new(ip, config.listen.port()))
+    format!("{scheme}://{}/healthz", SocketAddr::new(ip, listen.port()))
 }
 
 /// GETs `url` and returns the response's status code.

@@ -101,3 +101,37 @@ async fn dashboards_alerts_and_docs_name_exactly_the_exported_metrics() {
         );
     }
 }
+
+/// With `--admin-listen`, probes and metrics are served there only, and
+/// nothing else is: clients on the public listener cannot read them.
+#[tokio::test]
+async fn an_admin_listener_takes_the_probes_and_metrics_off_the_public_one() {
+    let mut config = test_config();
+    config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    let gw = start(config).await;
+    let (public, admin) = (gw.local_addr(), gw.admin_addr().expect("an admin listener"));
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(get(admin, path).await.status, 200, "{path} on the admin listener");
+        assert_eq!(get(public, path).await.status, 404, "{path} is not public");
+    }
+    assert!(
+        get(admin, "/metrics")
+            .await
+            .text()
+            .contains("gateway_connections")
+    );
+    let answer = post_json(admin, "/api/publish", serde_json::json!({"channel":"a","data":1})).await;
+    assert_eq!(answer.status, 404, "the admin listener serves nothing else");
+    assert_eq!(get(admin, "/ws").await.status, 404);
+    // The public listener still serves clients and the API.
+    let mut client = WsClient::connect(public, None).await;
+    client.subscribe("a").await;
+    let answer = post_json(
+        public,
+        "/api/publish",
+        serde_json::json!({"channel":"a","data":1}),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(client.recv_json().await["data"], 1);
+}

@@ -48,6 +48,12 @@ pub struct Cli {
     )]
     pub listen: SocketAddr,
 
+    /// A second listener for operators: /healthz, /readyz and /metrics are then served here
+    /// (plain HTTP, nothing else) and no longer on --listen, so clients cannot read the node's
+    /// metrics or its broker's state. For example `127.0.0.1:9090` or the pod's port for probes.
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Node id reported to clients [default: hostname plus a random suffix].
     #[arg(long, env = "GATEWAY_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::router::route;
+use super::router::{Surface, route};
 use crate::client_ip;
 use crate::node::Node;
 
@@ -37,14 +37,26 @@ pub(super) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(ACCEPT_BACKLOG)
 }
 
-pub(super) async fn accept_loop(listener: TcpListener, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    node: Arc<Node>,
+    mut stop: watch::Receiver<bool>,
+    surface: Surface,
+) {
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(accept_connection(stream, peer.ip(), node.clone(), stop.clone()));
-                }
+                Ok((stream, peer)) => match surface {
+                    Surface::Public => {
+                        tokio::spawn(accept_connection(stream, peer.ip(), node.clone(), stop.clone()));
+                    }
+                    // Operators' listener: plain HTTP, no PROXY header, no TLS.
+                    Surface::Admin => {
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(serve_connection(stream, peer.ip(), node.clone(), stop.clone(), Surface::Admin));
+                    }
+                },
                 Err(error) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(%error, "accept failed");
@@ -74,23 +86,28 @@ async fn accept_connection(
         }
     }
     match &node.security.tls {
-        None => serve_connection(stream, remote, node, stop).await,
+        None => serve_connection(stream, remote, node, stop, Surface::Public).await,
         Some(tls) => match tokio::time::timeout(deadline, tls.accept(stream)).await {
-            Ok(Ok(stream)) => serve_connection(stream, remote, node, stop).await,
+            Ok(Ok(stream)) => serve_connection(stream, remote, node, stop, Surface::Public).await,
             Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         },
     }
 }
 
-async fn serve_connection<S>(stream: S, remote: IpAddr, node: Arc<Node>, mut stop: watch::Receiver<bool>)
-where
+async fn serve_connection<S>(
+    stream: S,
+    remote: IpAddr,
+    node: Arc<Node>,
+    mut stop: watch::Receiver<bool>,
+    surface: Surface,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service_node = node.clone();
     let service = service_fn(move |request| {
         let node = service_node.clone();
-        async move { Ok::<_, Infallible>(route(node, request, remote).await) }
+        async move { Ok::<_, Infallible>(route(node, request, remote, surface).await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())

@@ -27,8 +27,10 @@ const SESSION_EXIT_GRACE: Duration = Duration::from_secs(5);
 pub struct Gateway {
     node: Arc<Node>,
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     accept: JoinHandle<()>,
+    admin: Option<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -37,6 +39,8 @@ impl Gateway {
     pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         let listener = listener::bind(config.listen)?;
         let local_addr = listener.local_addr()?;
+        let admin_listener = config.admin_listen.map(listener::bind).transpose()?;
+        let admin_addr = admin_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         if config.api_keys.is_empty() {
             tracing::warn!(
                 "no --api-key configured: the HTTP publish API is open to anyone who can reach it"
@@ -44,7 +48,23 @@ impl Gateway {
         }
         let (node, background) = Node::start(config).map_err(|e| anyhow::anyhow!(e))?;
         let (stop, stopped) = watch::channel(false);
-        let accept = tokio::spawn(listener::accept_loop(listener, node.clone(), stopped));
+        let accept = tokio::spawn(listener::accept_loop(
+            listener,
+            node.clone(),
+            stopped.clone(),
+            router::Surface::Public,
+        ));
+        let admin = admin_listener.map(|admin| {
+            tokio::spawn(listener::accept_loop(
+                admin,
+                node.clone(),
+                stopped,
+                router::Surface::Admin,
+            ))
+        });
+        if let Some(addr) = admin_addr {
+            tracing::info!(%addr, "admin listening (/healthz, /readyz, /metrics)");
+        }
         tracing::info!(
             addr = %local_addr,
             node = %node.config.node_id,
@@ -61,10 +81,17 @@ impl Gateway {
         Ok(Gateway {
             node,
             local_addr,
+            admin_addr,
             stop,
             accept,
+            admin,
             background,
         })
+    }
+
+    /// The admin listener's address, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The address actually bound (useful with port 0).
@@ -112,6 +139,9 @@ impl Gateway {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.accept.await;
+        if let Some(admin) = self.admin {
+            let _ = admin.await;
+        }
         for task in self.background {
             task.abort();
         }

@@ -14,9 +14,36 @@ use crate::response::{Body, error_response, retry_later};
 use crate::transport::websocket;
 use crate::{demo, http_api, probes};
 
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Surface {
+    /// `--listen`: clients and backends (and probes, without an admin
+    /// listener).
+    Public,
+    /// `--admin-listen`: probes and metrics only.
+    Admin,
+}
+
 /// `remote`: where the connection comes from (after PROXY protocol).
-pub(super) async fn route(node: Arc<Node>, request: Request<Incoming>, remote: IpAddr) -> Response<Body> {
+pub(super) async fn route(
+    node: Arc<Node>,
+    request: Request<Incoming>,
+    remote: IpAddr,
+    surface: Surface,
+) -> Response<Body> {
     let path = request.uri().path();
+    let operators = matches!(path, "/healthz" | "/readyz" | "/metrics");
+    let here = match surface {
+        Surface::Admin => operators,
+        Surface::Public => !operators || node.config.admin_listen.is_none(),
+    };
+    if !here {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no route for {path} on this listener"),
+        );
+    }
     let demo = node.config.demo && (path == "/demo" || path.starts_with("/demo/"));
     let allowed: &'static str = match path {
         "/ws"
