@@ -175,6 +175,76 @@ impl Drop for Ticket {
     }
 }
 
+/// Connections accepted that are not WebSockets (yet): TLS and HTTP
+/// handshakes in progress, upgrades, HTTP API keep-alive connections. A
+/// WebSocket leaves this count when it upgrades (the admission ticket counts
+/// it from then on). Bounded in total and, for addresses that are not
+/// trusted proxies, per address; past a bound the connection is closed at
+/// once, before any byte is read.
+pub struct PendingConnections {
+    total: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+    max_per_ip: usize,
+}
+
+/// Pending connections per address.
+type PerIp = Mutex<HashMap<IpAddr, usize>>;
+
+/// A place among the pending connections; released on drop.
+pub struct PendingTicket {
+    _total: OwnedSemaphorePermit,
+    per_ip: Option<(Arc<PerIp>, IpAddr)>,
+}
+
+impl PendingConnections {
+    /// `max_per_ip` 0: no per-address bound.
+    pub fn new(max_total: usize, max_per_ip: usize) -> PendingConnections {
+        PendingConnections {
+            total: Arc::new(Semaphore::new(max_total.clamp(1, Semaphore::MAX_PERMITS))),
+            per_ip: Arc::new(Mutex::new(HashMap::new())),
+            max_per_ip,
+        }
+    }
+
+    /// A place for a connection from `ip` (`exempt`: a trusted proxy, which
+    /// carries many clients), or why not.
+    pub fn try_enter(&self, ip: IpAddr, exempt: bool) -> Result<PendingTicket, Refused> {
+        let total = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused::NodeFull)?;
+        let mut ticket = PendingTicket {
+            _total: total,
+            per_ip: None,
+        };
+        if self.max_per_ip > 0 && !exempt {
+            let mut per_ip = self.per_ip.lock();
+            let count = per_ip.entry(ip).or_insert(0);
+            if *count >= self.max_per_ip {
+                return Err(Refused::IpFull);
+            }
+            *count += 1;
+            ticket.per_ip = Some((self.per_ip.clone(), ip));
+        }
+        Ok(ticket)
+    }
+}
+
+impl Drop for PendingTicket {
+    fn drop(&mut self) {
+        if let Some((per_ip, ip)) = &self.per_ip {
+            let mut per_ip = per_ip.lock();
+            if let Some(count) = per_ip.get_mut(ip) {
+                *count -= 1;
+                if *count == 0 {
+                    per_ip.remove(ip);
+                }
+            }
+        }
+    }
+}
+
 /// A bound on work served at once: a request beyond it is refused at once
 /// (never queued), so an overloaded node answers 503 quickly instead of
 /// piling up requests.
@@ -251,6 +321,18 @@ mod tests {
             assert!(bucket.try_take());
         }
         assert!(!bucket.try_take());
+    }
+
+    #[test]
+    fn pending_connections_are_bounded_in_total_and_per_address_except_for_proxies() {
+        let pending = PendingConnections::new(3, 2);
+        let a = pending.try_enter(ip(1), false).unwrap();
+        let _b = pending.try_enter(ip(1), false).unwrap();
+        assert_eq!(pending.try_enter(ip(1), false).err(), Some(Refused::IpFull));
+        let _proxy = pending.try_enter(ip(9), true).unwrap();
+        assert_eq!(pending.try_enter(ip(2), false).err(), Some(Refused::NodeFull));
+        drop(a);
+        assert!(pending.try_enter(ip(1), false).is_ok(), "a place came back");
     }
 
     #[test]

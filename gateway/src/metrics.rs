@@ -76,6 +76,8 @@ pub const REJECTION_REASONS: &[&str] = &[
     "message_too_big",
     "body_too_large",
     "api_concurrency",
+    "max_pending_connections",
+    "max_pending_per_ip",
 ];
 
 const METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));

@@ -15,7 +15,7 @@ use crate::auth::Authenticator;
 use crate::compression::Deflater;
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::limits::{Admission, Concurrency};
+use crate::limits::{Admission, Concurrency, PendingConnections};
 use crate::metrics::Metrics;
 use crate::origin::OriginRule;
 use crate::registry::Registry;
@@ -34,6 +34,9 @@ pub struct Node {
     pub lifecycle: Lifecycle,
     /// Bounds the HTTP API requests served at once (`--max-api-requests`).
     pub api: Concurrency,
+    /// Bounds the accepted connections that are not WebSockets yet
+    /// (`--max-pending-connections`, `--max-pending-per-ip`).
+    pub pending: PendingConnections,
     /// The pooled compressors of permessage-deflate; `None` with
     /// `--compression off`.
     pub compression: Option<Arc<Deflater>>,
@@ -161,6 +164,7 @@ impl Node {
             }
         });
         let api = Concurrency::new(config.max_api_requests);
+        let pending = PendingConnections::new(config.max_pending_connections, config.max_pending_per_ip);
         let boot: String = (0..4).map(|_| fastrand::alphanumeric()).collect();
         let client_prefix = Arc::from(format!("{}-{boot}-", config.node_id));
         let compression = config
@@ -180,6 +184,7 @@ impl Node {
             security: Security { auth, origins, tls },
             lifecycle: Lifecycle::default(),
             api,
+            pending,
             compression,
         });
         // Histograms keep their samples until upkeep folds them in; without

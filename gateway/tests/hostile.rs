@@ -359,3 +359,52 @@ fn metric_line(text: &str, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0.0)
 }
+
+/// Connections that never finish their handshake are bounded per address
+/// (and in total) before anything is read; WebSockets leave the count when
+/// they upgrade, and places come back when connections close.
+#[tokio::test]
+async fn half_open_handshakes_are_bounded() {
+    let mut config = support::test_config();
+    config.max_pending_per_ip = 5;
+    config.max_pending_connections = 100;
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    // Five upgraded WebSockets do not count.
+    let mut sockets = Vec::new();
+    for _ in 0..5 {
+        sockets.push(WsClient::connect(addr, None).await);
+    }
+    // Five silent TCP connections fill the address's places.
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The sixth is closed at once, before a byte is read.
+    let mut sixth = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = sixth.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(2), sixth.read(&mut buf))
+        .await
+        .expect("closed promptly");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "refused without an answer: {read:?}"
+    );
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get(addr, "/healthz").await.status, 200, "places came back");
+    let metrics = get(addr, "/metrics").await.text();
+    assert!(
+        metric(
+            &metrics,
+            "gateway_rejections_total{reason=\"max_pending_per_ip\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics}"
+    );
+    // The WebSockets still work.
+    sockets[0].subscribe("still").await;
+}

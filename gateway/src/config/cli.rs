@@ -380,6 +380,25 @@ pub struct Cli {
     )]
     pub presence_event_rate: u32,
 
+    /// Most accepted connections that are not WebSockets yet (TLS and HTTP handshakes, HTTP
+    /// API connections); more are closed at once, before anything is read.
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_PENDING_CONNECTIONS",
+        value_name = "COUNT",
+        default_value_t = 4096
+    )]
+    pub max_pending_connections: usize,
+
+    /// Most such connections from one address (trusted proxies excepted) [0: no limit].
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_PENDING_PER_IP",
+        value_name = "COUNT",
+        default_value_t = 0
+    )]
+    pub max_pending_per_ip: usize,
+
     /// Most HTTP API requests (`/api/*`) served at once; more are answered 503 `overloaded`
     /// with Retry-After, at once.
     #[arg(

@@ -105,6 +105,8 @@ pub struct Config {
     /// Inbound frames per second and connection; 0: no limit.
     pub command_rate: u32,
     pub max_api_requests: usize,
+    pub max_pending_connections: usize,
+    pub max_pending_per_ip: usize,
     pub log_format: LogFormat,
     pub log_level: String,
     /// Serve the demo page at /demo/.
@@ -255,6 +257,8 @@ impl Config {
             presence_event_rate: cli.presence_event_rate,
             command_rate: cli.command_rate,
             max_api_requests: cli.max_api_requests,
+            max_pending_connections: cli.max_pending_connections,
+            max_pending_per_ip: cli.max_pending_per_ip,
             log_format: cli.log_format,
             log_level: cli.log_level,
             demo: cli.demo,
@@ -316,6 +320,7 @@ impl Config {
             ("max_subscriptions", self.max_subscriptions, 1),
             ("max_connections", self.max_connections, 1),
             ("max_api_requests", self.max_api_requests, 1),
+            ("max_pending_connections", self.max_pending_connections, 1),
         ] {
             if value < min {
                 return Err(invalid(name, format!("must be at least {min}")));

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use super::router::{Surface, route};
 use crate::client_ip;
+use crate::limits::{PendingTicket, Refused};
 use crate::node::Node;
 
 /// Connections the kernel queues for `accept` (capped by
@@ -49,7 +50,21 @@ pub(super) async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match surface {
                     Surface::Public => {
-                        tokio::spawn(accept_connection(stream, peer.ip(), node.clone(), stop.clone()));
+                        let trusted = client_ip::is_trusted(peer.ip(), &node.config.trusted_proxies);
+                        match node.pending.try_enter(peer.ip(), trusted) {
+                            Ok(ticket) => {
+                                tokio::spawn(accept_connection(stream, peer.ip(), node.clone(), stop.clone(), ticket));
+                            }
+                            // Closed before anything is read: a flood of
+                            // unfinished handshakes costs only this.
+                            Err(refused) => {
+                                node.metrics.reject(match refused {
+                                    Refused::IpFull => "max_pending_per_ip",
+                                    _ => "max_pending_connections",
+                                });
+                                drop(stream);
+                            }
+                        }
                     }
                     // Operators' listener: plain HTTP, no PROXY header, no TLS.
                     Surface::Admin => {
@@ -69,11 +84,14 @@ pub(super) async fn accept_loop(
 
 /// Everything before HTTP: the PROXY header (from trusted proxies, when
 /// enabled) and the TLS handshake, both within the handshake timeout.
+/// `_pending` holds the connection's place among the pending ones until
+/// it ends or becomes a WebSocket (hyper's connection future ends then).
 async fn accept_connection(
     mut stream: TcpStream,
     peer: IpAddr,
     node: Arc<Node>,
     stop: watch::Receiver<bool>,
+    _pending: PendingTicket,
 ) {
     let _ = stream.set_nodelay(true);
     let deadline = node.config.handshake_timeout;
