@@ -180,3 +180,14 @@ export function setup(options = {}) {
 
 /** Lets pending promise callbacks (getToken, then-chains) run. */
 export const flush = () => new Promise((resolve) => setImmediate(resolve));
+
+/** The epoch the fake server's subscribe answers use. */
+export const EPOCH = 'Ab3dE6gH9jKm';
+
+/** Connects a fresh client and answers its connect. */
+export function connected(options) {
+  const t = setup(options);
+  t.client.connect();
+  t.socket().accept();
+  return t;
+}
