@@ -66,6 +66,25 @@ impl Delivery {
         }
     }
 
+    /// The channel and the stream position this delivery moves its
+    /// subscribers to: a publication's epoch and offset, or the end of a
+    /// gap. `None` for events and publications without a position.
+    pub fn position(&self) -> Option<(&ChannelName, &str, u64)> {
+        match &self.content {
+            Content::Publication(p) => Some((&p.channel, p.epoch.as_deref()?, p.offset?)),
+            Content::Gap(ServerMessage {
+                reply:
+                    Reply::Gap {
+                        channel,
+                        epoch,
+                        offset,
+                    },
+                ..
+            }) => Some((channel, epoch.as_str(), *offset)),
+            Content::Gap(_) | Content::Event(_) => None,
+        }
+    }
+
     pub fn is_gap(&self) -> bool {
         matches!(self.content, Content::Gap(_))
     }

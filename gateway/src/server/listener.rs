@@ -10,9 +10,10 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::router::{Surface, route};
 use crate::client_ip;
@@ -69,7 +70,7 @@ pub(super) async fn accept_loop(
                     // Operators' listener: plain HTTP, no PROXY header, no TLS.
                     Surface::Admin => {
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(serve_connection(stream, peer.ip(), node.clone(), stop.clone(), Surface::Admin));
+                        tokio::spawn(serve_connection(stream, peer.ip(), node.clone(), stop.clone(), Surface::Admin, None));
                     }
                 },
                 Err(error) => {
@@ -84,14 +85,15 @@ pub(super) async fn accept_loop(
 
 /// Everything before HTTP: the PROXY header (from trusted proxies, when
 /// enabled) and the TLS handshake, both within the handshake timeout.
-/// `_pending` holds the connection's place among the pending ones until
-/// it ends or becomes a WebSocket (hyper's connection future ends then).
+/// `pending` holds the connection's place among the pending ones until
+/// it ends, becomes a WebSocket (hyper's connection future ends then) or
+/// carries an event stream (which takes it, see [`HttpConnection`]).
 async fn accept_connection(
     mut stream: TcpStream,
     peer: IpAddr,
     node: Arc<Node>,
     stop: watch::Receiver<bool>,
-    _pending: PendingTicket,
+    pending: PendingTicket,
 ) {
     let _ = stream.set_nodelay(true);
     let deadline = node.config.handshake_timeout;
@@ -104,9 +106,11 @@ async fn accept_connection(
         }
     }
     match &node.security.tls {
-        None => serve_connection(stream, remote, node, stop, Surface::Public).await,
+        None => serve_connection(stream, remote, node, stop, Surface::Public, Some(pending)).await,
         Some(tls) => match tokio::time::timeout(deadline, tls.accept(stream)).await {
-            Ok(Ok(stream)) => serve_connection(stream, remote, node, stop, Surface::Public).await,
+            Ok(Ok(stream)) => {
+                serve_connection(stream, remote, node, stop, Surface::Public, Some(pending)).await
+            }
             Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         },
@@ -119,12 +123,19 @@ async fn serve_connection<S>(
     node: Arc<Node>,
     mut stop: watch::Receiver<bool>,
     surface: Surface,
+    pending: Option<PendingTicket>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let scope = Arc::new(HttpConnection {
+        pending: Mutex::new(pending),
+        abort: Notify::new(),
+    });
     let service_node = node.clone();
-    let service = service_fn(move |request| {
+    let service_scope = scope.clone();
+    let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         let node = service_node.clone();
+        request.extensions_mut().insert(service_scope.clone());
         async move { Ok::<_, Infallible>(route(node, request, remote, surface).await) }
     });
     let connection = http1::Builder::new()
@@ -139,9 +150,35 @@ async fn serve_connection<S>(
                 tracing::debug!(%error, "HTTP connection ended with an error");
             }
         }
+        // An event stream was closed without waiting for its client
+        // (slow consumer, stale): drop the connection even if the client
+        // stopped reading and hyper cannot write.
+        _ = scope.abort.notified() => {}
         _ = stop.changed() => {
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
         }
+    }
+}
+
+/// One HTTP connection as its handlers see it (a request extension): the
+/// long-lived responses of the event streams take its place among the
+/// pending connections (they are admitted clients now, counted by the
+/// connection limits instead) and can end it.
+pub struct HttpConnection {
+    pending: Mutex<Option<PendingTicket>>,
+    abort: Notify,
+}
+
+impl HttpConnection {
+    /// The connection carries a client session from now on: it no longer
+    /// counts as pending.
+    pub fn release_pending(&self) {
+        drop(self.pending.lock().take());
+    }
+
+    /// Ends the connection at once, whatever it is doing.
+    pub fn abort(&self) {
+        self.abort.notify_one();
     }
 }

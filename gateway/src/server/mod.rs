@@ -8,6 +8,7 @@
 //! 1012 spread over the drain window, then the listener stops.
 
 mod listener;
+pub(crate) use listener::HttpConnection;
 mod router;
 
 use std::net::SocketAddr;

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 
 use crate::node::Node;
 use crate::response::{Body, error_response, retry_later};
-use crate::transport::websocket;
+use crate::transport::{sse, websocket};
 use crate::{demo, http_api, probes};
 
 /// Which listener a request came in on.
@@ -47,6 +47,7 @@ pub(super) async fn route(
     let demo = node.config.demo && (path == "/demo" || path.starts_with("/demo/"));
     let allowed: &'static str = match path {
         "/ws"
+        | "/sse"
         | "/healthz"
         | "/readyz"
         | "/metrics"
@@ -97,6 +98,7 @@ pub(super) async fn route(
     };
     match path {
         "/ws" => websocket::handle(&node, request, remote),
+        "/sse" => sse::handle(&node, request, remote),
         "/healthz" => probes::healthz(),
         "/readyz" => probes::readyz(&node),
         "/metrics" => probes::metrics(&node),

@@ -6,11 +6,13 @@
 //! session and writes what the peer's outbox holds in its own wire form.
 //! Everything below the transport (sessions, hub, broker) is the same for
 //! every transport; everything about a wire format stays in its folder:
-//! - [`websocket`]: RFC 6455 on `GET /ws`.
+//! - [`websocket`]: RFC 6455 on `GET /ws`;
+//! - [`sse`]: Server-Sent Events for simple consumers on `GET /sse`.
 //!
 //! A new transport goes in a folder of its own here, consumes the same
 //! outbox (`crate::outbox`, `crate::frame`) and the same encoded
 //! publication bytes (`crate::delivery`), and is routed by
 //! `server::router`.
 
+pub mod sse;
 pub mod websocket;

@@ -8,6 +8,7 @@ pub mod haproxy;
 pub mod pki;
 pub mod proxy;
 pub mod redis;
+pub mod sse;
 pub mod tokens;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,347 @@
+//! One `GET /sse` stream: the response body *is* the connection's state
+//! machine, polled by hyper's connection task (no task of its own). Each
+//! poll moves the session (its command in flight, its timers, a close that
+//! must not wait), hands it the next subscribe command, and turns what the
+//! outbox holds into SSE events, returned as one chunk:
+//! - a publication or gap: `id: <positions>` (see `resume`) and
+//!   `data: <the protocol v1 JSON message>`;
+//! - a reply (`subscribed`, an `error`): `data:` (with an `id:` when it
+//!   moved a channel's position);
+//! - a heartbeat: a `: ping` comment, which keeps proxies from timing the
+//!   stream out;
+//! - the end: `event: close` with `{"code":…,"reason":…}` (and, on drain,
+//!   `reconnect_after_ms` and a matching `retry:` so `EventSource` waits
+//!   that long), then the response ends.
+//!
+//! A client that stops reading fills its outbox and is closed as a slow
+//! consumer (4008) like any other; since hyper no longer polls a body it
+//! cannot write, the outbox wakes the stream through [`KillWaker`], which
+//! aborts the HTTP connection instead of waiting for the client.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Wake, Waker};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hyper::body::Frame as BodyFrame;
+use parking_lot::Mutex;
+use pubsub_proto::{ChannelName, Encoding, close};
+
+use super::resume::Positions;
+use crate::frame::Frame;
+use crate::outbox::{FULL_WRITE, Taken};
+use crate::peer::Peer;
+use crate::server::HttpConnection;
+use crate::session::{End, Inbound, Session};
+
+/// Rounds of work in one poll before yielding to other tasks.
+const BUDGET: usize = 64;
+
+/// The body of a `GET /sse` response.
+pub(super) struct EventStream {
+    /// `None` once the stream ended.
+    session: Option<Session>,
+    /// Subscribe commands not yet handed to the session, in channel order.
+    commands: VecDeque<Bytes>,
+    positions: Positions,
+    waker: Arc<KillWaker>,
+}
+
+impl EventStream {
+    pub fn new(
+        session: Session,
+        positions: Positions,
+        connection: Option<Arc<HttpConnection>>,
+    ) -> EventStream {
+        let commands = positions
+            .channels()
+            .enumerate()
+            .map(|(i, (channel, since))| super::subscribe_command(i as u64 + 1, channel, since))
+            .collect();
+        let waker = Arc::new(KillWaker {
+            task: Mutex::new(None),
+            peer: Arc::downgrade(session.peer()),
+            connection,
+        });
+        EventStream {
+            session: Some(session),
+            commands,
+            positions,
+            waker,
+        }
+    }
+
+    /// One poll's work; the bytes to send, and whether the stream ended.
+    fn serve(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll<()> {
+        let Some(session) = self.session.as_mut() else {
+            return Poll::Ready(());
+        };
+        for _ in 0..BUDGET {
+            let mut progress = match session.poll_work(cx) {
+                Ok(progress) => progress,
+                Err(end) => return self.finish(end, out),
+            };
+            if !self.commands.is_empty() && session.ready_for_input(cx) {
+                let command = self.commands.pop_front().unwrap_or_default();
+                if let Some(end) = session.on_inbound(Inbound::Text(command)) {
+                    return self.finish(end, out);
+                }
+                progress = true;
+            }
+            match session.peer().outbox.take() {
+                Taken::Items(items) => {
+                    let mut queued = 0;
+                    let mut publications = 0;
+                    for frame in items {
+                        queued += frame.queued_size();
+                        publications += u64::from(frame.is_publication());
+                        write_frame(&mut self.positions, session.peer(), frame, out);
+                    }
+                    session.peer().outbox.sent(queued);
+                    if publications > 0 {
+                        session.node().metrics.delivered.increment(publications);
+                    }
+                    progress = true;
+                }
+                Taken::Close(close) => return self.finish(End::Requested(close), out),
+                Taken::Empty => {}
+            }
+            if !progress || out.len() >= FULL_WRITE {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Writes the close event `end` calls for and ends the session.
+    fn finish(&mut self, end: End, out: &mut BytesMut) -> Poll<()> {
+        let Some(session) = self.session.take() else {
+            return Poll::Ready(());
+        };
+        session.log_end(&end);
+        let (code, reason, retry) = match &end {
+            End::Requested(c) | End::Killed(c) => (c.code, c.reason, c.reconnect_after_ms),
+            End::Violation(code, reason) => (*code, *reason, None),
+            End::Panicked => (close::INTERNAL_ERROR, "internal error", None),
+            End::ClientClosed | End::Gone(_) => return Poll::Ready(()),
+        };
+        if let Some(ms) = retry {
+            out.put_slice(format!("retry: {ms}\n").as_bytes());
+        }
+        let mut data = serde_json::json!({"code": code, "reason": reason});
+        if let Some(ms) = retry {
+            data["reconnect_after_ms"] = ms.into();
+        }
+        out.put_slice(b"event: close\n");
+        put_data(out, data.to_string().as_bytes());
+        if matches!(end, End::Killed(_))
+            && let Some(connection) = &self.waker.connection
+        {
+            // The client is not reading: do not wait for it.
+            connection.abort();
+        }
+        Poll::Ready(())
+    }
+}
+
+impl hyper::body::Body for EventStream {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.session.is_none() {
+            return Poll::Ready(None);
+        }
+        let waker = this.waker.register(cx.waker());
+        let mut cx = Context::from_waker(&waker);
+        let mut out = BytesMut::new();
+        // A bug in a session must not take the node down.
+        let done = match std::panic::catch_unwind(AssertUnwindSafe(|| this.serve(&mut cx, &mut out))) {
+            Ok(done) => done,
+            Err(_) => this.finish(End::Panicked, &mut out),
+        };
+        if !out.is_empty() {
+            return Poll::Ready(Some(Ok(BodyFrame::data(out.freeze()))));
+        }
+        match done {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.session.is_none()
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        // The client went away (hyper dropped the response).
+        if let Some(session) = self.session.take() {
+            let end = match session.peer().outbox.kill_request() {
+                Some(close) => End::Killed(close),
+                None => End::Gone("the client closed the stream".into()),
+            };
+            session.log_end(&end);
+        }
+    }
+}
+
+/// Appends one frame of the outbox as an SSE event.
+fn write_frame(positions: &mut Positions, peer: &Peer, frame: Frame, out: &mut BytesMut) {
+    match frame {
+        Frame::Ping => {
+            // No pong comes back over a one-way stream: a heartbeat hyper
+            // accepted is the sign of life (a vanished client is found when
+            // the writes fail, or when its outbox fills).
+            peer.touch();
+            out.put_slice(b": ping\n\n");
+        }
+        Frame::Publication(delivery) => {
+            if let Some((channel, epoch, offset)) = delivery.position()
+                && positions.advance(channel, epoch, offset)
+            {
+                put_id(out, &positions.id());
+            }
+            put_data(out, &delivery.encoded(Encoding::Json));
+        }
+        Frame::Message(message) => {
+            // A subscription that recovers starts where it resumed from
+            // (the replayed publications follow and advance it); one without
+            // a position, or whose position could not be recovered, starts
+            // where the channel is now.
+            if let Some((channel, epoch, offset, recovered)) = subscribed_position(&message)
+                && (!recovered || !positions.known(&channel))
+                && positions.advance(&channel, &epoch, offset)
+            {
+                put_id(out, &positions.id());
+            }
+            put_data(out, &message);
+        }
+    }
+}
+
+fn put_id(out: &mut BytesMut, id: &str) {
+    out.put_slice(b"id: ");
+    out.put_slice(id.as_bytes());
+    out.put_u8(b'\n');
+}
+
+/// `data:` lines for a JSON message, then the blank line that ends the
+/// event. Publication data is embedded as it was published and may span
+/// lines (pretty-printed JSON); each line gets its own `data:` and
+/// `EventSource` joins them back with `\n`. A carriage return can only be
+/// JSON whitespace there, so it is dropped (SSE would read it as a line end).
+fn put_data(out: &mut BytesMut, json: &[u8]) {
+    for line in json.split(|b| *b == b'\n') {
+        out.put_slice(b"data: ");
+        if line.contains(&b'\r') {
+            out.extend(line.iter().filter(|b| **b != b'\r'));
+        } else {
+            out.put_slice(line);
+        }
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
+}
+
+/// The position a `subscribed` reply names, and whether it recovered.
+fn subscribed_position(message: &[u8]) -> Option<(ChannelName, String, u64, bool)> {
+    #[derive(serde::Deserialize)]
+    struct Subscribed {
+        #[serde(rename = "type")]
+        kind: String,
+        channel: String,
+        epoch: Option<String>,
+        offset: Option<u64>,
+        recovered: Option<bool>,
+    }
+    if !message.starts_with(br#"{"type":"subscribed""#) {
+        return None;
+    }
+    let reply: Subscribed = serde_json::from_slice(message).ok()?;
+    if reply.kind != "subscribed" {
+        return None;
+    }
+    Some((
+        ChannelName::parse(&reply.channel).ok()?,
+        reply.epoch?,
+        reply.offset?,
+        reply.recovered == Some(true),
+    ))
+}
+
+/// The waker the stream's session registers (with its outbox, timers and
+/// command): wakes hyper's connection task and, when the outbox asks for a
+/// close that must not wait, aborts the connection, since hyper does not
+/// poll the body of a client that stopped reading.
+struct KillWaker {
+    task: Mutex<Option<Waker>>,
+    peer: Weak<Peer>,
+    connection: Option<Arc<HttpConnection>>,
+}
+
+impl KillWaker {
+    /// Records the current task's waker; returns the waker to poll with.
+    fn register(self: &Arc<Self>, waker: &Waker) -> Waker {
+        let mut task = self.task.lock();
+        if !task.as_ref().is_some_and(|t| t.will_wake(waker)) {
+            *task = Some(waker.clone());
+        }
+        drop(task);
+        Waker::from(self.clone())
+    }
+}
+
+impl Wake for KillWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(task) = self.task.lock().as_ref() {
+            task.wake_by_ref();
+        }
+        let (Some(connection), Some(peer)) = (&self.connection, self.peer.upgrade()) else {
+            return;
+        };
+        if peer.outbox.kill_request().is_some() {
+            connection.abort();
+        } else {
+            // A wake empties the outbox's waker slot, and a body hyper
+            // cannot write is not polled to fill it again: stay registered,
+            // so that the overflow that follows is seen.
+            peer.outbox.register(&Waker::from(self.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_lines_split_and_drop_carriage_returns() {
+        let mut out = BytesMut::new();
+        put_data(&mut out, b"{\"a\":\r\n 1}");
+        assert_eq!(&out[..], b"data: {\"a\":\ndata:  1}\n\n");
+    }
+
+    #[test]
+    fn subscribed_replies_give_the_starting_position() {
+        let reply = br#"{"type":"subscribed","id":1,"channel":"news","epoch":"e1","offset":4}"#;
+        let (channel, epoch, offset, recovered) = subscribed_position(reply).unwrap();
+        assert_eq!(
+            (channel.as_str(), epoch.as_str(), offset, recovered),
+            ("news", "e1", 4, false)
+        );
+        assert!(subscribed_position(br#"{"type":"error","code":"forbidden"}"#).is_none());
+    }
+}
