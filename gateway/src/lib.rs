@@ -31,6 +31,7 @@ mod frame;
 mod handshake;
 pub mod healthcheck;
 mod http_api;
+mod http_connection;
 mod hub;
 mod limits;
 pub mod logging;

@@ -118,7 +118,12 @@ async fn multi_line_data_and_heartbeats_keep_the_stream_readable() {
 }
 
 /// A request path, its headers, and the status and code it must get.
-type Case = (&'static str, &'static [(&'static str, &'static str)], u16, &'static str);
+type Case = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    u16,
+    &'static str,
+);
 
 #[tokio::test]
 async fn bad_requests_are_refused_with_their_codes() {

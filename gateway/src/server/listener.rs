@@ -10,13 +10,13 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use super::router::{Surface, route};
 use crate::client_ip;
+use crate::http_connection::HttpConnection;
 use crate::limits::{PendingTicket, Refused};
 use crate::node::Node;
 
@@ -127,10 +127,7 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let scope = Arc::new(HttpConnection {
-        pending: Mutex::new(pending),
-        abort: Notify::new(),
-    });
+    let scope = Arc::new(HttpConnection::new(pending));
     let service_node = node.clone();
     let service_scope = scope.clone();
     let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
@@ -153,32 +150,10 @@ async fn serve_connection<S>(
         // An event stream was closed without waiting for its client
         // (slow consumer, stale): drop the connection even if the client
         // stopped reading and hyper cannot write.
-        _ = scope.abort.notified() => {}
+        _ = scope.aborted() => {}
         _ = stop.changed() => {
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
         }
-    }
-}
-
-/// One HTTP connection as its handlers see it (a request extension): the
-/// long-lived responses of the event streams take its place among the
-/// pending connections (they are admitted clients now, counted by the
-/// connection limits instead) and can end it.
-pub struct HttpConnection {
-    pending: Mutex<Option<PendingTicket>>,
-    abort: Notify,
-}
-
-impl HttpConnection {
-    /// The connection carries a client session from now on: it no longer
-    /// counts as pending.
-    pub fn release_pending(&self) {
-        drop(self.pending.lock().take());
-    }
-
-    /// Ends the connection at once, whatever it is doing.
-    pub fn abort(&self) {
-        self.abort.notify_one();
     }
 }

@@ -8,7 +8,6 @@
 //! 1012 spread over the drain window, then the listener stops.
 
 mod listener;
-pub(crate) use listener::HttpConnection;
 mod router;
 
 use std::net::SocketAddr;

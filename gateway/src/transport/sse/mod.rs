@@ -30,9 +30,9 @@ use self::stream::EventStream;
 use crate::access;
 use crate::auth::Identity;
 use crate::handshake;
+use crate::http_connection::HttpConnection;
 use crate::node::Node;
 use crate::response::{Body, error_response};
-use crate::server::HttpConnection;
 use crate::session::Session;
 
 /// Answers `GET /sse`. Refusals, cheapest first: draining (503), Origin

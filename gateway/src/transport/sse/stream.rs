@@ -31,9 +31,9 @@ use pubsub_proto::{ChannelName, Encoding, close};
 
 use super::resume::Positions;
 use crate::frame::Frame;
+use crate::http_connection::HttpConnection;
 use crate::outbox::{FULL_WRITE, Taken};
 use crate::peer::Peer;
-use crate::server::HttpConnection;
 use crate::session::{End, Inbound, Session};
 
 /// Rounds of work in one poll before yielding to other tasks.

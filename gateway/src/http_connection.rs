@@ -1,0 +1,43 @@
+//! One HTTP connection as its request handlers see it (a request
+//! extension set by `server::listener`): what a long-lived response needs
+//! to change about the connection that carries it.
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::limits::PendingTicket;
+
+/// One HTTP connection as its handlers see it (a request extension): the
+/// long-lived responses of the event streams take its place among the
+/// pending connections (they are admitted clients now, counted by the
+/// connection limits instead) and can end it.
+pub struct HttpConnection {
+    pending: Mutex<Option<PendingTicket>>,
+    abort: Notify,
+}
+
+impl HttpConnection {
+    /// A connection holding `pending`, its place among the pending ones.
+    pub fn new(pending: Option<PendingTicket>) -> HttpConnection {
+        HttpConnection {
+            pending: Mutex::new(pending),
+            abort: Notify::new(),
+        }
+    }
+
+    /// Resolves when a handler aborted the connection.
+    pub async fn aborted(&self) {
+        self.abort.notified().await
+    }
+
+    /// The connection carries a client session from now on: it no longer
+    /// counts as pending.
+    pub fn release_pending(&self) {
+        drop(self.pending.lock().take());
+    }
+
+    /// Ends the connection at once, whatever it is doing.
+    pub fn abort(&self) {
+        self.abort.notify_one();
+    }
+}
