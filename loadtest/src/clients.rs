@@ -73,6 +73,46 @@ pub struct ClientOptions {
     /// send when it is negotiated.
     #[serde(default)]
     pub compression: bool,
+    /// WebSocket, or Server-Sent Events (`GET /sse`, JSON).
+    #[serde(default)]
+    pub transport: Transport,
+}
+
+/// How a subscriber reaches the gateway.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// `GET /ws`, the URL as given.
+    #[default]
+    Websocket,
+    /// `GET /sse?channel=...` on the URL's host (its path replaced).
+    Sse,
+}
+
+/// A subscribed client over either transport.
+pub enum Subscription {
+    Ws(Box<Ws>),
+    Sse(Box<crate::sse::SseStream>),
+}
+
+impl Subscription {
+    /// The next frame; [`Frame::Closed`] once the connection ended.
+    pub async fn next(&mut self, protocol: Protocol) -> Frame {
+        match self {
+            Subscription::Ws(ws) => match ws.next().await {
+                Some(Ok(message)) => wire::parse(protocol, &message),
+                _ => Frame::Closed,
+            },
+            Subscription::Sse(sse) => sse.next().await,
+        }
+    }
+
+    /// Ends the connection the way its client would.
+    pub async fn close(self) {
+        if let Subscription::Ws(mut ws) = self {
+            let _ = ws.close().await;
+        }
+    }
 }
 
 /// A ready-made client configuration: TLS built once, shared by every client.
@@ -92,36 +132,47 @@ impl Connector {
         Ok(Connector { options, tls })
     }
 
+    /// The encoding subscribers read: SSE streams are JSON.
     pub fn protocol(&self) -> Protocol {
-        self.options.protocol
+        match self.options.transport {
+            Transport::Websocket => self.options.protocol,
+            Transport::Sse => Protocol::Json,
+        }
     }
 
-    /// Opens a WebSocket to `url` from `source` (port chosen by the kernel).
-    pub async fn connect(&self, url: &str, source: Option<IpAddr>) -> anyhow::Result<Ws> {
+    /// A socket to `url`'s host from `source` (port chosen by the kernel),
+    /// TLS for `wss://` and `https://`; and the host's name.
+    async fn open(&self, url: &str, source: Option<IpAddr>) -> anyhow::Result<(Io, String)> {
         let uri: http::Uri = url.parse()?;
-        let secure = uri.scheme_str() == Some("wss");
+        let secure = matches!(uri.scheme_str(), Some("wss" | "https"));
         let host = uri.host().unwrap_or("127.0.0.1").to_owned();
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
         let target = tokio::net::lookup_host((host.as_str(), port))
             .await?
             .next()
             .ok_or_else(|| anyhow::anyhow!("{host} did not resolve"))?;
-        let authorization = self.options.token.as_ref().map(|t| format!("Bearer {t}"));
-        let mut headers = vec![("Sec-WebSocket-Protocol", self.options.protocol.subprotocol())];
-        if let Some(authorization) = &authorization {
-            headers.push(("Authorization", authorization));
-        }
         let stream = connect_tcp(target, source).await?;
         let io = if secure {
             let tls = match &self.tls {
                 Some(tls) => tls.clone(),
                 None => tls_connector(None, false)?,
             };
-            let name = rustls::pki_types::ServerName::try_from(host)?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone())?;
             Io::Tls(Box::new(tls.connect(name, stream).await?))
         } else {
             Io::Plain(stream)
         };
+        Ok((io, host))
+    }
+
+    /// Opens a WebSocket to `url` from `source` (port chosen by the kernel).
+    pub async fn connect(&self, url: &str, source: Option<IpAddr>) -> anyhow::Result<Ws> {
+        let authorization = self.options.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Sec-WebSocket-Protocol", self.options.protocol.subprotocol())];
+        if let Some(authorization) = &authorization {
+            headers.push(("Authorization", authorization));
+        }
+        let (io, _) = self.open(url, source).await?;
         let options = ws_client::Options {
             offer: self
                 .options
@@ -131,6 +182,38 @@ impl Connector {
         };
         let (ws, _) = ws_client::connect(io, url, &headers, options).await?;
         Ok(ws)
+    }
+
+    /// Subscribes to `channel` over the configured transport, waiting for
+    /// the `subscribed` reply.
+    pub async fn subscribe(
+        &self,
+        url: &str,
+        source: Option<IpAddr>,
+        channel: &str,
+    ) -> anyhow::Result<Subscription> {
+        let mut subscription = match self.options.transport {
+            Transport::Websocket => {
+                return Ok(Subscription::Ws(Box::new(
+                    self.connect_and_subscribe(url, source, channel).await?,
+                )));
+            }
+            Transport::Sse => {
+                let (io, host) = self.open(url, source).await?;
+                let authorization = self.options.token.as_ref().map(|t| format!("Bearer {t}"));
+                let stream =
+                    crate::sse::SseStream::open(io, &host, "/sse", channel, authorization.as_deref()).await?;
+                Subscription::Sse(Box::new(stream))
+            }
+        };
+        loop {
+            match subscription.next(Protocol::Json).await {
+                Frame::Subscribed => return Ok(subscription),
+                Frame::Error(text) => anyhow::bail!("subscribe to {channel} refused: {text}"),
+                Frame::Closed => anyhow::bail!("stream ended before the subscribe reply"),
+                _ => continue,
+            }
+        }
     }
 
     /// Opens a WebSocket and subscribes to `channel`, waiting for the reply.

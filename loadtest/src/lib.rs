@@ -15,5 +15,6 @@ pub mod procstat;
 pub mod publisher;
 pub mod report;
 pub mod scenario;
+pub mod sse;
 pub mod wire;
 pub mod worker;

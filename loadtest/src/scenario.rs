@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::clients::{ClientOptions, Connector};
+use crate::clients::{ClientOptions, Connector, Transport};
 use crate::fleet::{Fleet, Plan};
 use crate::procstat;
 use crate::publisher::Publisher;
@@ -48,6 +48,10 @@ pub struct Target {
     /// clients send when the gateway accepts).
     #[arg(long)]
     pub compression: bool,
+    /// How subscribers connect: WebSocket, or Server-Sent Events (`GET /sse` on the URL's
+    /// host, JSON; publishing stays on the HTTP API or WebSocket).
+    #[arg(long, value_enum, default_value = "websocket")]
+    pub transport: Transport,
     /// PIDs of the gateway processes, for their memory and CPU time (comma-separated).
     #[arg(long = "pid", value_delimiter = ',')]
     pub pids: Vec<u32>,
@@ -81,6 +85,7 @@ impl Target {
             ca: self.ca.clone(),
             insecure: self.insecure,
             compression: self.compression,
+            transport: self.transport,
         })
     }
 

@@ -143,7 +143,7 @@ pub fn parse(protocol: Protocol, message: &Message) -> Frame {
     }
 }
 
-fn parse_json(text: &str) -> Frame {
+pub fn parse_json(text: &str) -> Frame {
     // The type comes first in every server frame: `{"type":"message",...`.
     let kind = text
         .strip_prefix(r#"{"type":""#)

@@ -13,7 +13,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -201,7 +200,7 @@ async fn run() -> anyhow::Result<()> {
         );
         let source = job.source;
         tokio::spawn(async move {
-            match connector.connect_and_subscribe(&url, source, &channel).await {
+            match connector.subscribe(&url, source, &channel).await {
                 Ok(ws) => {
                     *subscribers.lock().entry(channel_index).or_default() += 1;
                     connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -264,17 +263,14 @@ async fn run() -> anyhow::Result<()> {
 
 /// Reads a subscription until the connection ends, recording probes.
 async fn read(
-    mut ws: crate::clients::Ws,
+    mut subscription: crate::clients::Subscription,
     protocol: wire::Protocol,
     stats: &Mutex<Stats>,
     stopping: &std::sync::atomic::AtomicBool,
 ) {
     let mut window = Window::default();
     loop {
-        let frame = match ws.next().await {
-            Some(Ok(message)) => wire::parse(protocol, &message),
-            _ => Frame::Closed,
-        };
+        let frame = subscription.next(protocol).await;
         match frame {
             Frame::Probe { seq, sent_micros } => {
                 let latency = wire::now_micros().saturating_sub(sent_micros);
@@ -320,16 +316,19 @@ async fn churn(
         let hold = Duration::from_millis(job.churn_hold_ms);
         tokio::spawn(async move {
             let started = Instant::now();
-            match connector.connect_and_subscribe(&url, source, &channel).await {
-                Ok(mut ws) => {
+            match connector.subscribe(&url, source, &channel).await {
+                Ok(mut subscription) => {
                     stats
                         .lock()
                         .churn_connect
                         .record(started.elapsed().as_micros() as u64);
                     // Keep reading while held, as a real client would.
-                    let _ = tokio::time::timeout(hold, async { while let Some(Ok(_)) = ws.next().await {} })
-                        .await;
-                    let _ = ws.close(None).await;
+                    let protocol = connector.protocol();
+                    let _ = tokio::time::timeout(hold, async {
+                        while !matches!(subscription.next(protocol).await, Frame::Closed) {}
+                    })
+                    .await;
+                    subscription.close().await;
                     stats.lock().churn_cycles += 1;
                 }
                 Err(_) => stats.lock().churn_failed += 1,
