@@ -76,15 +76,19 @@ pub fn token(node: &Node, headers: &HeaderMap) -> Result<Option<Box<Identity>>, 
     };
     match auth.verify(token) {
         Ok(identity) => Ok(Some(Box::new(identity))),
-        Err(message) => {
-            node.metrics.reject("unauthorized");
-            let mut response = error_response(StatusCode::UNAUTHORIZED, "unauthorized", &message);
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            Err(response)
-        }
+        Err(message) => Err(unauthorized(node, &message)),
     }
+}
+
+/// The 401 `unauthorized` answer (with `WWW-Authenticate: Bearer`), counted
+/// as a rejection.
+pub fn unauthorized(node: &Node, message: &str) -> Response<Body> {
+    node.metrics.reject("unauthorized");
+    let mut response = error_response(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 /// Admission by the node's limits, for the client's address behind

@@ -206,18 +206,7 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> HttpAnswer {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"));
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    let request = builder.body(Full::new(body.into())).expect("request");
-    let response = tokio::time::timeout(WAIT, client.request(request))
-        .await
-        .expect("an answer within the wait")
-        .expect("HTTP request");
+    let response = request(addr, method, path, headers, body).await;
     let status = response.status();
     let headers = response.headers().clone();
     let body = response.into_body().collect().await.expect("body").to_bytes();
@@ -226,6 +215,29 @@ pub async fn http(
         headers,
         body,
     }
+}
+
+/// One HTTP request; the response's head has arrived, its body is still
+/// to be read (a stream, for long-lived responses).
+pub async fn request(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> hyper::Response<hyper::body::Incoming> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(Full::new(body.into())).expect("request");
+    tokio::time::timeout(WAIT, client.request(request))
+        .await
+        .expect("an answer within the wait")
+        .expect("HTTP request")
 }
 
 /// `POST path` with a JSON body.

@@ -4,11 +4,9 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http::StatusCode;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use super::WAIT;
@@ -42,16 +40,7 @@ pub struct SseClient {
 impl SseClient {
     /// `GET path` with `headers`; the stream is read as events arrive.
     pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> SseClient {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-        let mut builder = Request::builder().uri(format!("http://{addr}{path}"));
-        for (name, value) in headers {
-            builder = builder.header(*name, *value);
-        }
-        let request = builder.body(Empty::new()).expect("request");
-        let response = tokio::time::timeout(WAIT, client.request(request))
-            .await
-            .expect("an answer within the wait")
-            .expect("HTTP request");
+        let response = super::request(addr, http::Method::GET, path, headers, Bytes::new()).await;
         let status = response.status();
         let headers = response.headers().clone();
         SseClient {

@@ -176,22 +176,15 @@ fn identify(
     let Some(auth) = &node.security.auth else {
         return Ok(None);
     };
-    let unauthorized = |message: &str| {
-        node.metrics.reject("unauthorized");
-        let mut response = error_response(StatusCode::UNAUTHORIZED, "unauthorized", message);
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        response
-    };
     match query_token {
-        None => Err(unauthorized(
+        None => Err(handshake::unauthorized(
+            node,
             "authentication required: send Authorization: Bearer <token> or ?token=<token>",
         )),
         Some(token) => auth
             .verify(token)
             .map(|identity| Some(Box::new(identity)))
-            .map_err(|message| unauthorized(&message)),
+            .map_err(|message| handshake::unauthorized(node, &message)),
     }
 }
 

@@ -77,22 +77,24 @@ impl Positions {
         true
     }
 
+    /// Appends the event id for the positions now to `out` (written in
+    /// place: this runs for every event of every stream).
+    pub fn write_id(&self, out: &mut impl std::fmt::Write) {
+        for (i, (_, position)) in self.channels.iter().enumerate() {
+            let separator = if i > 0 { ";" } else { "" };
+            // Writing into memory cannot fail.
+            let _ = match position {
+                Some(p) => write!(out, "{separator}{}:{}", p.epoch, p.offset),
+                None => write!(out, "{separator}-"),
+            };
+        }
+    }
+
     /// The event id for the positions now.
+    #[cfg(test)]
     pub fn id(&self) -> String {
         let mut id = String::new();
-        for (i, (_, position)) in self.channels.iter().enumerate() {
-            if i > 0 {
-                id.push(';');
-            }
-            match position {
-                Some(p) => {
-                    id.push_str(&p.epoch);
-                    id.push(':');
-                    id.push_str(&p.offset.to_string());
-                }
-                None => id.push('-'),
-            }
-        }
+        self.write_id(&mut id);
         id
     }
 }

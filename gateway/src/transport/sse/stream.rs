@@ -208,7 +208,7 @@ fn write_frame(positions: &mut Positions, peer: &Peer, frame: Frame, out: &mut B
             if let Some((channel, epoch, offset)) = delivery.position()
                 && positions.advance(channel, epoch, offset)
             {
-                put_id(out, &positions.id());
+                put_id(out, positions);
             }
             put_data(out, &delivery.encoded(Encoding::Json));
         }
@@ -221,16 +221,16 @@ fn write_frame(positions: &mut Positions, peer: &Peer, frame: Frame, out: &mut B
                 && (!recovered || !positions.known(&channel))
                 && positions.advance(&channel, &epoch, offset)
             {
-                put_id(out, &positions.id());
+                put_id(out, positions);
             }
             put_data(out, &message);
         }
     }
 }
 
-fn put_id(out: &mut BytesMut, id: &str) {
+fn put_id(out: &mut BytesMut, positions: &Positions) {
     out.put_slice(b"id: ");
-    out.put_slice(id.as_bytes());
+    positions.write_id(out);
     out.put_u8(b'\n');
 }
 
