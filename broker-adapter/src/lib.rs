@@ -147,7 +147,7 @@ pub trait Broker: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub enum BrokerConfig {
     /// The embedded broker: one node, nothing else to run.
-    Memory,
+    Memory(memory::MemoryLimits),
     /// Redis (one server or a cluster).
     Redis(redis::RedisConfig),
 }
@@ -156,7 +156,7 @@ pub enum BrokerConfig {
 /// runs until [`Broker::start`].
 pub fn open(config: BrokerConfig, metrics: BrokerMetrics) -> Result<Arc<dyn Broker>, BrokerError> {
     Ok(match config {
-        BrokerConfig::Memory => Arc::new(memory::MemoryBroker::new()),
+        BrokerConfig::Memory(limits) => Arc::new(memory::MemoryBroker::with_limits(limits)),
         BrokerConfig::Redis(config) => Arc::new(redis::RedisBroker::new(config, metrics)?),
     })
 }
@@ -290,6 +290,13 @@ pub struct Published {
     pub epoch: Arc<str>,
 }
 
+/// The epoch reported for a channel that has no stream: nothing was ever
+/// published on it, or its stream expired. Reading a channel or
+/// subscribing to it creates no stream (so neither can grow the broker's
+/// state); the first publication starts one with a fresh epoch at offset
+/// 1, which continues a position of (`NO_STREAM`, 0) without a gap.
+pub const NO_STREAM: &str = "";
+
 /// A channel's position and the publications read from its history.
 #[derive(Debug, Clone, PartialEq)]
 pub struct History {
@@ -299,6 +306,17 @@ pub struct History {
     /// Publications after the requested offset, oldest first, each with
     /// `offset` and `epoch` set.
     pub publications: Vec<Publication>,
+}
+
+impl History {
+    /// The position of a channel without a stream ([`NO_STREAM`], 0).
+    pub fn none() -> History {
+        History {
+            epoch: Arc::from(NO_STREAM),
+            offset: 0,
+            publications: Vec::new(),
+        }
+    }
 }
 
 /// How a channel's stream is kept; set per namespace.
@@ -336,6 +354,10 @@ pub enum BrokerError {
     /// The broker answered with something unexpected.
     #[error("broker error: {0}")]
     Internal(String),
+    /// A bound on what the broker keeps refused the operation (the
+    /// embedded broker's stream limit); nothing was done.
+    #[error("broker limit reached: {0}")]
+    LimitExceeded(String),
     /// Only these channels of a `subscribe` failed, with this error; every
     /// other channel of the call was subscribed (a cluster with one shard
     /// down).

@@ -38,6 +38,15 @@ impl TokenBucket {
         }
     }
 
+    /// A full bucket of `rate` tokens per second holding up to `burst`
+    /// (at least one second's worth).
+    pub fn with_burst(rate: u32, burst: usize) -> TokenBucket {
+        let mut bucket = TokenBucket::per_second(rate);
+        bucket.capacity = bucket.capacity.max(burst as f64);
+        bucket.tokens = bucket.capacity;
+        bucket
+    }
+
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);

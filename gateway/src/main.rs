@@ -1,6 +1,6 @@
 //! The `gateway` binary: read the configuration, serve until SIGTERM or
 //! SIGINT, drain, exit 0. A second signal during the drain exits at once.
-//! SIGHUP reloads the TLS certificate and key. `--print-config` and
+//! SIGHUP reloads the TLS certificate and key, and the token keys. `--print-config` and
 //! `--healthcheck` do their one thing and exit.
 
 use std::process::ExitCode;
@@ -70,6 +70,24 @@ fn main() -> ExitCode {
     runtime.block_on(serve(config))
 }
 
+/// SIGHUP: the TLS pair and the token keys are read again; what fails to
+/// load keeps what is in use.
+fn reload(gateway: &Gateway) {
+    let node = gateway.node();
+    if node.security.tls.is_some() {
+        match gateway.reload_tls() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(error) => tracing::warn!(%error, "SIGHUP: TLS certificate not reloaded"),
+        }
+    }
+    if node.security.auth.is_some() {
+        match gateway.reload_auth() {
+            Ok(keys) => tracing::info!(keys, "SIGHUP: token keys reloaded"),
+            Err(error) => tracing::warn!(%error, "SIGHUP: token keys not reloaded; the old ones stay in use"),
+        }
+    }
+}
+
 async fn serve(config: Config) -> ExitCode {
     let signals = (
         signal(SignalKind::terminate()),
@@ -95,10 +113,7 @@ async fn serve(config: Config) -> ExitCode {
         tokio::select! {
             _ = terminate.recv() => { tracing::info!("SIGTERM: draining"); break }
             _ = interrupt.recv() => { tracing::info!("SIGINT: draining"); break }
-            _ = hangup.recv() => match gateway.reload_tls() {
-                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-                Err(error) => tracing::warn!(%error, "SIGHUP: TLS certificate not reloaded"),
-            },
+            _ = hangup.recv() => reload(&gateway),
         }
     }
     tokio::select! {

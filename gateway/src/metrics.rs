@@ -72,6 +72,7 @@ pub const REJECTION_REASONS: &[&str] = &[
     "forbidden",
     "max_subscriptions",
     "publish_rate",
+    "subscribe_rate",
     "command_rate",
     "message_too_big",
     "body_too_large",

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
+use broker_adapter::memory::MemoryLimits;
 use broker_adapter::redis::{RedisConfig, RedisTarget};
 use broker_adapter::{BrokerConfig, BrokerError};
 use tokio::task::JoinHandle;
@@ -72,7 +73,7 @@ impl Clients {
 /// Who may connect and how: tokens, origins, TLS.
 pub struct Security {
     /// Client-token verification; `None` when authentication is off.
-    pub auth: Option<Authenticator>,
+    pub auth: Option<Arc<Authenticator>>,
     /// `--allowed-origin` rules; empty allows every origin.
     pub origins: Vec<OriginRule>,
     /// TLS for https/wss; `None` for plain http/ws.
@@ -102,7 +103,12 @@ fn broker_config(config: &Config) -> Result<BrokerConfig, BrokerError> {
     let target = match (&config.redis_url, config.redis_cluster_urls.is_empty()) {
         (Some(url), _) => RedisTarget::Single(url.clone()),
         (None, false) => RedisTarget::Cluster(config.redis_cluster_urls.clone()),
-        (None, true) => return Ok(BrokerConfig::Memory),
+        (None, true) => {
+            return Ok(BrokerConfig::Memory(MemoryLimits {
+                max_streams: config.memory_max_streams,
+                max_history_bytes: config.memory_max_history_bytes,
+            }));
+        }
     };
     let mut redis = RedisConfig::new(target, config.redis_prefix.clone(), config.node_id.clone());
     redis.ca_pem = match &config.redis_ca_file {
@@ -121,7 +127,7 @@ impl Node {
     /// configuration); an unreachable Redis is retried in the background
     /// while the node reports not ready.
     pub fn start(config: Config) -> Result<(Arc<Node>, Vec<JoinHandle<()>>), String> {
-        let auth = Authenticator::from_config(&config)?;
+        let auth = Authenticator::from_config(&config)?.map(Arc::new);
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
             _ => None,
@@ -198,6 +204,11 @@ impl Node {
             }
         });
         tasks.extend([heartbeat, health_watch, upkeep]);
+        if let Some(auth) = &node.security.auth
+            && auth.jwks.is_some()
+        {
+            tasks.push(tokio::spawn(crate::auth::jwks::refresh_loop(auth.clone())));
+        }
         Ok((node, tasks))
     }
 

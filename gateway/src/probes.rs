@@ -24,6 +24,9 @@ fn failing_checks(node: &Node, broker_up: bool) -> Vec<&'static str> {
     if !broker_up {
         failing.push("broker");
     }
+    if node.security.auth.as_ref().is_some_and(|a| !a.keys_loaded()) {
+        failing.push("jwks");
+    }
     failing
 }
 
@@ -36,6 +39,12 @@ pub fn readyz(node: &Node) -> Response<Body> {
         "draining": draining,
         "broker": {"kind": node.hub.broker_kind(), "up": broker.up, "detail": broker.detail},
     });
+    let mut checks = checks;
+    if let Some(auth) = &node.security.auth
+        && auth.jwks.is_some()
+    {
+        checks["jwks"] = json!({"loaded": auth.keys_loaded()});
+    }
     if failing.is_empty() {
         json_response(StatusCode::OK, &json!({"status": "ready", "checks": checks}))
     } else {

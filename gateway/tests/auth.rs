@@ -317,7 +317,7 @@ async fn rs256_and_es256_public_keys_pin_their_algorithm() {
         (tokens::ec_key_pair(&dir), Algorithm::ES256),
     ] {
         let mut config = test_config();
-        config.jwt_public_key = Some(pair.public_path.clone());
+        config.jwt_public_key = vec![pair.public_path.clone()];
         let gw = start(config).await;
         let addr = gw.local_addr();
         let key = match algorithm {
@@ -338,5 +338,198 @@ async fn rs256_and_es256_public_keys_pin_their_algorithm() {
         assert_eq!(reply["code"], "unauthorized", "{algorithm:?} confusion: {reply}");
         expect_closed(&mut client, 4001).await;
     }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// A JSON Web Key Set server: answers every request with `body` (or 503
+/// while it is empty), counting the requests.
+struct JwksServer {
+    addr: std::net::SocketAddr,
+    body: std::sync::Arc<parking_lot::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl JwksServer {
+    async fn start() -> JwksServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = std::sync::Arc::new(parking_lot::Mutex::new(String::new()));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (serve_body, count) = (body.clone(), fetches.clone());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = serve_body.lock().clone();
+                let status = if body.is_empty() {
+                    "503 Service Unavailable"
+                } else {
+                    "200 OK"
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        JwksServer { addr, body, fetches }
+    }
+
+    fn serve(&self, keys: &[(&str, &EncodingKey)]) {
+        let keys: Vec<Value> = keys
+            .iter()
+            .map(|(kid, key)| {
+                let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(key, Algorithm::ES256).unwrap();
+                jwk.common.key_id = Some(kid.to_string());
+                serde_json::to_value(jwk).unwrap()
+            })
+            .collect();
+        *self.body.lock() = json!({ "keys": keys }).to_string();
+    }
+}
+
+fn es256_with_kid(key: &EncodingKey, kid: &str, claims: Value) -> String {
+    let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+    header.kid = Some(kid.into());
+    let mut body = json!({"sub":"ann","exp": tokens::now() + 60});
+    for (k, v) in claims.as_object().into_iter().flatten() {
+        body[k] = v.clone();
+    }
+    jsonwebtoken::encode(&header, &body, key).unwrap()
+}
+
+#[tokio::test]
+async fn keys_come_from_a_jwks_by_kid_and_a_rotation_drops_no_one() {
+    let new_key = || {
+        let pair = rcgen::KeyPair::generate().unwrap();
+        EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap()
+    };
+    let (first, second) = (new_key(), new_key());
+    let jwks = JwksServer::start().await;
+    let mut config = test_config();
+    config.jwt_jwks_url = Some(format!("http://{}/.well-known/jwks.json", jwks.addr));
+    config.jwt_jwks_refresh = Duration::from_secs(3600);
+    config.jwt_audience = Some("chat-app".into());
+    config.jwt_issuer = Some("https://idp.example".into());
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    let scoped = json!({"aud":"chat-app","iss":"https://idp.example"});
+
+    // Until the set is fetched the node is not ready and refuses tokens.
+    eventually("a failed fetch", async || {
+        jwks.fetches.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await;
+    let not_ready = get(addr, "/readyz").await;
+    assert_eq!(not_ready.status, 503);
+    assert_eq!(
+        not_ready.json()["failing"],
+        json!(["jwks"]),
+        "{}",
+        not_ready.text()
+    );
+    let (_, refused) = connect(addr, &es256_with_kid(&first, "k1", scoped.clone())).await;
+    assert_eq!(refused["code"], "unauthorized", "{refused}");
+
+    jwks.serve(&[("k1", &first)]);
+    eventually("ready once the set is fetched", async || {
+        get(addr, "/readyz").await.status == 200
+    })
+    .await;
+    let (mut held, reply) = connect(addr, &es256_with_kid(&first, "k1", scoped.clone())).await;
+    assert_eq!(reply["type"], "connected", "{reply}");
+    // Signed by a key the set does not hold, or for another application.
+    let (_, unknown) = connect(addr, &es256_with_kid(&second, "k2", scoped.clone())).await;
+    assert_eq!(unknown["code"], "unauthorized", "{unknown}");
+    let other_app = json!({"aud":"billing","iss":"https://idp.example"});
+    let (_, wrong) = connect(addr, &es256_with_kid(&first, "k1", other_app)).await;
+    assert_eq!(wrong["code"], "unauthorized", "{wrong}");
+    // A kid signed by another key than its own is refused too.
+    let (_, forged) = connect(addr, &es256_with_kid(&second, "k1", scoped.clone())).await;
+    assert_eq!(forged["code"], "unauthorized", "{forged}");
+
+    // Rotation: the provider publishes the second key; a reload (SIGHUP)
+    // fetches it; tokens of both keys connect, the old connection stays.
+    jwks.serve(&[("k1", &first), ("k2", &second)]);
+    gw.reload_auth().expect("reloaded");
+    eventually("the second key is fetched", async || {
+        let (_, reply) = connect(addr, &es256_with_kid(&second, "k2", scoped.clone())).await;
+        reply["type"] == "connected"
+    })
+    .await;
+    let (_, again) = connect(addr, &es256_with_kid(&first, "k1", scoped.clone())).await;
+    assert_eq!(again["type"], "connected", "{again}");
+    let still = held
+        .request(json!({"type":"subscribe","id":5,"channel":"chat:x"}))
+        .await;
+    assert_ne!(still["code"], "unauthorized", "{still}");
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_secret_file_without_dropping_connections() {
+    let dir = std::env::temp_dir().join(format!("gw-sighup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("secrets");
+    let new_secret = "a-second-secret-of-at-least-32-bytes-for-rotation";
+    std::fs::write(&file, format!("{SECRET}\n")).unwrap();
+    let process = GatewayProcess::spawn(&[
+        "--jwt-secret-file",
+        file.to_str().unwrap(),
+        "--jwt-audience",
+        "chat-app",
+        "--jwt-issuer",
+        "https://idp.example",
+        "--api-key",
+        "k",
+    ]);
+    let addr = process.addr;
+    let claims = json!({"aud":"chat-app","iss":"https://idp.example"});
+    let signed = |secret: &str| {
+        tokens::sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(secret.as_bytes()),
+            "ann",
+            60,
+            claims.clone(),
+        )
+    };
+    let (mut old, reply) = connect(addr, &signed(SECRET)).await;
+    assert_eq!(reply["type"], "connected", "{reply}");
+    let (_, refused) = connect(addr, &signed(new_secret)).await;
+    assert_eq!(refused["code"], "unauthorized", "{refused}");
+    // Without the audience the process is told: the token is for another app.
+    let (_, other) = connect(
+        addr,
+        &tokens::sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+            "ann",
+            60,
+            json!({}),
+        ),
+    )
+    .await;
+    assert_eq!(other["code"], "unauthorized", "{other}");
+
+    std::fs::write(&file, format!("{SECRET}\n{new_secret}\n")).unwrap();
+    process.signal("HUP");
+    eventually("the new secret is accepted", async || {
+        connect(addr, &signed(new_secret)).await.1["type"] == "connected"
+    })
+    .await;
+    assert_eq!(
+        old.request(json!({"type":"ping","id":2})).await,
+        json!({"type":"pong","id":2}),
+        "the connection made with the old secret stays"
+    );
     std::fs::remove_dir_all(dir).ok();
 }

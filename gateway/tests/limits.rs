@@ -286,3 +286,99 @@ async fn origins_are_checked_before_the_upgrade() {
     );
     assert!(rejections(gw.local_addr(), "origin").await >= 1.0);
 }
+
+/// Stream keys (`<prefix>:{channel}:m` and `:s`) in a Redis server.
+fn stream_keys(redis: &support::redis::RedisServer) -> usize {
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("*}:[ms]")
+        .query(&mut redis.connection())
+        .expect("KEYS");
+    keys.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churning_through_channel_names_leaves_nothing_in_redis() {
+    let redis = support::redis::RedisServer::start();
+    let mut config = test_config();
+    config.redis_url = Some(redis.url());
+    config.subscribe_rate = 0;
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    eventually("ready", async || get(addr, "/readyz").await.status == 200).await;
+    let mut client = WsClient::connect(addr, None).await;
+    for i in 0..300 {
+        let channel = format!("churn:{i}-{}", fastrand::u64(..));
+        let reply = client
+            .request(json!({"type":"subscribe","id":i,"channel":channel,"since":{"epoch":"gone","offset":3}}))
+            .await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        assert_eq!(
+            (reply["epoch"].as_str(), reply["offset"].as_u64()),
+            (Some(""), Some(0))
+        );
+        client
+            .request(json!({"type":"unsubscribe","id":i,"channel":channel}))
+            .await;
+        if i % 4 == 0 {
+            let history = get(addr, &format!("/api/history?channel={channel}&since=0")).await;
+            assert_eq!(history.status, 200);
+        }
+    }
+    assert_eq!(stream_keys(&redis), 0, "reads and subscribes created stream keys");
+    let text = get(addr, "/metrics").await.text();
+    assert_eq!(metric(&text, "gateway_channels"), Some(0.0));
+    // A publication makes the channel's stream; subscribers from before
+    // it continue into it without a gap.
+    let mut follower = WsClient::connect(addr, None).await;
+    let reply = follower
+        .request(json!({"type":"subscribe","id":1,"channel":"fresh"}))
+        .await;
+    assert_eq!(
+        (reply["epoch"].as_str(), reply["offset"].as_u64()),
+        (Some(""), Some(0))
+    );
+    let mut publisher = WsClient::connect(addr, None).await;
+    let ack = publisher
+        .request(json!({"type":"publish","id":1,"channel":"fresh","data":"one"}))
+        .await;
+    assert_eq!(ack["offset"], 1, "{ack}");
+    let first = follower.recv_json().await;
+    assert_eq!(
+        (first["type"].as_str(), first["offset"].as_u64()),
+        (Some("message"), Some(1)),
+        "{first}"
+    );
+    assert_eq!(stream_keys(&redis), 2);
+}
+
+#[tokio::test]
+async fn subscribing_too_fast_is_refused_after_a_burst() {
+    let mut config = test_config();
+    config.subscribe_rate = 10;
+    config.max_subscriptions = 20;
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    let mut client = WsClient::connect(addr, None).await;
+    let mut refused = 0;
+    for i in 0..60 {
+        let channel = format!("burst:{i}");
+        let reply = client
+            .request(json!({"type":"subscribe","id":i,"channel":channel}))
+            .await;
+        match reply["type"].as_str() {
+            Some("subscribed") => {
+                client
+                    .request(json!({"type":"unsubscribe","id":i,"channel":channel}))
+                    .await;
+            }
+            _ => {
+                assert_eq!(reply["code"], "rate_limited", "{reply}");
+                refused += 1;
+            }
+        }
+    }
+    // A burst of --max-subscriptions (20) passes; 60 in well under the
+    // four seconds the rest would take cannot.
+    assert!(refused >= 20, "refused {refused}");
+    assert!(rejections(addr, "subscribe_rate").await >= 20.0);
+}

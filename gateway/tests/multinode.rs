@@ -225,6 +225,17 @@ async fn redis_outage_is_reported_and_recovered_without_dropping_clients() {
         client.subscribe("news").await;
         clients.push(client);
     }
+    // The channel has a stream (a first publication) for Redis to lose.
+    let answer = post_json(
+        nodes[0].addr,
+        "/api/publish",
+        json!({"channel":"news","data":"before"}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    for client in &mut clients {
+        assert_eq!(client.recv_json().await["data"], "before");
+    }
 
     redis.kill();
     for n in &nodes {
@@ -299,11 +310,14 @@ async fn redis_outage_is_reported_and_recovered_without_dropping_clients() {
     assert_eq!(answer.status, 200, "{}", answer.text());
     let after = position(&answer.json());
     for client in &mut clients {
-        // Redis kept nothing: the channel's sequence restarted, and every
-        // subscriber is told so before the first publication of the new epoch.
+        // Redis kept nothing: when the node caught up, the channel had no
+        // stream any more, and every subscriber was told so (a gap to the
+        // empty epoch) before the first publication of the new stream,
+        // which continues it.
         let gap = client.recv_json().await;
         assert_eq!(gap["type"], "gap", "{gap}");
-        assert_eq!(position(&gap), (after.0.clone(), 0), "{gap}");
+        assert_eq!(position(&gap), (String::new(), 0), "{gap}");
+        assert_eq!(after.1, 1, "the new stream starts at 1");
         let message = client.recv_json().await;
         assert_eq!(message["data"], "after", "resubscribed on every node");
         assert_eq!(position(&message), after);

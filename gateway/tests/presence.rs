@@ -340,6 +340,8 @@ async fn reading_presence_follows_the_permissions_and_the_namespace() {
         SECRET,
         "--api-key",
         "k",
+        "--jwt-allow-any-audience",
+        "--jwt-allow-any-issuer",
     ]);
     let addr = process.addr;
     let token = hs256(

@@ -272,20 +272,12 @@ impl Broker for RedisBroker {
         channel: &'a ChannelName,
         since: Option<u64>,
         limit: usize,
-        options: StreamOptions,
+        _options: StreamOptions,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
         Box::pin(async move {
             let (meta, stream) = self.shared.names.stream_keys(channel.as_str());
             let connection = self.shared.route.connection_for(&meta)?;
-            streams::history(
-                &self.shared.scripts,
-                connection,
-                (&meta, &stream),
-                since,
-                limit,
-                options,
-            )
-            .await
+            streams::history(&self.shared.scripts, connection, (&meta, &stream), since, limit).await
         })
     }
 

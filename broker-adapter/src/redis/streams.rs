@@ -13,7 +13,8 @@
 //! appended by the script: protobuf merges concatenated messages, so the
 //! result decodes as one envelope with the position set. Both keys expire
 //! `history_ttl` after the last publication; when the hash is gone the
-//! stream restarts with a new epoch.
+//! channel has no stream ([`crate::NO_STREAM`]) until the next publication
+//! starts one with a new epoch. Reads never create keys.
 
 use std::sync::Arc;
 
@@ -66,15 +67,13 @@ redis.call(ARGV[6], ARGV[1], message)
 return {offset, epoch}
 "#;
 
-/// KEYS: meta, stream. ARGV: since (-1: position only), limit, ttl seconds,
-/// epoch for a new stream. Returns {epoch, offset, entries}.
+/// KEYS: meta, stream. ARGV: since (-1: position only), limit. Returns
+/// {epoch, offset, entries}; a channel without a stream is ('', 0, {}) and
+/// reading it writes nothing (a read must not leave a key behind).
 const HISTORY: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
-  epoch = ARGV[4]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+  return {'', 0, {}}
 end
 local offset = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
 local since = tonumber(ARGV[1])
@@ -211,10 +210,9 @@ pub(super) async fn history(
     keys: (&str, &str),
     since: Option<u64>,
     limit: usize,
-    options: StreamOptions,
 ) -> Result<History, BrokerError> {
     let since_arg: i64 = since.map_or(-1, |s| s.min(i64::MAX as u64) as i64);
-    // Reading (and creating an absent stream) is safe to repeat.
+    // Reading is safe to repeat.
     let (epoch, offset, entries): (String, u64, Value) = read_again(|| {
         let mut connection = connection.clone();
         async move {
@@ -224,8 +222,6 @@ pub(super) async fn history(
                 .key(keys.1)
                 .arg(since_arg)
                 .arg(limit.max(1))
-                .arg(ttl_seconds(options))
-                .arg(new_epoch())
                 .invoke_async(&mut connection)
                 .await
                 .map_err(super::classify)

@@ -7,13 +7,15 @@
 //! - per channel, offsets 1, 2, 3, ... without holes or repeats, within an
 //!   epoch, however many publishers race; the listener sees them in that
 //!   order; channels are independent;
-//! - a channel without a stream reports offset 0 in some epoch, and its
-//!   first publication is offset 1 in that same epoch;
+//! - a channel without a stream reports ([`NO_STREAM`], 0), and its first
+//!   publication is offset 1 in a fresh epoch; reading a channel and
+//!   subscribing to it (and unsubscribing) leave no state behind;
 //! - `history(since)` returns the kept publications after `since`, oldest
 //!   first, at most `limit`, at most `history_size` are kept, each with its
 //!   position and the bytes as published; `history_size = 0` keeps none
 //!   but still assigns offsets; without `since` only the position;
-//! - a stream idle for `history_ttl` restarts in a new epoch;
+//! - a stream idle for `history_ttl` ends (reads report [`NO_STREAM`]) and
+//!   the next publication starts a new epoch;
 //! - `restart_stream(epoch)` starts a new epoch (offset 0, no history)
 //!   only if the stream is still in `epoch`;
 //! - only subscribed channels reach the listener, and unsubscribing stops
@@ -34,9 +36,11 @@ use pubsub_proto::{ChannelName, Publication};
 
 use super::cluster::RedisCluster;
 use super::server::RedisServer;
+use crate::memory::MemoryBroker;
 use crate::redis::{RedisConfig, RedisTarget};
 use crate::{
-    Broker, BrokerConfig, BrokerError, BrokerEvent, BrokerMetrics, Listener, PresenceEvent, StreamOptions,
+    Broker, BrokerConfig, BrokerError, BrokerEvent, BrokerMetrics, Listener, NO_STREAM, PresenceEvent,
+    StreamOptions,
 };
 
 /// How long a check waits for something that should happen.
@@ -87,7 +91,7 @@ impl Listener for Recorder {
 
 /// What the suite can do to the system behind a broker.
 enum Backing {
-    Memory,
+    Memory(Arc<MemoryBroker>),
     Redis(RedisServer),
     Cluster(RedisCluster),
 }
@@ -113,7 +117,29 @@ impl Subject {
 
     /// The embedded broker.
     pub fn memory() -> Subject {
-        Subject::started(BrokerConfig::Memory, Backing::Memory)
+        let memory = Arc::new(MemoryBroker::new());
+        let recorder = Arc::new(Recorder::default());
+        memory.start(recorder.clone());
+        Subject {
+            broker: memory.clone(),
+            recorder,
+            backing: Backing::Memory(memory),
+        }
+    }
+
+    /// How much state the backing holds: the embedded broker's channel
+    /// entries, or the keys of every Redis server.
+    pub fn stored(&self) -> usize {
+        let dbsize = |server: &RedisServer| -> usize {
+            redis::cmd("DBSIZE")
+                .query(&mut server.connection())
+                .expect("DBSIZE")
+        };
+        match &self.backing {
+            Backing::Memory(memory) => memory.entry_count(),
+            Backing::Redis(server) => dbsize(server),
+            Backing::Cluster(cluster) => cluster.masters().into_iter().map(dbsize).sum(),
+        }
     }
 
     /// The Redis broker on a throwaway `redis-server`.
@@ -143,7 +169,7 @@ impl Subject {
     /// with its own recorder; `None` for the embedded broker (one node).
     pub fn another_node(&self, node_id: &str) -> Option<(Arc<dyn Broker>, Arc<Recorder>)> {
         let target = match &self.backing {
-            Backing::Memory => return None,
+            Backing::Memory(_) => return None,
             Backing::Redis(server) => RedisTarget::Single(server.url()),
             Backing::Cluster(cluster) => {
                 RedisTarget::Cluster(cluster.nodes.iter().map(RedisServer::url).collect())
@@ -167,7 +193,7 @@ impl Subject {
     /// Makes the backing unreachable; false if it cannot be (memory).
     fn cut(&mut self) -> bool {
         match &mut self.backing {
-            Backing::Memory => false,
+            Backing::Memory(_) => false,
             Backing::Redis(server) => {
                 server.kill();
                 true
@@ -182,7 +208,7 @@ impl Subject {
     /// Brings the backing back (empty: nothing was persisted).
     fn heal(&mut self) {
         match &mut self.backing {
-            Backing::Memory => {}
+            Backing::Memory(_) => {}
             Backing::Redis(server) => server.restart(),
             Backing::Cluster(cluster) => cluster.nodes.iter_mut().for_each(RedisServer::restart),
         }
@@ -394,24 +420,25 @@ pub async fn history_is_bounded_and_read_after_an_offset(subject: &Subject) {
     assert!(after_last.publications.is_empty());
 }
 
-/// A channel without a stream is at offset 0; its first publication is
-/// offset 1 in the epoch reported; history off still assigns offsets.
+/// A channel without a stream is at ([`NO_STREAM`], 0); its first
+/// publication is offset 1 in a fresh epoch; history off still assigns
+/// offsets.
 pub async fn new_streams_start_at_zero_and_history_can_be_off(subject: &Subject) {
     let (broker, ch) = (&subject.broker, channel("fresh:one"));
     let fresh = broker
         .history(&ch, Some(0), 10, options(0))
         .await
         .expect("position");
-    assert_eq!((fresh.offset, fresh.publications.len()), (0, 0));
+    assert_eq!(
+        (&*fresh.epoch, fresh.offset, fresh.publications.len()),
+        (NO_STREAM, 0, 0)
+    );
     let first = broker
         .publish(ch.clone(), Bytes::from_static(b"1"), options(0))
         .await
         .expect("published");
-    assert_eq!(
-        (first.offset, &first.epoch),
-        (1, &fresh.epoch),
-        "the epoch reported is kept"
-    );
+    assert_eq!(first.offset, 1);
+    assert_ne!(&*first.epoch, NO_STREAM, "the first publication starts an epoch");
     let second = broker
         .publish(ch.clone(), Bytes::from_static(b"2"), options(0))
         .await
@@ -426,6 +453,34 @@ pub async fn new_streams_start_at_zero_and_history_can_be_off(subject: &Subject)
         (2, 0),
         "history_size 0 keeps none"
     );
+}
+
+/// Reads, subscribes and unsubscribes of channels nobody published on
+/// leave nothing in the broker: an anonymous client naming random channels
+/// cannot grow it.
+pub async fn reads_and_subscribes_leave_no_state(subject: &Subject) {
+    let broker = &subject.broker;
+    let before = subject.stored();
+    let names: Vec<ChannelName> = (0..200).map(|i| channel(&format!("probe:{i}"))).collect();
+    for ch in &names {
+        let h = broker.history(ch, Some(0), 10, options(10)).await.expect("read");
+        assert_eq!((&*h.epoch, h.offset), (NO_STREAM, 0));
+        broker.history(ch, None, 10, options(10)).await.expect("position");
+    }
+    broker.subscribe(&names).await.expect("subscribed");
+    broker.unsubscribe(&names).await.expect("unsubscribed");
+    assert_eq!(subject.stored(), before, "reads and subscribes created state");
+    // A publication does make a stream, and a read then sees it.
+    broker
+        .publish(names[0].clone(), Bytes::from_static(b"x"), options(10))
+        .await
+        .expect("published");
+    assert!(subject.stored() > before);
+    let h = broker
+        .history(&names[0], Some(0), 10, options(10))
+        .await
+        .expect("read");
+    assert_eq!((h.offset, h.publications.len()), (1, 1));
 }
 
 /// A stream idle for its TTL restarts in a new epoch, without its history.
@@ -446,6 +501,18 @@ pub async fn an_idle_stream_expires_into_a_new_epoch(subject: &Subject) {
         .expect("published");
     assert_eq!(after.offset, 1, "the sequence restarted");
     assert_ne!(after.epoch, before.epoch, "in a new epoch");
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let ended = broker.history(&ch, Some(0), 10, short).await.expect("history");
+    assert_eq!(
+        (&*ended.epoch, ended.offset, ended.publications.len()),
+        (NO_STREAM, 0, 0),
+        "an expired stream reads as none"
+    );
+    let again = broker
+        .publish(ch.clone(), Bytes::from_static(b"3"), short)
+        .await
+        .expect("published");
+    assert_eq!(again.offset, 1);
     let h = broker.history(&ch, Some(0), 10, short).await.expect("history");
     assert_eq!(h.publications.len(), 1, "the old history went with the old epoch");
 }

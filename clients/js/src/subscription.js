@@ -148,7 +148,9 @@ export class Subscription extends Emitter {
     let recovery = null;
     if (since && msg.recovered === true) {
       // Replayed messages follow; our position stays at `since` and advances with them.
-      const missed = this.#position.epoch === msg.epoch ? msg.offset - this.#position.offset : 0;
+      // An empty epoch at offset 0 is a channel that had no stream yet: its first stream continues it.
+      const continues = this.#position.epoch === msg.epoch || (this.#position.epoch === '' && this.#position.offset === 0);
+      const missed = continues ? msg.offset - this.#position.offset : 0;
       if (missed > 0) this.#recovering = { epoch: msg.epoch, target: msg.offset, count: 0 };
       else recovery = { channel: this.channel, epoch: this.#position.epoch, offset: this.#position.offset, replayed: 0 };
     } else {

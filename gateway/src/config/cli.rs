@@ -193,6 +193,23 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_HISTORY_TTL", value_name = "DURATION", value_parser = parse_duration, default_value = "10m")]
     pub history_ttl: Duration,
 
+    /// Embedded broker only: channels with a stream (an offset, an epoch, history) at most; a
+    /// publication that would start one more is refused with `limit_exceeded`. Reads and
+    /// subscribes never start a stream. (With Redis, bound Redis with its `maxmemory`.)
+    #[arg(
+        long,
+        env = "GATEWAY_MEMORY_MAX_STREAMS",
+        value_name = "COUNT",
+        default_value_t = 1_000_000
+    )]
+    pub memory_max_streams: usize,
+
+    /// Embedded broker only: bytes of publication data kept in history over all channels; past
+    /// it the oldest publications leave history first (they were delivered; only recovery loses
+    /// them).
+    #[arg(long, env = "GATEWAY_MEMORY_MAX_HISTORY_BYTES", value_name = "BYTES", value_parser = parse_size, default_value = "1GiB")]
+    pub memory_max_history_bytes: usize,
+
     /// Redis URL (`redis://[user:password@]host:port[/db]`, or `rediss://` for TLS). With it, nodes
     /// share publications through Redis; without it the node uses its embedded broker.
     #[arg(
@@ -248,13 +265,44 @@ pub struct Cli {
     )]
     pub jwt_secret: Option<String>,
 
-    /// File holding the HS256 secret for client tokens.
+    /// File holding HS256 secrets for client tokens, one per line (old and new during a
+    /// rotation). Reloaded on SIGHUP.
     #[arg(long, env = "GATEWAY_JWT_SECRET_FILE", value_name = "FILE")]
     pub jwt_secret_file: Option<PathBuf>,
 
-    /// PEM public key for RS256 (RSA key) or ES256 (P-256 key) client tokens.
-    #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY", value_name = "FILE")]
-    pub jwt_public_key: Option<PathBuf>,
+    /// PEM public key for RS256 (RSA key) or ES256 (P-256 key) client tokens. Repeatable (every
+    /// key is tried); reloaded on SIGHUP.
+    #[arg(
+        long,
+        env = "GATEWAY_JWT_PUBLIC_KEY",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    pub jwt_public_key: Vec<PathBuf>,
+
+    /// URL of the identity provider's JSON Web Key Set (`https://idp.example/.well-known/jwks.json`):
+    /// tokens are verified with the key their `kid` names. Fetched at start, every
+    /// --jwt-jwks-refresh, on an unknown `kid` (at most every 10 s) and on SIGHUP.
+    #[arg(long, env = "GATEWAY_JWT_JWKS_URL", value_name = "URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// How often the JWKS is fetched again.
+    #[arg(long, env = "GATEWAY_JWT_JWKS_REFRESH", value_name = "DURATION", value_parser = parse_duration, default_value = "10m")]
+    pub jwt_jwks_refresh: Duration,
+
+    /// Longest a token may live (from `iat`, and from now, to `exp`); longer is refused
+    /// [0: no limit].
+    #[arg(long, env = "GATEWAY_JWT_MAX_LIFETIME", value_name = "DURATION", value_parser = parse_duration, default_value = "0s")]
+    pub jwt_max_lifetime: Duration,
+
+    /// Accept tokens without checking `aud`. Without it, authentication requires --jwt-audience:
+    /// a token another application got from the same identity provider must not open this one.
+    #[arg(long, env = "GATEWAY_JWT_ALLOW_ANY_AUDIENCE")]
+    pub jwt_allow_any_audience: bool,
+
+    /// Accept tokens without checking `iss`. Without it, authentication requires --jwt-issuer.
+    #[arg(long, env = "GATEWAY_JWT_ALLOW_ANY_ISSUER")]
+    pub jwt_allow_any_issuer: bool,
 
     /// Required `iss` of client tokens.
     #[arg(long, env = "GATEWAY_JWT_ISSUER", value_name = "ISSUER")]
@@ -344,6 +392,18 @@ pub struct Cli {
         default_value_t = 1000
     )]
     pub max_subscriptions: usize,
+
+    /// Subscribes per second one connection may make, in bursts of up to --max-subscriptions (so
+    /// a reconnecting client resubscribes everything at once); more get error `rate_limited`.
+    /// Each subscribe to a channel nobody on the node follows costs a broker subscription and a
+    /// read, so this bounds how fast one client can churn through channel names [0: no limit].
+    #[arg(
+        long,
+        env = "GATEWAY_SUBSCRIBE_RATE",
+        value_name = "PER_SECOND",
+        default_value_t = 100
+    )]
+    pub subscribe_rate: u32,
 
     /// Publications per second one connection may make (bursts of one second's worth); more get
     /// error `rate_limited`, and a client that keeps going is closed with 4029 [0: no limit].

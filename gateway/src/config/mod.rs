@@ -19,7 +19,7 @@ use serde::Serialize;
 
 pub use cli::{Cli, LogFormat};
 pub use values::print::duration as print_duration;
-pub use values::{parse_duration, parse_size, parse_switch};
+pub use values::{parse_duration, parse_fetch_url, parse_size, parse_switch};
 
 pub mod namespaces;
 
@@ -54,6 +54,9 @@ pub struct Config {
     pub write_coalesce: Duration,
     /// 0: one per CPU.
     pub worker_threads: usize,
+    /// Bounds of the embedded broker (unused with Redis).
+    pub memory_max_streams: usize,
+    pub memory_max_history_bytes: usize,
     /// permessage-deflate offered to WebSocket clients.
     #[serde(serialize_with = "print::switch")]
     pub compression: bool,
@@ -74,13 +77,21 @@ pub struct Config {
     /// TLS certificate chain and key (PEM): serve https/wss.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    /// Client-token key: exactly one of the three enables authentication.
+    /// Client-token keys: any of them enables authentication.
     #[serde(serialize_with = "print::secret")]
     pub jwt_secret: Option<String>,
     pub jwt_secret_file: Option<PathBuf>,
-    pub jwt_public_key: Option<PathBuf>,
+    pub jwt_public_key: Vec<PathBuf>,
+    pub jwt_jwks_url: Option<String>,
+    #[serde(serialize_with = "print::duration")]
+    pub jwt_jwks_refresh: Duration,
+    /// Zero: no limit.
+    #[serde(serialize_with = "print::duration")]
+    pub jwt_max_lifetime: Duration,
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
+    pub jwt_allow_any_issuer: bool,
+    pub jwt_allow_any_audience: bool,
     #[serde(serialize_with = "print::duration")]
     pub jwt_leeway: Duration,
     #[serde(rename = "allowed_origin")]
@@ -97,6 +108,9 @@ pub struct Config {
     /// Per second; 0: no limit.
     pub max_connect_rate: u32,
     pub max_subscriptions: usize,
+    /// Per second and connection, in bursts of `max_subscriptions`; 0: no
+    /// limit.
+    pub subscribe_rate: u32,
     /// Per second and connection; 0: no limit.
     pub publish_rate: u32,
     #[serde(serialize_with = "print::duration")]
@@ -240,8 +254,13 @@ impl Config {
             jwt_secret: cli.jwt_secret,
             jwt_secret_file: cli.jwt_secret_file,
             jwt_public_key: cli.jwt_public_key,
-            jwt_issuer: cli.jwt_issuer,
-            jwt_audience: cli.jwt_audience,
+            jwt_jwks_url: cli.jwt_jwks_url.filter(|u| !u.trim().is_empty()),
+            jwt_jwks_refresh: cli.jwt_jwks_refresh,
+            jwt_max_lifetime: cli.jwt_max_lifetime,
+            jwt_issuer: cli.jwt_issuer.filter(|s| !s.is_empty()),
+            jwt_audience: cli.jwt_audience.filter(|s| !s.is_empty()),
+            jwt_allow_any_issuer: cli.jwt_allow_any_issuer,
+            jwt_allow_any_audience: cli.jwt_allow_any_audience,
             jwt_leeway: cli.jwt_leeway,
             allowed_origins: cli.allowed_origin,
             require_origin: cli.require_origin,
@@ -251,7 +270,10 @@ impl Config {
             max_connections_per_ip: cli.max_connections_per_ip,
             ipv6_limit_prefix: cli.ipv6_limit_prefix,
             max_connect_rate: cli.max_connect_rate,
+            memory_max_streams: cli.memory_max_streams,
+            memory_max_history_bytes: cli.memory_max_history_bytes,
             max_subscriptions: cli.max_subscriptions,
+            subscribe_rate: cli.subscribe_rate,
             publish_rate: cli.publish_rate,
             presence_ttl: cli.presence_ttl,
             presence_event_rate: cli.presence_event_rate,
@@ -275,7 +297,10 @@ impl Config {
 
     /// True when client tokens are required.
     pub fn auth_enabled(&self) -> bool {
-        self.jwt_secret.is_some() || self.jwt_secret_file.is_some() || self.jwt_public_key.is_some()
+        self.jwt_secret.is_some()
+            || self.jwt_secret_file.is_some()
+            || !self.jwt_public_key.is_empty()
+            || self.jwt_jwks_url.is_some()
     }
 
     /// Checks values that parse but cannot work together.
@@ -318,6 +343,12 @@ impl Config {
             ("outbound_queue_bytes", self.outbound_queue_bytes, 1024),
             ("outbound_queue_messages", self.outbound_queue_messages, 16),
             ("max_subscriptions", self.max_subscriptions, 1),
+            ("memory_max_streams", self.memory_max_streams, 1),
+            (
+                "memory_max_history_bytes",
+                self.memory_max_history_bytes,
+                64 * 1024,
+            ),
             ("max_connections", self.max_connections, 1),
             ("max_api_requests", self.max_api_requests, 1),
             ("max_pending_connections", self.max_pending_connections, 1),
@@ -379,15 +410,10 @@ impl Config {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(invalid("tls_cert", "--tls-cert and --tls-key go together".into()));
         }
-        let jwt_keys = [
-            self.jwt_secret.is_some(),
-            self.jwt_secret_file.is_some(),
-            self.jwt_public_key.is_some(),
-        ];
-        if jwt_keys.iter().filter(|set| **set).count() > 1 {
+        if self.jwt_secret.is_some() && self.jwt_secret_file.is_some() {
             return Err(invalid(
                 "jwt_secret",
-                "give one of --jwt-secret, --jwt-secret-file, --jwt-public-key".into(),
+                "give --jwt-secret or --jwt-secret-file, not both".into(),
             ));
         }
         if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 32) {
@@ -396,11 +422,36 @@ impl Config {
                 "must be at least 32 bytes (256 bits) for HS256".into(),
             ));
         }
+        if self.auth_enabled() {
+            if self.jwt_audience.is_none() && !self.jwt_allow_any_audience {
+                return Err(invalid(
+                    "jwt_audience",
+                    "token authentication needs --jwt-audience (the `aud` this gateway's tokens carry), \
+                     or --jwt-allow-any-audience: otherwise a token the same identity provider issued \
+                     for another application opens this one's channels"
+                        .into(),
+                ));
+            }
+            if self.jwt_issuer.is_none() && !self.jwt_allow_any_issuer {
+                return Err(invalid(
+                    "jwt_issuer",
+                    "token authentication needs --jwt-issuer (the `iss` of accepted tokens), or \
+                     --jwt-allow-any-issuer"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(url) = &self.jwt_jwks_url {
+            values::parse_fetch_url(url).map_err(|m| invalid("jwt_jwks_url", m))?;
+        }
+        if self.jwt_jwks_refresh < Duration::from_secs(1) {
+            return Err(invalid("jwt_jwks_refresh", "must be at least 1s".into()));
+        }
         if self.production {
             let missing: Vec<&str> = [
                 (
                     !self.auth_enabled(),
-                    "token authentication (--jwt-secret, --jwt-secret-file or --jwt-public-key)",
+                    "token authentication (--jwt-secret, --jwt-secret-file, --jwt-public-key or --jwt-jwks-url)",
                 ),
                 (
                     self.api_keys.is_empty(),
@@ -444,10 +495,10 @@ impl Config {
             &self.tls_cert,
             &self.tls_key,
             &self.jwt_secret_file,
-            &self.jwt_public_key,
         ]
         .into_iter()
         .flatten()
+        .chain(&self.jwt_public_key)
         {
             if let Err(e) = std::fs::metadata(file) {
                 return Err(invalid("file", format!("cannot read {}: {e}", file.display())));
@@ -517,6 +568,8 @@ mod tests {
             path,
             "--jwt-secret",
             "0123456789abcdef0123456789abcdef",
+            "--jwt-allow-any-audience",
+            "--jwt-allow-any-issuer",
         ])
         .unwrap();
         assert_eq!(
@@ -552,6 +605,10 @@ mod tests {
             "--production",
             "--jwt-secret",
             "0123456789abcdef0123456789abcdef",
+            "--jwt-audience",
+            "chat-app",
+            "--jwt-issuer",
+            "https://idp.example",
             "--api-key",
             "k",
             "--allowed-origin",
@@ -573,15 +630,55 @@ mod tests {
     #[test]
     fn token_authentication_without_an_api_key_refuses_to_start_unless_opted_out() {
         let secret = "0123456789abcdef0123456789abcdef";
-        let refused = load(&["--jwt-secret", secret]).expect_err("an open API under auth is refused");
+        let any = ["--jwt-allow-any-audience", "--jwt-allow-any-issuer"];
+        let with = |extra: &[&'static str]| [&["--jwt-secret", secret][..], &any, extra].concat();
+        let refused = load(&with(&[])).expect_err("an open API under auth is refused");
         assert!(refused.to_string().contains("--api-key"), "{refused}");
-        assert!(load(&["--jwt-secret", secret, "--api-key", "k"]).is_ok());
-        let open = load(&["--jwt-secret", secret, "--allow-open-api"]).expect("opted out");
+        assert!(load(&with(&["--api-key", "k"])).is_ok());
+        let open = load(&with(&["--allow-open-api"])).expect("opted out");
         assert!(open.allow_open_api && open.api_keys.is_empty());
         assert!(
             load(&[]).is_ok(),
             "without auth the API may stay open (a warning is logged)"
         );
+    }
+
+    #[test]
+    fn token_authentication_requires_an_audience_and_issuer_unless_opted_out() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let base = ["--jwt-secret", secret, "--api-key", "k"];
+        let with = |extra: &[&str]| load(&[&base[..], extra].concat()).map_err(|e| e.to_string());
+        assert!(with(&[]).unwrap_err().contains("--jwt-audience"));
+        assert!(
+            with(&["--jwt-audience", "app"])
+                .unwrap_err()
+                .contains("--jwt-issuer")
+        );
+        assert!(with(&["--jwt-audience", "app", "--jwt-issuer", "https://idp"]).is_ok());
+        assert!(with(&["--jwt-allow-any-audience", "--jwt-allow-any-issuer"]).is_ok());
+        // A JWKS URL turns authentication on as well, and is checked.
+        let jwks = |url: &str| {
+            load(&[
+                "--jwt-jwks-url",
+                url,
+                "--api-key",
+                "k",
+                "--jwt-allow-any-audience",
+                "--jwt-allow-any-issuer",
+            ])
+        };
+        assert!(jwks("https://idp.example/jwks.json").is_ok_and(|c| c.auth_enabled()));
+        assert!(jwks("ftp://idp.example/jwks.json").is_err());
+        let max = with(&[
+            "--jwt-audience",
+            "a",
+            "--jwt-issuer",
+            "i",
+            "--jwt-max-lifetime",
+            "1h",
+        ])
+        .unwrap();
+        assert_eq!(max.jwt_max_lifetime, Duration::from_secs(3600));
     }
 
     #[test]
@@ -643,8 +740,8 @@ mod tests {
         assert!(message(&["--max-message-size", "12XB"]).contains("max-message-size"));
         assert!(message(&["--tls-cert", "/nonexistent.pem"]).contains("tls"));
         assert!(message(&["--jwt-secret", "short"]).contains("32 bytes"));
-        let both = message(&["--jwt-secret", &"s".repeat(32), "--jwt-public-key", "/k.pem"]);
-        assert!(both.contains("one of"), "{both}");
+        let both = message(&["--jwt-secret", &"s".repeat(32), "--jwt-secret-file", "/k"]);
+        assert!(both.contains("not both"), "{both}");
         assert!(message(&["--allowed-origin", "not an origin"]).contains("allowed_origin"));
         assert!(message(&["--proxy-protocol"]).contains("trusted-proxy"));
         assert!(message(&["--trusted-proxy", "x.y"]).contains("trusted_proxy"));
@@ -665,6 +762,8 @@ mod tests {
             "redis://:s3cret@localhost:6380/2",
             "--jwt-secret",
             secret,
+            "--jwt-allow-any-audience",
+            "--jwt-allow-any-issuer",
         ])
         .unwrap();
         let text = config.to_toml();

@@ -3,6 +3,16 @@
 
 use std::time::Duration;
 
+/// Checks a web address the node fetches (the JWKS): `http://` or
+/// `https://` with a host.
+pub fn parse_fetch_url(text: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = text.parse().map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(uri),
+        _ => Err(format!("{text:?} must be an http:// or https:// URL")),
+    }
+}
+
 /// Parses `25s`, `500ms`, `1m 30s` (humantime) or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();

@@ -35,7 +35,12 @@ pub async fn history(node: Arc<Node>, request: Request<Incoming>) -> Response<Bo
             .history(&channel, Some(since), query.limit)
             .await
             .map_err(Failure::from)?;
-        let same_epoch = query.epoch.as_deref().is_none_or(|e| e == &*history.epoch);
+        // An empty epoch at 0 is a channel that had no stream: its first
+        // stream continues it.
+        let same_epoch = query
+            .epoch
+            .as_deref()
+            .is_none_or(|e| e == &*history.epoch || (e == broker_adapter::NO_STREAM && since == 0));
         let publications = if same_epoch {
             history.publications
         } else {

@@ -74,6 +74,11 @@ impl From<HubError> for Failure {
                 error.public_message(),
             ),
             HubError::NotAvailable(_) => Failure(StatusCode::BAD_REQUEST, "not_available", error.to_string()),
+            HubError::LimitExceeded(_) => Failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "limit_exceeded",
+                error.public_message(),
+            ),
         }
     }
 }

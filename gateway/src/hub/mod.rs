@@ -62,6 +62,10 @@ pub enum HubError {
     /// The channel's namespace does not offer this (presence).
     #[error("{0}")]
     NotAvailable(String),
+    /// A bound on what the node keeps (the embedded broker's stream limit)
+    /// refused a publication into a new channel; nothing was done.
+    #[error("{0}")]
+    LimitExceeded(String),
 }
 
 impl HubError {
@@ -79,6 +83,9 @@ impl HubError {
                 "internal error (the node's log has the details)".into()
             }
             HubError::TooLarge { .. } | HubError::NotAvailable(_) => self.to_string(),
+            HubError::LimitExceeded(_) => {
+                "the node holds as many channel streams as it may; retry later".into()
+            }
         }
     }
 }
@@ -90,6 +97,7 @@ impl From<BrokerError> for HubError {
                 HubError::Unavailable(error.to_string())
             }
             BrokerError::Internal(_) => HubError::Internal(error.to_string()),
+            BrokerError::LimitExceeded(_) => HubError::LimitExceeded(error.to_string()),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! client is told `recovered: false` and resyncs from its backend. A partial
 //! replay would leave a hole the client cannot see.
 
-use broker_adapter::History;
+use broker_adapter::{History, NO_STREAM};
 use pubsub_proto::{Publication, StreamPosition};
 
 use super::channels::Joined;
@@ -33,10 +33,18 @@ pub enum Need {
     History { since: u64, limit: usize },
 }
 
+/// Whether the client's position is in the stream the node joined at: the
+/// same epoch, or a position on a channel that had no stream yet
+/// ([`NO_STREAM`], 0), which any first stream continues (its offsets start
+/// at 1).
+fn continued(since: &StreamPosition, joined: &Joined) -> bool {
+    *since.epoch == *joined.epoch || (since.epoch == NO_STREAM && since.offset == 0)
+}
+
 /// Whether the plan needs a history read.
 pub fn need(joined: &Joined, since: Option<&StreamPosition>, history_size: usize) -> Need {
     match since {
-        Some(s) if *s.epoch == *joined.epoch && s.offset < joined.offset => {
+        Some(s) if continued(s, joined) && s.offset < joined.offset => {
             let missed = joined.offset - s.offset;
             if missed > history_size as u64 {
                 // More than history keeps: cannot be complete.
@@ -72,7 +80,7 @@ pub fn plan(joined: &Joined, since: Option<StreamPosition>, history: Option<Hist
             floor: joined.offset,
         };
     };
-    if *since.epoch != *joined.epoch {
+    if !continued(&since, joined) {
         return not_recovered(at_join);
     }
     if since.offset >= joined.offset {
@@ -191,6 +199,27 @@ mod tests {
         // More missed than history keeps: no read, not recovered.
         assert_eq!(need(&j, Some(&since("e", 5)), 10), Need::Nothing);
         assert_eq!(plan(&j, Some(since("e", 5)), None).recovered, Some(false));
+    }
+
+    #[test]
+    fn a_position_before_any_stream_is_continued_by_the_first() {
+        // The client subscribed when the channel had no stream; three were
+        // published while it was away.
+        let j = joined("first", 3);
+        let s = since(NO_STREAM, 0);
+        assert_eq!(need(&j, Some(&s), 100), Need::History { since: 0, limit: 3 });
+        let plan = plan(&j, Some(s), Some(history("first", 1..=3)));
+        assert_eq!((plan.recovered, offsets(&plan)), (Some(true), vec![1, 2, 3]));
+        assert_eq!(plan.position, since("first", 3));
+        // Still no stream: nothing to replay.
+        let none = super::plan(&joined(NO_STREAM, 0), Some(since(NO_STREAM, 0)), None);
+        assert_eq!((none.recovered, none.replay.len()), (Some(true), 0));
+        // A client that knew a stream the channel no longer has is not.
+        let gone = super::plan(&joined(NO_STREAM, 0), Some(since("old", 4)), None);
+        assert_eq!(gone.recovered, Some(false));
+        // An empty epoch with an offset is no position at all.
+        let bogus = super::plan(&joined("first", 3), Some(since(NO_STREAM, 2)), None);
+        assert_eq!(bogus.recovered, Some(false));
     }
 
     #[test]

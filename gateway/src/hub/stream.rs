@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::mem;
 use std::sync::Arc;
 
-use broker_adapter::{BrokerError, History};
+use broker_adapter::{BrokerError, History, NO_STREAM};
 use pubsub_proto::Publication;
 
 /// Publications held while waiting for a position or a repair, at most,
@@ -138,6 +138,7 @@ impl Stream {
                 Arrival::Held
             }
             Stream::Live { epoch, last } => {
+                adopt_first_stream(epoch, *last, &publication);
                 let (same_epoch, offset) = (
                     publication.epoch.as_deref() == Some(&**epoch),
                     offset_of(&publication),
@@ -233,6 +234,11 @@ impl Stream {
         };
         let mut out = Vec::new();
         if let Ok(history) = history {
+            if epoch.is_empty() && last == 0 {
+                // The channel had no stream when this node last knew it:
+                // the one it has now continues from 0.
+                epoch = history.epoch.clone();
+            }
             if history.epoch != epoch {
                 // The sequence restarted: whatever came after `last` in the
                 // old epoch is gone. Continue in the new one.
@@ -268,6 +274,18 @@ impl Stream {
     }
 }
 
+/// A position of ([`NO_STREAM`], 0) is continued by whatever stream the
+/// channel gets first: its offsets start at 1, so nothing is missed before
+/// them. Takes that stream's epoch.
+fn adopt_first_stream(epoch: &mut Arc<str>, last: u64, publication: &Publication) {
+    if &**epoch == NO_STREAM
+        && last == 0
+        && let Some(first) = &publication.epoch
+    {
+        *epoch = first.clone();
+    }
+}
+
 fn offset_of(publication: &Publication) -> u64 {
     publication.offset.unwrap_or(0)
 }
@@ -275,6 +293,7 @@ fn offset_of(publication: &Publication) -> u64 {
 /// Moves a live stream past one publication: duplicates are dropped, a hole
 /// or a new epoch is announced with a gap notice, the publication delivered.
 fn advance(epoch: &mut Arc<str>, last: &mut u64, publication: Publication, out: &mut Vec<Output>) {
+    adopt_first_stream(epoch, *last, &publication);
     let offset = offset_of(&publication);
     match publication.epoch.as_deref() {
         Some(e) if e == &**epoch => {
@@ -432,6 +451,41 @@ mod tests {
         assert_eq!(gaps(&out), [("new".to_string(), 0)]);
         assert_eq!(pubs(&out), [1]);
         assert_eq!(s.position(), Some((Arc::from("new"), 1)));
+    }
+
+    #[test]
+    fn a_channel_without_a_stream_is_continued_by_its_first_stream() {
+        // Live on a channel nothing was published on: the first stream
+        // continues it without a gap notice.
+        let mut s = live(NO_STREAM, 0);
+        let Arrival::Deliver(out) = s.arrive(p("first", 1)) else {
+            panic!("delivers")
+        };
+        assert_eq!((pubs(&out), gaps(&out)), (vec![1], vec![]));
+        assert_eq!(s.position(), Some((Arc::from("first"), 1)));
+
+        // Its first publications were missed: repaired from history at 0.
+        let mut s = live(NO_STREAM, 0);
+        assert_eq!(s.arrive(p("first", 3)), Arrival::NeedsRepair);
+        let out = s.repaired(Ok(history("first", 3, &[1, 2, 3])));
+        assert_eq!((pubs(&out), gaps(&out)), (vec![1, 2, 3], vec![]));
+
+        // A catch-up read finds the stream that started meanwhile.
+        let mut s = live(NO_STREAM, 0);
+        s.start_repair();
+        let out = s.repaired(Ok(history("first", 2, &[1, 2])));
+        assert_eq!((pubs(&out), gaps(&out)), (vec![1, 2], vec![]));
+
+        // The stream expired while this node followed it: announced, and
+        // the next stream continues that.
+        let mut s = live("e", 5);
+        s.start_repair();
+        let out = s.repaired(Ok(history(NO_STREAM, 0, &[])));
+        assert_eq!(gaps(&out), [(NO_STREAM.to_string(), 0)]);
+        let Arrival::Deliver(out) = s.arrive(p("next", 1)) else {
+            panic!("delivers")
+        };
+        assert_eq!((pubs(&out), gaps(&out)), (vec![1], vec![]));
     }
 
     #[test]

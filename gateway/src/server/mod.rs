@@ -108,6 +108,15 @@ impl Gateway {
         }
     }
 
+    /// Reads the token keys again (SIGHUP): the secret and public key
+    /// files, and a JWKS fetch. Returns how many file keys are in use.
+    pub fn reload_auth(&self) -> Result<usize, String> {
+        match &self.node.security.auth {
+            Some(auth) => auth.reload(),
+            None => Err("token authentication is not configured".into()),
+        }
+    }
+
     /// The node's shared state.
     pub fn node(&self) -> &Arc<Node> {
         &self.node

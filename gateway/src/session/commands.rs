@@ -223,6 +223,20 @@ impl Session {
             ));
             return Step::Continue;
         }
+        if let Some(bucket) = self.subscribes.as_mut()
+            && !bucket.try_take()
+        {
+            self.node.metrics.reject("subscribe_rate");
+            self.reply(ServerMessage::error(
+                id,
+                ErrorCode::RateLimited,
+                format!(
+                    "at most {} subscribes per second per connection; retry shortly",
+                    self.node.config.subscribe_rate
+                ),
+            ));
+            return Step::Continue;
+        }
         let namespace = self.node.config.namespaces.of(&channel);
         if let Err(message) = access::may_subscribe(
             self.node.security.auth.is_some(),

@@ -137,6 +137,8 @@ pub struct Session {
     throttle: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Publish rate (`--publish-rate`).
     publishes: Option<Box<PublishLimit>>,
+    /// Subscribe rate (`--subscribe-rate`, bursts of `--max-subscriptions`).
+    subscribes: Option<TokenBucket>,
     /// The admission place; given back when the session ends.
     _ticket: Ticket,
 }
@@ -186,6 +188,8 @@ impl Session {
                 since: Instant::now(),
             })
         });
+        let subscribes = (config.subscribe_rate > 0)
+            .then(|| TokenBucket::with_burst(config.subscribe_rate, config.max_subscriptions));
         let mut session = Session {
             node,
             peer,
@@ -197,6 +201,7 @@ impl Session {
             frames,
             throttle: None,
             publishes,
+            subscribes,
             _ticket: ticket,
         };
         session.auth_timer = session.next_auth_timer();
@@ -350,5 +355,6 @@ fn error_code(error: &HubError) -> ErrorCode {
         HubError::Unavailable(_) => ErrorCode::Unavailable,
         HubError::Internal(_) => ErrorCode::Internal,
         HubError::NotAvailable(_) => ErrorCode::NotAvailable,
+        HubError::LimitExceeded(_) => ErrorCode::LimitExceeded,
     }
 }

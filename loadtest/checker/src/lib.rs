@@ -217,7 +217,9 @@ fn check_stream(
                     continue;
                 }
                 if let Some((epoch, last)) = &at {
-                    let same_epoch = *epoch == position.0;
+                    // A position on a channel without a stream (empty
+                    // epoch, offset 0) is continued by its first stream.
+                    let same_epoch = *epoch == position.0 || (epoch.is_empty() && *last == 0);
                     if same_epoch && position.1 <= *last {
                         report.out_of_order += 1;
                     } else if !same_epoch || position.1 > *last + 1 {
@@ -399,6 +401,23 @@ mod tests {
         let report = check(&events, &acked("e", 1..=4));
         assert!(report.is_complete(), "{report}");
         assert_eq!((report.delivered, report.resubscribes), (4, 1));
+    }
+
+    #[test]
+    fn a_subscription_before_any_stream_is_continued_by_the_first() {
+        let events = vec![
+            Event::Subscribed {
+                position: pos("", 0),
+                recovered: None,
+            },
+            message("e", 1),
+            message("e", 2),
+        ];
+        let report = check(&events, &acked("e", 1..=2));
+        assert!(report.is_complete(), "{report}");
+        // Its first publication missed is still a hole.
+        let holed = check(&[events[0].clone(), message("e", 2)], &acked("e", 1..=2));
+        assert_eq!(holed.silent_holes, 1, "{holed}");
     }
 
     #[test]

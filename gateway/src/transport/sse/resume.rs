@@ -107,13 +107,17 @@ fn parse_position(part: &str) -> Result<Option<StreamPosition>, String> {
     let (epoch, offset) = part.rsplit_once(':').ok_or_else(bad)?;
     let offset = offset.parse::<u64>().map_err(|_| bad())?;
     // Epochs are short and alphanumeric; anything else did not come from us
-    // (and must not reach a broker key or a reply unchecked).
-    if epoch.is_empty()
-        || epoch.len() > 64
-        || !epoch
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    // (and must not reach a broker key or a reply unchecked). The empty
+    // epoch is a channel without a stream yet, always at offset 0.
+    let valid = if epoch.is_empty() {
+        offset == 0
+    } else {
+        epoch.len() <= 64
+            && epoch
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !valid {
         return Err(bad());
     }
     Ok(Some(StreamPosition {
@@ -161,5 +165,7 @@ mod tests {
         assert!(Positions::resume(two(), "e1:1;:3").is_err());
         assert!(Positions::resume(names(&["a"]), &"x".repeat(MAX_ID_LEN + 1)).is_err());
         assert!(Positions::resume(two(), "e1:1; - ").is_ok());
+        // A channel without a stream yet: the empty epoch, at 0 only.
+        assert!(Positions::resume(two(), "e1:1;:0").is_ok());
     }
 }
