@@ -37,6 +37,7 @@ mod limits;
 pub mod logging;
 pub mod metrics;
 mod node;
+mod openapi;
 mod origin;
 mod outbox;
 mod peer;

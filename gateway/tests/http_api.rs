@@ -578,3 +578,20 @@ async fn a_broadcast_names_at_most_1000_channels() {
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(answer.json()["results"].as_array().map(Vec::len), Some(1000));
 }
+
+#[tokio::test]
+async fn the_openapi_document_is_served_without_an_api_key() {
+    let mut config = test_config();
+    config.api_keys = vec!["k".into()];
+    let gw = start(config).await;
+    let answer = get(gw.local_addr(), "/api/openapi.json").await;
+    assert_eq!(answer.status, 200);
+    let document = answer.json();
+    assert_eq!(document["openapi"], "3.1.0");
+    assert!(document["paths"]["/api/publish"]["post"].is_object());
+    // The rest of the API still wants the key.
+    assert_eq!(
+        get(gw.local_addr(), "/api/history?channel=news").await.status,
+        401
+    );
+}

@@ -12,7 +12,25 @@ use hyper::body::Incoming;
 use crate::node::Node;
 use crate::response::{Body, error_response, retry_later};
 use crate::transport::{sse, websocket};
-use crate::{demo, http_api, probes};
+use crate::{demo, http_api, openapi, probes};
+
+/// Every path the node serves (besides `/demo` with `--demo`) and its
+/// method; GET paths answer HEAD too. `docs/openapi.yaml` documents exactly
+/// these (a test compares the two).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("/ws", "GET"),
+    ("/sse", "GET"),
+    ("/healthz", "GET"),
+    ("/readyz", "GET"),
+    ("/metrics", "GET"),
+    ("/api/openapi.json", "GET"),
+    ("/api/history", "GET"),
+    ("/api/presence", "GET"),
+    ("/api/presence/stats", "GET"),
+    ("/api/publish", "POST"),
+    ("/api/broadcast", "POST"),
+    ("/api/batch", "POST"),
+];
 
 /// Which listener a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,18 +63,11 @@ pub(super) async fn route(
         );
     }
     let demo = node.config.demo && (path == "/demo" || path.starts_with("/demo/"));
-    let allowed: &'static str = match path {
-        "/ws"
-        | "/sse"
-        | "/healthz"
-        | "/readyz"
-        | "/metrics"
-        | "/api/history"
-        | "/api/presence"
-        | "/api/presence/stats" => "GET",
-        _ if demo => "GET",
-        "/api/publish" | "/api/broadcast" | "/api/batch" => "POST",
-        _ => {
+    let route = ROUTES.iter().find(|(p, _)| *p == path).map(|(_, method)| *method);
+    let allowed: &'static str = match route {
+        Some(method) => method,
+        None if demo => "GET",
+        None => {
             return error_response(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -107,7 +118,53 @@ pub(super) async fn route(
         "/api/presence" => http_api::presence(node, request).await,
         "/api/presence/stats" => http_api::presence_stats(node, request).await,
         "/api/batch" => http_api::batch(node, request).await,
-        _ if demo => demo::serve(path),
-        _ => http_api::broadcast(node, request).await,
+        "/api/broadcast" => http_api::broadcast(node, request).await,
+        "/api/openapi.json" => openapi::serve(),
+        _ => demo::serve(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::ROUTES;
+
+    /// The OpenAPI document names exactly the routes the router serves,
+    /// each with its method (and HEAD beside every GET).
+    #[test]
+    fn the_openapi_document_and_the_router_name_the_same_endpoints() {
+        let document: serde_json::Value =
+            serde_json::from_str(crate::openapi::DOCUMENT).expect("the document is JSON");
+        assert_eq!(document["openapi"].as_str().map(|v| &v[..3]), Some("3.1"));
+        let methods = ["get", "head", "post", "put", "patch", "delete", "options"];
+        let documented: BTreeSet<(String, String)> = document["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, item)| {
+                methods
+                    .iter()
+                    .filter(|m| item.get(**m).is_some())
+                    .map(|m| (path.clone(), m.to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let served: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .flat_map(|(path, method)| {
+                let mut both = vec![(path.to_string(), method.to_lowercase())];
+                if *method == "GET" {
+                    both.push((path.to_string(), "head".to_string()));
+                }
+                both
+            })
+            .collect();
+        let undocumented: Vec<_> = served.difference(&documented).collect();
+        let unserved: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            undocumented.is_empty() && unserved.is_empty(),
+            "served but not documented: {undocumented:?}; documented but not served: {unserved:?}"
+        );
     }
 }
