@@ -64,9 +64,24 @@ pub trait Broker: Send + Sync + 'static {
         options: StreamOptions,
     ) -> BoxFuture<'_, Result<Published, BrokerError>>;
 
+    /// Publishes like [`Broker::publish`] unless a publication with the
+    /// same `once.key` was made on `channel` within `once.window`: then
+    /// nothing is published and the first one's position is returned, as
+    /// [`Once::Duplicate`]. The check and the publication are one atomic
+    /// step on the channel's shard, so racing retries on several nodes
+    /// publish once.
+    fn publish_once(
+        &self,
+        channel: ChannelName,
+        data: Bytes,
+        options: StreamOptions,
+        once: Idempotency,
+    ) -> BoxFuture<'_, Result<Once, BrokerError>>;
+
     /// The channel's current position and, with `since`, the publications
     /// after offset `since` still in its history (oldest first, at most
-    /// `limit`). A channel without a stream gets one (a new epoch, offset 0).
+    /// `limit`). A channel without a stream reports ([`NO_STREAM`], 0) and
+    /// is not given one: reads create nothing.
     fn history<'a>(
         &'a self,
         channel: &'a ChannelName,
@@ -288,6 +303,59 @@ impl Health {
 pub struct Published {
     pub offset: u64,
     pub epoch: Arc<str>,
+}
+
+/// A publication's idempotency key and how long it is remembered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    /// 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] bytes of `A-Z a-z 0-9 _ - . :`
+    /// ([`validate_idempotency_key`]).
+    pub key: String,
+    pub window: Duration,
+}
+
+/// Longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+/// Checks an idempotency key: 1 to 128 bytes of `A-Z a-z 0-9 _ - . :`
+/// (it becomes part of a Redis key name).
+pub fn validate_idempotency_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(format!(
+            "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"
+        ));
+    }
+    match key
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+    {
+        Some(c) => Err(format!(
+            "idempotency_key contains {c:?}; allowed are A-Z a-z 0-9 _ - . :"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// What an idempotent publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Once {
+    /// Published now, at this position.
+    Published(Published),
+    /// Published before with the same key: this is where it went; nothing
+    /// was published now.
+    Duplicate(Published),
+}
+
+impl Once {
+    pub fn position(&self) -> &Published {
+        match self {
+            Once::Published(p) | Once::Duplicate(p) => p,
+        }
+    }
+
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Once::Duplicate(_))
+    }
 }
 
 /// The epoch reported for a channel that has no stream: nothing was ever

@@ -27,8 +27,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::{
-    BoxFuture, Broker, BrokerError, Health, History, Listener, ListenerSlot, NO_STREAM, PresenceBatch,
-    PresenceStats, Published, StreamOptions, new_epoch,
+    BoxFuture, Broker, BrokerError, Health, History, Idempotency, Listener, ListenerSlot, NO_STREAM, Once,
+    PresenceBatch, PresenceStats, Published, StreamOptions, new_epoch,
 };
 use presence::PresenceTable;
 use pubsub_proto::Member;
@@ -80,6 +80,10 @@ struct Channel {
     undelivered: VecDeque<Publication>,
     /// Some publisher is handing `undelivered` to the listener.
     delivering: bool,
+    /// Idempotency keys of recent publications, with where each went and
+    /// until when it is remembered; `once_order` holds them oldest first.
+    once: HashMap<Box<str>, (Published, Instant)>,
+    once_order: VecDeque<(Box<str>, Instant)>,
 }
 
 impl Channel {
@@ -93,6 +97,21 @@ impl Channel {
             subscribed: false,
             undelivered: VecDeque::new(),
             delivering: false,
+            once: HashMap::new(),
+            once_order: VecDeque::new(),
+        }
+    }
+
+    /// Forgets idempotency keys whose window has passed.
+    fn forget_expired_keys(&mut self, now: Instant) {
+        while let Some((key, until)) = self.once_order.front() {
+            if *until > now {
+                break;
+            }
+            if self.once.get(key).is_some_and(|(_, u)| u == until) {
+                self.once.remove(key);
+            }
+            self.once_order.pop_front();
         }
     }
 
@@ -144,6 +163,8 @@ impl Shard {
         };
         let had = entry.epoch.take().is_some();
         entry.offset = 0;
+        entry.once.clear();
+        entry.once_order.clear();
         for publication in entry.history.drain(..) {
             self.history_bytes -= publication.data.len();
             self.history_len -= 1;
@@ -298,35 +319,14 @@ impl MemoryBroker {
         self.inner.shards.iter().map(|s| s.lock().channels.len()).sum()
     }
 
-    /// Runs `read` on the channel's entry if it has one, after ending its
-    /// stream if that expired. Never creates an entry.
-    fn read_stream<T>(&self, channel: &ChannelName, read: impl FnOnce(Option<&mut Channel>) -> T) -> T {
-        let mut shard = self.inner.shard(channel.as_str()).lock();
-        if shard.channels.get(channel.as_str()).is_some_and(Channel::expired)
-            && shard.end_stream(channel.as_str())
-        {
-            self.inner.streams.fetch_sub(1, Ordering::Relaxed);
-        }
-        read(shard.channels.get_mut(channel.as_str()))
-    }
-}
-
-async fn sweep_loop(inner: Arc<Inner>, stop: Arc<Notify>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(SWEEP_INTERVAL) => inner.sweep(),
-            _ = stop.notified() => return,
-        }
-    }
-}
-
-impl Broker for MemoryBroker {
-    fn publish(
+    /// Publishes, unless `once` names a key seen within its window.
+    fn publish_maybe_once(
         &self,
         channel: ChannelName,
         data: Bytes,
         options: StreamOptions,
-    ) -> BoxFuture<'_, Result<Published, BrokerError>> {
+        once: Option<Idempotency>,
+    ) -> Result<Once, BrokerError> {
         let inner = &self.inner;
         let mut guard = inner.shard(channel.as_str()).lock();
         let shard = &mut *guard;
@@ -341,14 +341,27 @@ impl Broker for MemoryBroker {
             .is_none_or(|c| c.epoch.is_none());
         if starts_stream {
             if inner.streams.load(Ordering::Relaxed) >= inner.limits.max_streams {
-                return Box::pin(async move {
-                    Err(BrokerError::LimitExceeded(format!(
-                        "the embedded broker holds {} channel streams, its limit",
-                        inner.limits.max_streams
-                    )))
-                });
+                return Err(BrokerError::LimitExceeded(format!(
+                    "the embedded broker holds {} channel streams, its limit",
+                    inner.limits.max_streams
+                )));
             }
             inner.streams.fetch_add(1, Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        if let Some(once) = &once
+            && let Some(stream) = shard.channels.get_mut(channel.as_str())
+        {
+            stream.forget_expired_keys(now);
+            if let Some((first, until)) = stream.once.get(once.key.as_str())
+                && *until > now
+            {
+                let first = first.clone();
+                if starts_stream {
+                    inner.streams.fetch_sub(1, Ordering::Relaxed);
+                }
+                return Ok(Once::Duplicate(first));
+            }
         }
         let stream = shard.channels.entry(channel.clone()).or_insert_with(Channel::new);
         let epoch = stream.epoch.get_or_insert_with(|| Arc::from(new_epoch())).clone();
@@ -381,6 +394,12 @@ impl Broker for MemoryBroker {
             offset: stream.offset,
             epoch,
         };
+        if let Some(once) = once {
+            let until = now + once.window;
+            let key: Box<str> = once.key.into();
+            stream.once.insert(key.clone(), (published.clone(), until));
+            stream.once_order.push_back((key, until));
+        }
         let mut deliver = None;
         if stream.subscribed {
             stream.undelivered.push_back(publication);
@@ -397,7 +416,51 @@ impl Broker for MemoryBroker {
             let channel = first.channel.clone();
             self.inner.deliver(&channel, batch);
         }
-        Box::pin(async move { Ok(published) })
+        Ok(Once::Published(published))
+    }
+
+    /// Runs `read` on the channel's entry if it has one, after ending its
+    /// stream if that expired. Never creates an entry.
+    fn read_stream<T>(&self, channel: &ChannelName, read: impl FnOnce(Option<&mut Channel>) -> T) -> T {
+        let mut shard = self.inner.shard(channel.as_str()).lock();
+        if shard.channels.get(channel.as_str()).is_some_and(Channel::expired)
+            && shard.end_stream(channel.as_str())
+        {
+            self.inner.streams.fetch_sub(1, Ordering::Relaxed);
+        }
+        read(shard.channels.get_mut(channel.as_str()))
+    }
+}
+
+async fn sweep_loop(inner: Arc<Inner>, stop: Arc<Notify>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP_INTERVAL) => inner.sweep(),
+            _ = stop.notified() => return,
+        }
+    }
+}
+
+impl Broker for MemoryBroker {
+    fn publish(
+        &self,
+        channel: ChannelName,
+        data: Bytes,
+        options: StreamOptions,
+    ) -> BoxFuture<'_, Result<Published, BrokerError>> {
+        let outcome = self.publish_maybe_once(channel, data, options, None);
+        Box::pin(async move { outcome.map(|once| once.position().clone()) })
+    }
+
+    fn publish_once(
+        &self,
+        channel: ChannelName,
+        data: Bytes,
+        options: StreamOptions,
+        once: Idempotency,
+    ) -> BoxFuture<'_, Result<Once, BrokerError>> {
+        let outcome = self.publish_maybe_once(channel, data, options, Some(once));
+        Box::pin(async move { outcome })
     }
 
     fn history<'a>(

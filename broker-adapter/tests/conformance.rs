@@ -39,6 +39,11 @@ macro_rules! suite {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn idempotent_publications_happen_once() {
+                conformance::idempotent_publications_happen_once(&subject().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn reads_and_subscribes_leave_no_state() {
                 conformance::reads_and_subscribes_leave_no_state(&subject().await).await;
             }

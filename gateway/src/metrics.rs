@@ -30,6 +30,8 @@ pub struct Metrics {
     pub channels: Gauge,
     /// Publications accepted from the HTTP API.
     pub published_api: Counter,
+    /// Idempotent publications answered from an earlier one (nothing sent).
+    pub publish_duplicates: Counter,
     /// Publications accepted from WebSocket clients.
     pub published_client: Counter,
     /// Publications written to client sockets.
@@ -170,6 +172,11 @@ impl Metrics {
                 "gateway_messages_published_total",
                 published,
                 vec![Label::new("source", "api")],
+            ),
+            publish_duplicates: counter(
+                "gateway_publish_duplicates_total",
+                "Publications with an idempotency_key already used on the channel within the window: answered with the first one's position, not published again.",
+                vec![],
             ),
             published_client: counter(
                 "gateway_messages_published_total",

@@ -595,3 +595,44 @@ async fn the_openapi_document_is_served_without_an_api_key() {
         401
     );
 }
+
+#[tokio::test]
+async fn an_idempotency_key_publishes_once_and_answers_every_retry_alike() {
+    let gw = start(test_config()).await;
+    let addr = gw.local_addr();
+    let mut subscriber = WsClient::connect(addr, None).await;
+    subscriber.subscribe("orders").await;
+    let body = json!({"channel":"orders","data":{"id":7},"idempotency_key":"order-7"});
+    let first = post_json(addr, "/api/publish", body.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert!(first.json().get("duplicate").is_none());
+    let again = post_json(addr, "/api/publish", body).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["duplicate"], true);
+    assert_eq!(position(&again.json()), position(&first.json()));
+    // Batch items and broadcasts take keys too (per channel).
+    let batch = json!({"publications":[
+        {"channel":"orders","data":{"id":7},"idempotency_key":"order-7"},
+        {"channel":"orders","data":{"id":8},"idempotency_key":"order-8"}
+    ]});
+    let answer = post_json(addr, "/api/batch", batch).await.json();
+    assert_eq!(answer["results"][0]["duplicate"], true, "{answer}");
+    assert_eq!(answer["results"][1]["offset"], 2, "{answer}");
+    // The subscriber got order 7 once, then order 8.
+    let got: Vec<u64> = [subscriber.recv_json().await, subscriber.recv_json().await]
+        .iter()
+        .map(|m| m["data"]["id"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(got, [7, 8]);
+    // Keys are checked.
+    let bad = post_json(
+        addr,
+        "/api/publish",
+        json!({"channel":"orders","data":1,"idempotency_key":"has space"}),
+    )
+    .await;
+    assert_eq!(
+        (bad.status.as_u16(), bad.json()["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+}

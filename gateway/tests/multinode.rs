@@ -571,3 +571,52 @@ async fn rediss_with_a_private_ca() {
         "{detail}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_retried_on_another_node_after_a_lost_reply_is_published_once() {
+    use tokio::io::AsyncWriteExt;
+    let redis = RedisServer::start();
+    let first = node(&redis.url(), "once-1").await;
+    let second = node(&redis.url(), "once-2").await;
+    let mut subscriber = WsClient::connect(second.addr, None).await;
+    subscriber.subscribe("payments").await;
+
+    // The backend sends its publish to node 1 and loses the connection
+    // before it reads the reply: it cannot know whether it was published.
+    let body = json!({"channel":"payments","data":{"id":1},"idempotency_key":"payment-1"}).to_string();
+    let mut socket = tokio::net::TcpStream::connect(first.addr).await.expect("connect");
+    let head = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.expect("write");
+    socket.write_all(body.as_bytes()).await.expect("write");
+    // It was published (the subscriber sees it); the reply is never read.
+    let delivered = subscriber.recv_json().await;
+    assert_eq!(delivered["data"]["id"], 1, "{delivered}");
+    drop(socket);
+
+    // The retry goes to node 2: not published again, same position.
+    let retry = post_json(
+        second.addr,
+        "/api/publish",
+        json!({"channel":"payments","data":{"id":1},"idempotency_key":"payment-1"}),
+    )
+    .await;
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(retry.json()["duplicate"], true);
+    assert_eq!(position(&retry.json()), position(&delivered));
+    // The next message the subscriber gets is the next publication.
+    let next = post_json(
+        second.addr,
+        "/api/publish",
+        json!({"channel":"payments","data":{"id":2}}),
+    )
+    .await;
+    assert_eq!(next.status, 200);
+    let got = subscriber.recv_json().await;
+    assert_eq!(
+        got["data"]["id"], 2,
+        "exactly one publication of id 1 arrived: {got}"
+    );
+}

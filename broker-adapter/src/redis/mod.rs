@@ -41,8 +41,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::{
-    BoxFuture, Broker, BrokerError, BrokerMetrics, Health, History, Listener, ListenerSlot, PresenceBatch,
-    PresenceStats, Published, StreamOptions,
+    BoxFuture, Broker, BrokerError, BrokerMetrics, Health, History, Idempotency, Listener, ListenerSlot,
+    Once, PresenceBatch, PresenceStats, Published, StreamOptions,
 };
 use names::Names;
 pub use names::validate_prefix;
@@ -241,6 +241,35 @@ impl RedisBroker {
     }
 }
 
+impl RedisBroker {
+    async fn publish_maybe_once(
+        &self,
+        channel: ChannelName,
+        data: Bytes,
+        options: StreamOptions,
+        once: Option<Idempotency>,
+    ) -> Result<Once, BrokerError> {
+        let shared = &self.shared;
+        let redis_channel = shared.names.channel(channel.as_str());
+        let connection = shared.route.connection_for(&redis_channel)?;
+        let (meta, stream) = shared.names.stream_keys(channel.as_str());
+        let once_key = once
+            .as_ref()
+            .map(|o| (shared.names.once_key(channel.as_str(), &o.key), o.window));
+        let payload = envelope::encode(&Publication::new(channel, data), &shared.config.node_id, now_us());
+        streams::publish(
+            &shared.scripts,
+            connection,
+            (&meta, &stream),
+            (&redis_channel, shared.route.publish_command()),
+            payload,
+            options,
+            once_key.as_ref().map(|(k, w)| (k.as_str(), *w)),
+        )
+        .await
+    }
+}
+
 impl Broker for RedisBroker {
     fn publish(
         &self,
@@ -248,23 +277,20 @@ impl Broker for RedisBroker {
         data: Bytes,
         options: StreamOptions,
     ) -> BoxFuture<'_, Result<Published, BrokerError>> {
-        let shared = self.shared.clone();
         Box::pin(async move {
-            let redis_channel = shared.names.channel(channel.as_str());
-            let connection = shared.route.connection_for(&redis_channel)?;
-            let (meta, stream) = shared.names.stream_keys(channel.as_str());
-            let payload =
-                envelope::encode(&Publication::new(channel, data), &shared.config.node_id, now_us());
-            streams::publish(
-                &shared.scripts,
-                connection,
-                (&meta, &stream),
-                (&redis_channel, shared.route.publish_command()),
-                payload,
-                options,
-            )
-            .await
+            let once = self.publish_maybe_once(channel, data, options, None).await?;
+            Ok(once.position().clone())
         })
+    }
+
+    fn publish_once(
+        &self,
+        channel: ChannelName,
+        data: Bytes,
+        options: StreamOptions,
+        once: Idempotency,
+    ) -> BoxFuture<'_, Result<Once, BrokerError>> {
+        Box::pin(self.publish_maybe_once(channel, data, options, Some(once)))
     }
 
     fn history<'a>(

@@ -46,6 +46,12 @@ impl Names {
         )
     }
 
+    /// The key remembering an idempotent publication on a channel (the
+    /// channel's hash tag, so the publish script can touch it).
+    pub fn once_key(&self, channel: &str, key: &str) -> String {
+        format!("{}:{{{channel}}}:i:{key}", self.prefix)
+    }
+
     /// The keys of a channel's presence.
     pub fn presence_keys(&self, channel: &str) -> PresenceKeys {
         let base = format!("{}:{{{channel}}}:p", self.prefix);

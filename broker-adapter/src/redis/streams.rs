@@ -23,7 +23,7 @@ use pubsub_proto::{Publication, envelope};
 use redis::{Script, Value};
 
 use super::route::{Connection, PublishCommand};
-use crate::{BrokerError, History, Published, StreamOptions, new_epoch};
+use crate::{BrokerError, History, Once, Published, StreamOptions, new_epoch};
 
 /// Encodes a protobuf varint and the position fields (6: offset, 7: epoch)
 /// in Lua, so the script can append them to the envelope.
@@ -43,11 +43,21 @@ local function position(offset, epoch)
 end
 "#;
 
-/// KEYS: meta, stream. ARGV: pub/sub channel, envelope, history size,
-/// ttl seconds, epoch for a new stream, publish command (`PUBLISH`, or
+/// KEYS: meta, stream, and for an idempotent publish the key remembering
+/// it (same hash tag). ARGV: pub/sub channel, envelope, history size, ttl
+/// seconds, epoch for a new stream, publish command (`PUBLISH`, or
 /// `SPUBLISH` on a cluster: the channel shares the keys' hash tag, so it
-/// lives on their shard). Returns {offset, epoch}.
+/// lives on their shard), and with the third key how long it is kept (ms).
+/// Returns {offset, epoch, duplicate (0 or 1)}: a key seen before returns
+/// the position stored with it and publishes nothing.
 const PUBLISH: &str = r#"
+if KEYS[3] then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then
+    local split = string.find(seen, ':', 1, true)
+    return {tonumber(string.sub(seen, 1, split - 1)), string.sub(seen, split + 1), 1}
+  end
+end
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
   epoch = ARGV[5]
@@ -64,7 +74,10 @@ if size > 0 then
   redis.call('EXPIRE', KEYS[2], ttl)
 end
 redis.call(ARGV[6], ARGV[1], message)
-return {offset, epoch}
+if KEYS[3] then
+  redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', tonumber(ARGV[7]))
+end
+return {offset, epoch, 0}
 "#;
 
 /// KEYS: meta, stream. ARGV: since (-1: position only), limit. Returns
@@ -167,7 +180,9 @@ where
     }
 }
 
-/// Publishes `envelope` (without position) as the channel's next offset.
+/// Publishes `envelope` (without position) as the channel's next offset;
+/// with `once` (its key's name and window), only if that key was not seen
+/// within the window.
 pub(super) async fn publish(
     scripts: &Scripts,
     connection: Connection,
@@ -175,31 +190,41 @@ pub(super) async fn publish(
     (redis_channel, command): (&str, PublishCommand),
     envelope: Vec<u8>,
     options: StreamOptions,
-) -> Result<Published, BrokerError> {
+    once: Option<(&str, std::time::Duration)>,
+) -> Result<Once, BrokerError> {
     let epoch = new_epoch();
-    let (offset, epoch): (u64, String) = redirected(|| {
+    let (offset, epoch, duplicate): (u64, String, u8) = redirected(|| {
         let mut connection = connection.clone();
         let (envelope, epoch) = (&envelope, &epoch);
         async move {
-            scripts
-                .publish
-                .key(keys.0)
-                .key(keys.1)
+            let mut invocation = scripts.publish.key(keys.0);
+            invocation.key(keys.1);
+            if let Some((key, _)) = once {
+                invocation.key(key);
+            }
+            invocation
                 .arg(redis_channel)
                 .arg(&envelope[..])
                 .arg(options.history_size)
                 .arg(ttl_seconds(options))
                 .arg(epoch)
-                .arg(command.name())
-                .invoke_async(&mut connection)
-                .await
+                .arg(command.name());
+            if let Some((_, window)) = once {
+                invocation.arg(window.as_millis().max(1) as u64);
+            }
+            invocation.invoke_async(&mut connection).await
         }
     })
     .await
     .map_err(super::classify)?;
-    Ok(Published {
+    let published = Published {
         offset,
         epoch: Arc::from(epoch),
+    };
+    Ok(if duplicate == 1 {
+        Once::Duplicate(published)
+    } else {
+        Once::Published(published)
     })
 }
 

@@ -39,8 +39,8 @@ use super::server::RedisServer;
 use crate::memory::MemoryBroker;
 use crate::redis::{RedisConfig, RedisTarget};
 use crate::{
-    Broker, BrokerConfig, BrokerError, BrokerEvent, BrokerMetrics, Listener, NO_STREAM, PresenceEvent,
-    StreamOptions,
+    Broker, BrokerConfig, BrokerError, BrokerEvent, BrokerMetrics, Idempotency, Listener, NO_STREAM, Once,
+    PresenceEvent, StreamOptions,
 };
 
 /// How long a check waits for something that should happen.
@@ -453,6 +453,119 @@ pub async fn new_streams_start_at_zero_and_history_can_be_off(subject: &Subject)
         (2, 0),
         "history_size 0 keeps none"
     );
+}
+
+/// A publication repeated with the same idempotency key is published once:
+/// racing repeats from two nodes included, each answered with the first
+/// one's position; another key, or another channel, publishes again.
+pub async fn idempotent_publications_happen_once(subject: &Subject) {
+    let broker = &subject.broker;
+    let ch = channel("once:orders");
+    broker
+        .subscribe(std::slice::from_ref(&ch))
+        .await
+        .expect("subscribed");
+    let once = |key: &str| Idempotency {
+        key: key.into(),
+        window: Duration::from_secs(60),
+    };
+    let first = broker
+        .publish_once(
+            ch.clone(),
+            Bytes::from_static(b"order-1"),
+            options(10),
+            once("k-1"),
+        )
+        .await
+        .expect("published");
+    assert!(!first.is_duplicate());
+    let again = broker
+        .publish_once(
+            ch.clone(),
+            Bytes::from_static(b"order-1"),
+            options(10),
+            once("k-1"),
+        )
+        .await
+        .expect("answered");
+    assert_eq!(again, Once::Duplicate(first.position().clone()));
+    // Racing retries, from this node and another on the same backing.
+    let other = subject.another_node("node-2");
+    if let Some((other, _)) = &other {
+        let mut health = other.health();
+        let _ = tokio::time::timeout(WAIT, health.wait_for(|h| h.up)).await;
+    }
+    let mut racers = Vec::new();
+    for i in 0..8 {
+        let broker = match (&other, i % 2) {
+            (Some((other, _)), 1) => other.clone(),
+            _ => broker.clone(),
+        };
+        let ch = ch.clone();
+        let key = once("k-2");
+        racers.push(tokio::spawn(async move {
+            broker
+                .publish_once(ch, Bytes::from_static(b"order-2"), options(10), key)
+                .await
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for racer in racers {
+        outcomes.push(racer.await.expect("joined").expect("answered"));
+    }
+    assert_eq!(
+        outcomes.iter().filter(|o| !o.is_duplicate()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(outcomes.iter().all(|o| o.position() == outcomes[0].position()));
+    // Another key publishes; the same key on another channel too.
+    let third = broker
+        .publish_once(
+            ch.clone(),
+            Bytes::from_static(b"order-3"),
+            options(10),
+            once("k-3"),
+        )
+        .await
+        .expect("published");
+    assert_eq!(third.position().offset, 3);
+    let elsewhere = broker
+        .publish_once(
+            channel("once:other"),
+            Bytes::from_static(b"x"),
+            options(10),
+            once("k-1"),
+        )
+        .await
+        .expect("published");
+    assert!(!elsewhere.is_duplicate());
+    let recorder = subject.recorder.clone();
+    eventually("three publications arrive", || {
+        recorder.on("once:orders").len() >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let data: Vec<Bytes> = recorder.on("once:orders").into_iter().map(|p| p.data).collect();
+    assert_eq!(
+        data,
+        [&b"order-1"[..], b"order-2", b"order-3"].map(Bytes::from_static)
+    );
+    // Past the window the key is forgotten.
+    let short = Idempotency {
+        key: "k-4".into(),
+        window: Duration::from_millis(300),
+    };
+    broker
+        .publish_once(ch.clone(), Bytes::from_static(b"4"), options(10), short.clone())
+        .await
+        .expect("published");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let later = broker
+        .publish_once(ch.clone(), Bytes::from_static(b"4"), options(10), short)
+        .await
+        .expect("published");
+    assert!(!later.is_duplicate(), "the window passed");
 }
 
 /// Reads, subscribes and unsubscribes of channels nobody published on

@@ -193,6 +193,11 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_HISTORY_TTL", value_name = "DURATION", value_parser = parse_duration, default_value = "10m")]
     pub history_ttl: Duration,
 
+    /// How long a publication's `idempotency_key` (HTTP API) is remembered on its channel: a
+    /// repeat within it is answered with the first publication's position and not published.
+    #[arg(long, env = "GATEWAY_IDEMPOTENCY_WINDOW", value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
+    pub idempotency_window: Duration,
+
     /// Embedded broker only: channels with a stream (an offset, an epoch, history) at most; a
     /// publication that would start one more is refused with `limit_exceeded`. Reads and
     /// subscribes never start a stream. (With Redis, bound Redis with its `maxmemory`.)

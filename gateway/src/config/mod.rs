@@ -54,6 +54,8 @@ pub struct Config {
     pub write_coalesce: Duration,
     /// 0: one per CPU.
     pub worker_threads: usize,
+    #[serde(serialize_with = "print::duration")]
+    pub idempotency_window: Duration,
     /// Bounds of the embedded broker (unused with Redis).
     pub memory_max_streams: usize,
     pub memory_max_history_bytes: usize,
@@ -270,6 +272,7 @@ impl Config {
             max_connections_per_ip: cli.max_connections_per_ip,
             ipv6_limit_prefix: cli.ipv6_limit_prefix,
             max_connect_rate: cli.max_connect_rate,
+            idempotency_window: cli.idempotency_window,
             memory_max_streams: cli.memory_max_streams,
             memory_max_history_bytes: cli.memory_max_history_bytes,
             max_subscriptions: cli.max_subscriptions,
@@ -443,6 +446,11 @@ impl Config {
         }
         if let Some(url) = &self.jwt_jwks_url {
             values::parse_fetch_url(url).map_err(|m| invalid("jwt_jwks_url", m))?;
+        }
+        if self.idempotency_window < Duration::from_secs(1)
+            || self.idempotency_window > Duration::from_secs(86_400)
+        {
+            return Err(invalid("idempotency_window", "must be 1s to 24h".into()));
         }
         if self.jwt_jwks_refresh < Duration::from_secs(1) {
             return Err(invalid("jwt_jwks_refresh", "must be at least 1s".into()));

@@ -88,6 +88,28 @@ pub(super) fn add_position(answer: &mut serde_json::Value, published: &broker_ad
     answer["epoch"] = json!(&*published.epoch);
 }
 
+/// The position of an idempotent publish, with `"duplicate": true` when an
+/// earlier publication with the same key was found (nothing published now).
+pub(super) fn add_outcome(answer: &mut serde_json::Value, once: &broker_adapter::Once) {
+    add_position(answer, once.position());
+    if once.is_duplicate() {
+        answer["duplicate"] = json!(true);
+    }
+}
+
+/// The idempotency of a request's `idempotency_key`, if it has one.
+pub(super) fn idempotency(
+    node: &Node,
+    key: Option<String>,
+) -> Result<Option<broker_adapter::Idempotency>, Failure> {
+    let Some(key) = key else { return Ok(None) };
+    broker_adapter::validate_idempotency_key(&key).map_err(Failure::bad_request)?;
+    Ok(Some(broker_adapter::Idempotency {
+        key,
+        window: node.config.idempotency_window,
+    }))
+}
+
 /// Checks the API key, content type and size, and reads the body.
 pub(super) async fn read_body(node: &Node, request: Request<Incoming>) -> Result<Bytes, Failure> {
     authorize(&node.config.api_keys, request.headers())?;

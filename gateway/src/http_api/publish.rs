@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use broker_adapter::Published;
+use broker_adapter::Once;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use pubsub_proto::ChannelName;
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::{Failure, add_position, parse_channel, payload, present, read_body};
+use super::{Failure, add_outcome, idempotency, parse_channel, payload, present, read_body};
 use crate::hub::{HubError, Source};
 use crate::node::Node;
 use crate::response::{Body, json_response};
@@ -27,6 +27,8 @@ pub(super) struct PublishRequest<'a> {
     #[serde(default, borrow, deserialize_with = "present")]
     pub(super) data: Option<&'a RawValue>,
     pub(super) data_b64: Option<String>,
+    /// Publish once per key and channel within `--idempotency-window`.
+    pub(super) idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -37,6 +39,9 @@ struct BroadcastRequest<'a> {
     #[serde(default, borrow, deserialize_with = "present")]
     data: Option<&'a RawValue>,
     data_b64: Option<String>,
+    /// Applies to each channel: a repeated broadcast publishes nowhere
+    /// twice.
+    idempotency_key: Option<String>,
 }
 
 /// `POST /api/publish`: `{"channel":"news","data":<JSON>}` → `{"channel":"news"}`.
@@ -47,9 +52,13 @@ pub async fn publish(node: Arc<Node>, request: Request<Incoming>) -> Response<Bo
             .map_err(|e| Failure::bad_request(format!("invalid request body: {e}")))?;
         let channel = parse_channel(&parsed.channel)?;
         let data = payload(parsed.data, parsed.data_b64, &body)?;
-        let published = node.hub.publish(channel.clone(), data, Source::Api).await?;
+        let once = idempotency(&node, parsed.idempotency_key)?;
+        let outcome = node
+            .hub
+            .publish_once(channel.clone(), data, Source::Api, once)
+            .await?;
         let mut answer = json!({"channel": channel.as_str()});
-        add_position(&mut answer, &published);
+        add_outcome(&mut answer, &outcome);
         Ok::<_, Failure>(answer)
     }
     .await;
@@ -86,6 +95,7 @@ pub async fn broadcast(node: Arc<Node>, request: Request<Incoming>) -> Response<
             channels.push(channel);
         }
         let data = payload(parsed.data, parsed.data_b64, &body)?;
+        let once = idempotency(&node, parsed.idempotency_key)?;
         if data.len() > node.hub.max_publication_size() {
             return Err(HubError::TooLarge {
                 size: data.len(),
@@ -93,11 +103,10 @@ pub async fn broadcast(node: Arc<Node>, request: Request<Incoming>) -> Response<
             }
             .into());
         }
-        let outcomes = futures_util::future::join_all(
-            channels
-                .iter()
-                .map(|channel| node.hub.publish(channel.clone(), data.clone(), Source::Api)),
-        )
+        let outcomes = futures_util::future::join_all(channels.iter().map(|channel| {
+            node.hub
+                .publish_once(channel.clone(), data.clone(), Source::Api, once.clone())
+        }))
         .await;
         Ok(channels.into_iter().zip(outcomes).collect())
     }
@@ -153,11 +162,12 @@ pub async fn batch(node: Arc<Node>, request: Request<Incoming>) -> Response<Body
                 }
                 .into()));
             }
-            items.push((channel, data));
+            let once = idempotency(&node, item.idempotency_key).map_err(at)?;
+            items.push((channel, data, once));
         }
         // Per channel, in request order.
         let mut by_channel: HashMap<&ChannelName, Vec<usize>> = HashMap::new();
-        for (index, (channel, _)) in items.iter().enumerate() {
+        for (index, (channel, _, _)) in items.iter().enumerate() {
             by_channel.entry(channel).or_default().push(index);
         }
         let runs = by_channel.into_values().map(|indices| {
@@ -166,7 +176,7 @@ pub async fn batch(node: Arc<Node>, request: Request<Incoming>) -> Response<Body
                 let mut outcomes = Vec::with_capacity(indices.len());
                 let mut failed = false;
                 for index in indices {
-                    let (channel, data) = &items[index];
+                    let (channel, data, once) = &items[index];
                     // After a failure the channel's later items are not
                     // attempted: publishing them would reorder the channel
                     // once the caller retries the failed one.
@@ -176,7 +186,9 @@ pub async fn batch(node: Arc<Node>, request: Request<Incoming>) -> Response<Body
                                 .into(),
                         ))
                     } else {
-                        node.hub.publish(channel.clone(), data.clone(), Source::Api).await
+                        node.hub
+                            .publish_once(channel.clone(), data.clone(), Source::Api, once.clone())
+                            .await
                     };
                     failed |= outcome.is_err();
                     outcomes.push((index, outcome));
@@ -193,7 +205,7 @@ pub async fn batch(node: Arc<Node>, request: Request<Incoming>) -> Response<Body
         Ok(items
             .iter()
             .zip(outcomes)
-            .map(|((channel, _), (_, outcome))| (channel.clone(), outcome))
+            .map(|((channel, _, _), (_, outcome))| (channel.clone(), outcome))
             .collect())
     }
     .await;
@@ -201,7 +213,7 @@ pub async fn batch(node: Arc<Node>, request: Request<Incoming>) -> Response<Body
 }
 
 /// What publishing to one channel came to.
-type Outcome = (ChannelName, Result<Published, HubError>);
+type Outcome = (ChannelName, Result<Once, HubError>);
 
 /// The answer of a request that published several times: 200 with every
 /// result, or (when any failed) 503 `unavailable` (500 `internal` when
@@ -219,7 +231,7 @@ fn answer_many(result: Result<Vec<Outcome>, Failure>) -> Response<Body> {
         .map(|(channel, outcome)| {
             let mut result = json!({"channel": channel.as_str()});
             match outcome {
-                Ok(published) => add_position(&mut result, &published),
+                Ok(once) => add_outcome(&mut result, &once),
                 Err(error) => {
                     let Failure(_, code, message) = Failure::from(error);
                     result["error"] = json!({"code": code, "message": message});

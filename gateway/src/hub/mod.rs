@@ -20,7 +20,7 @@ mod worklist;
 
 use std::sync::Arc;
 
-use broker_adapter::{Broker, BrokerError, Health, History, PresenceStats, Published};
+use broker_adapter::{Broker, BrokerError, Health, History, Idempotency, Once, PresenceStats, Published};
 use bytes::Bytes;
 use pubsub_proto::{ChannelName, Member, Reply, ServerMessage, StreamPosition};
 use tokio::sync::watch;
@@ -296,6 +296,34 @@ impl Hub {
             Source::Client => self.metrics.published_client.increment(1),
         }
         Ok(published)
+    }
+
+    /// Publishes unless `once` names a key already used on the channel
+    /// within its window (then answers with that publication's position).
+    pub async fn publish_once(
+        &self,
+        channel: ChannelName,
+        data: Bytes,
+        source: Source,
+        once: Option<Idempotency>,
+    ) -> Result<Once, HubError> {
+        let Some(once) = once else {
+            return self.publish(channel, data, source).await.map(Once::Published);
+        };
+        if data.len() > self.max_publication_size {
+            return Err(HubError::TooLarge {
+                size: data.len(),
+                limit: self.max_publication_size,
+            });
+        }
+        let options = self.namespaces.of(&channel).stream_options();
+        let outcome = self.broker.publish_once(channel, data, options, once).await?;
+        match (&outcome, source) {
+            (Once::Duplicate(_), _) => self.metrics.publish_duplicates.increment(1),
+            (Once::Published(_), Source::Api) => self.metrics.published_api.increment(1),
+            (Once::Published(_), Source::Client) => self.metrics.published_client.increment(1),
+        }
+        Ok(outcome)
     }
 
     /// A channel's position and, with `since`, its history after it.
