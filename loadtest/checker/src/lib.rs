@@ -279,7 +279,9 @@ pub struct Report {
     pub subscribers: usize,
     /// Publications acknowledged to publishers.
     pub acked: usize,
-    /// Publications refused (503 and friends): never published.
+    /// Publications refused with an error that means nothing was published
+    /// (a 503 `unavailable` is ambiguous instead: the broker connection may
+    /// have failed after the publish was sent).
     pub refused: u64,
     /// Publications whose outcome the publisher could not know.
     pub ambiguous: usize,

@@ -149,8 +149,15 @@ impl Sender {
         let Ok(Ok(body)) = tokio::time::timeout(TIMEOUT, response.into_body().collect()).await else {
             return Outcome::Unknown;
         };
+        if status == http::StatusCode::SERVICE_UNAVAILABLE {
+            // `unavailable`: the broker connection failed; if it failed
+            // after the publish was sent, the publication may have been
+            // made (the node cannot tell). Not a refusal.
+            self.rotate();
+            return Outcome::Unknown;
+        }
         if !status.is_success() {
-            // The gateway answered an error: nothing was published.
+            // Any other error answer: nothing was published.
             if status.is_server_error() {
                 self.rotate();
             }
@@ -192,6 +199,8 @@ impl Sender {
         .await;
         match reply {
             Ok(Some(value)) if value["type"] == "published" => acked(&value),
+            // As over HTTP: a broker failure may come after the publish.
+            Ok(Some(value)) if value["code"] == "unavailable" => Outcome::Unknown,
             Ok(Some(_)) => Outcome::Refused,
             _ => Outcome::Unknown,
         }
