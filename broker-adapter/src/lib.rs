@@ -90,6 +90,13 @@ pub trait Broker: Send + Sync + 'static {
         options: StreamOptions,
     ) -> BoxFuture<'a, Result<History, BrokerError>>;
 
+    /// Drops the channel's stream: its history, offset and epoch. Reads
+    /// then report [`NO_STREAM`]; the next publication starts a new epoch,
+    /// so subscribers and recovering clients are told of the break (a gap
+    /// notice, `recovered: false`). A channel without a stream is left as
+    /// it is.
+    fn remove_history<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<(), BrokerError>>;
+
     /// Starts a new epoch for `channel` if its stream is still in `epoch`,
     /// and returns the position afterwards. A node calls this when the
     /// channel's offset went back below what it already delivered in that

@@ -489,6 +489,14 @@ impl Broker for MemoryBroker {
         Box::pin(async move { Ok(history) })
     }
 
+    fn remove_history<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let mut shard = self.inner.shard(channel.as_str()).lock();
+        if shard.end_stream(channel.as_str()) {
+            self.inner.streams.fetch_sub(1, Ordering::Relaxed);
+        }
+        Box::pin(async { Ok(()) })
+    }
+
     fn restart_stream<'a>(
         &'a self,
         channel: &'a ChannelName,

@@ -39,6 +39,11 @@ macro_rules! suite {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn removing_history_ends_the_stream() {
+                conformance::removing_history_ends_the_stream(&subject().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn idempotent_publications_happen_once() {
                 conformance::idempotent_publications_happen_once(&subject().await).await;
             }

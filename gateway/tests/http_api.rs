@@ -636,3 +636,50 @@ async fn an_idempotency_key_publishes_once_and_answers_every_retry_alike() {
         (400, Some("bad_request"))
     );
 }
+
+#[tokio::test]
+async fn removing_a_channels_history_starts_a_new_epoch_and_tells_subscribers() {
+    let gw = start(test_config()).await;
+    let addr = gw.local_addr();
+    let mut subscriber = WsClient::connect(addr, None).await;
+    subscriber.subscribe("feed").await;
+    let mut last = None;
+    for i in 1..=3 {
+        last = Some(
+            post_json(addr, "/api/publish", json!({"channel":"feed","data":i}))
+                .await
+                .json(),
+        );
+        subscriber.recv_json().await;
+    }
+    let old = position(&last.expect("published"));
+    let removed = post_json(addr, "/api/history/remove", json!({"channel":"feed"})).await;
+    assert_eq!(removed.status, 200, "{}", removed.text());
+    assert_eq!(removed.json(), json!({"channel":"feed"}));
+    let history = get(addr, "/api/history?channel=feed&since=0").await.json();
+    assert_eq!(
+        (history["epoch"].as_str(), history["offset"].as_u64()),
+        (Some(""), Some(0)),
+        "{history}"
+    );
+    // The next publication starts a new epoch: the subscriber hears of the
+    // break first.
+    let next = post_json(addr, "/api/publish", json!({"channel":"feed","data":4}))
+        .await
+        .json();
+    assert_eq!(next["offset"], 1);
+    assert_ne!(position(&next).0, old.0);
+    let gap = subscriber.recv_json().await;
+    assert_eq!(gap["type"], "gap", "{gap}");
+    let message = subscriber.recv_json().await;
+    assert_eq!(message["data"], 4);
+    // A client recovering from the old position is not recovered.
+    let mut late = WsClient::connect(addr, None).await;
+    let reply = late
+        .request(json!({"type":"subscribe","id":1,"channel":"feed","since":{"epoch":old.0,"offset":old.1}}))
+        .await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    // Unknown fields and bad names are refused.
+    let bad = post_json(addr, "/api/history/remove", json!({"channel":"feed","all":true})).await;
+    assert_eq!(bad.status.as_u16(), 400);
+}

@@ -307,6 +307,14 @@ impl Broker for RedisBroker {
         })
     }
 
+    fn remove_history<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let (meta, stream) = self.shared.names.stream_keys(channel.as_str());
+            let connection = self.shared.route.connection_for(&meta)?;
+            streams::remove(connection, (&meta, &stream)).await
+        })
+    }
+
     fn restart_stream<'a>(
         &'a self,
         channel: &'a ChannelName,

@@ -261,6 +261,23 @@ pub(super) async fn history(
     })
 }
 
+/// Deletes the channel's stream keys (one slot: they share the hash tag).
+pub(super) async fn remove(connection: Connection, keys: (&str, &str)) -> Result<(), BrokerError> {
+    // Deleting is safe to repeat.
+    read_again(|| {
+        let mut connection = connection.clone();
+        async move {
+            redis::cmd("DEL")
+                .arg(keys.0)
+                .arg(keys.1)
+                .query_async::<()>(&mut connection)
+                .await
+                .map_err(super::classify)
+        }
+    })
+    .await
+}
+
 /// Starts a new epoch if the stream is still in `epoch` (see RESTART).
 pub(super) async fn restart(
     scripts: &Scripts,

@@ -455,6 +455,37 @@ pub async fn new_streams_start_at_zero_and_history_can_be_off(subject: &Subject)
     );
 }
 
+/// Removing a channel's history ends its stream: reads report no stream,
+/// the next publication starts a new epoch at 1; removing again, or a
+/// channel that never had a stream, is harmless.
+pub async fn removing_history_ends_the_stream(subject: &Subject) {
+    let (broker, ch) = (&subject.broker, channel("remove:me"));
+    let mut old = None;
+    for i in 0..3 {
+        old = Some(
+            broker
+                .publish(ch.clone(), Bytes::from(format!("{i}")), options(10))
+                .await
+                .expect("published"),
+        );
+    }
+    let old = old.expect("published");
+    broker.remove_history(&ch).await.expect("removed");
+    let h = broker.history(&ch, Some(0), 10, options(10)).await.expect("read");
+    assert_eq!((&*h.epoch, h.offset, h.publications.len()), (NO_STREAM, 0, 0));
+    let next = broker
+        .publish(ch.clone(), Bytes::from_static(b"new"), options(10))
+        .await
+        .expect("published");
+    assert_eq!(next.offset, 1);
+    assert_ne!(next.epoch, old.epoch);
+    broker.remove_history(&ch).await.expect("removed again");
+    broker
+        .remove_history(&channel("remove:never"))
+        .await
+        .expect("nothing to remove");
+}
+
 /// A publication repeated with the same idempotency key is published once:
 /// racing repeats from two nodes included, each answered with the first
 /// one's position; another key, or another channel, publishes again.

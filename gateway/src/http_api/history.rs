@@ -69,6 +69,32 @@ pub async fn history(node: Arc<Node>, request: Request<Incoming>) -> Response<Bo
     }
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveRequest {
+    channel: String,
+}
+
+/// `POST /api/history/remove`: `{"channel":"news"}` → `{"channel":"news"}`.
+/// Drops the channel's history, offset and epoch on the broker: the next
+/// publication starts a new epoch (subscribers get a gap notice before it,
+/// recovering clients `recovered: false`).
+pub async fn remove_history(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
+    let result = async {
+        let body = super::read_body(&node, request).await?;
+        let parsed: RemoveRequest = serde_json::from_slice(&body)
+            .map_err(|e| Failure::bad_request(format!("invalid request body: {e}")))?;
+        let channel = parse_channel(&parsed.channel)?;
+        node.hub.remove_history(&channel).await.map_err(Failure::from)?;
+        Ok::<_, Failure>(json!({"channel": channel.as_str()}))
+    }
+    .await;
+    match result {
+        Ok(answer) => json_response(StatusCode::OK, &answer),
+        Err(failure) => failure.into_response(),
+    }
+}
+
 /// One stored publication as JSON: `data` if it is JSON, else `data_b64`.
 fn stored_json(publication: &pubsub_proto::Publication) -> serde_json::Value {
     let mut item = json!({"offset": publication.offset});

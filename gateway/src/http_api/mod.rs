@@ -30,7 +30,7 @@ use crate::hub::HubError;
 use crate::node::Node;
 use crate::response::{Body, error_response};
 
-pub use history::history;
+pub use history::{history, remove_history};
 pub use presence::{presence, presence_stats};
 pub use publish::{batch, broadcast, publish};
 

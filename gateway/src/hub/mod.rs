@@ -326,6 +326,12 @@ impl Hub {
         Ok(outcome)
     }
 
+    /// Drops a channel's history, offset and epoch (`POST
+    /// /api/history/remove`); its next publication starts a new epoch.
+    pub async fn remove_history(&self, channel: &ChannelName) -> Result<(), HubError> {
+        Ok(self.broker.remove_history(channel).await?)
+    }
+
     /// A channel's position and, with `since`, its history after it.
     pub async fn history(
         &self,

@@ -30,6 +30,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/api/publish", "POST"),
     ("/api/broadcast", "POST"),
     ("/api/batch", "POST"),
+    ("/api/history/remove", "POST"),
 ];
 
 /// Which listener a request came in on.
@@ -119,6 +120,7 @@ pub(super) async fn route(
         "/api/presence/stats" => http_api::presence_stats(node, request).await,
         "/api/batch" => http_api::batch(node, request).await,
         "/api/broadcast" => http_api::broadcast(node, request).await,
+        "/api/history/remove" => http_api::remove_history(node, request).await,
         "/api/openapi.json" => openapi::serve(),
         _ => demo::serve(path),
     }
