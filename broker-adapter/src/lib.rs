@@ -147,6 +147,16 @@ pub trait Broker: Send + Sync + 'static {
         events: Option<u32>,
     ) -> BoxFuture<'a, Result<PresenceStats, BrokerError>>;
 
+    /// Announces this node for `ttl`: `info` (JSON text) is what
+    /// [`Broker::nodes`] returns for it until the announcement lapses. Nodes
+    /// announce themselves periodically; a node that died drops out within
+    /// its `ttl`.
+    fn announce_node<'a>(&'a self, info: &'a [u8], ttl: Duration) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// The latest announcement of every node whose announcement has not
+    /// lapsed (with the embedded broker: this node's).
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<Bytes>, BrokerError>>;
+
     /// Current health, updated as it changes.
     fn health(&self) -> watch::Receiver<Health>;
 

@@ -276,6 +276,8 @@ pub struct MemoryBroker {
     /// Stops the sweeper.
     stop: Arc<Notify>,
     sweeper: Mutex<Option<JoinHandle<()>>>,
+    /// This node's announcement and until when it holds.
+    announced: Mutex<Option<(Bytes, Instant)>>,
 }
 
 impl Default for MemoryBroker {
@@ -305,6 +307,7 @@ impl MemoryBroker {
             health: watch::Sender::new(Health::up()),
             stop: Arc::new(Notify::new()),
             sweeper: Mutex::new(None),
+            announced: Mutex::new(None),
         }
     }
 
@@ -585,6 +588,19 @@ impl Broker for MemoryBroker {
     ) -> BoxFuture<'a, Result<PresenceStats, BrokerError>> {
         let stats = self.inner.presence.stats(channel);
         Box::pin(async move { Ok(stats) })
+    }
+
+    fn announce_node<'a>(&'a self, info: &'a [u8], ttl: Duration) -> BoxFuture<'a, Result<(), BrokerError>> {
+        *self.announced.lock() = Some((Bytes::copy_from_slice(info), Instant::now() + ttl));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<Bytes>, BrokerError>> {
+        let nodes = match &*self.announced.lock() {
+            Some((info, until)) if *until > Instant::now() => vec![info.clone()],
+            _ => Vec::new(),
+        };
+        Box::pin(async move { Ok(nodes) })
     }
 
     fn health(&self) -> watch::Receiver<Health> {

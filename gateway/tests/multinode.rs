@@ -620,3 +620,42 @@ async fn a_publish_retried_on_another_node_after_a_lost_reply_is_published_once(
         "exactly one publication of id 1 arrived: {got}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_info_lists_the_live_nodes_and_drops_a_dead_one() {
+    let redis = RedisServer::start();
+    let first = node(&redis.url(), "info-1").await;
+    let mut second = node(&redis.url(), "info-2").await;
+    let mut client = WsClient::connect(second.addr, None).await;
+    client.subscribe("info:room").await;
+    let listed = |addr| async move {
+        let answer = get(addr, "/api/info").await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        answer.json()["nodes"].as_array().cloned().unwrap_or_default()
+    };
+    eventually("both nodes announced, with node 2's client", async || {
+        let nodes = listed(first.addr).await;
+        nodes.len() == 2 && nodes[1]["connections"] == 1 && nodes[1]["subscriptions"] == 1
+    })
+    .await;
+    let nodes = listed(first.addr).await;
+    assert_eq!(nodes[0]["node"], "info-1");
+    assert_eq!(nodes[1]["node"], "info-2");
+    for node in &nodes {
+        assert_eq!(node["broker"], "redis", "{node}");
+        assert_eq!(node["version"], env!("CARGO_PKG_VERSION"));
+        assert!(
+            node["uptime_seconds"].is_u64() && node["started_at"].is_u64(),
+            "{node}"
+        );
+    }
+    assert_eq!(nodes[1]["channels"], 1);
+    // Node 2 dies without a word: it drops out within the announcement TTL.
+    second.signal("KILL");
+    second.wait_exit(Duration::from_secs(5));
+    eventually_within("node 2 gone", Duration::from_secs(25), async || {
+        let nodes = listed(first.addr).await;
+        nodes.len() == 1 && nodes[0]["node"] == "info-1"
+    })
+    .await;
+}

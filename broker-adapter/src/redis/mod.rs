@@ -23,6 +23,7 @@
 
 pub mod cluster;
 mod names;
+mod nodes;
 mod presence;
 mod push;
 mod route;
@@ -371,6 +372,22 @@ impl Broker for RedisBroker {
             channel,
             events,
         ))
+    }
+
+    fn announce_node<'a>(&'a self, info: &'a [u8], ttl: Duration) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let key = self.shared.names.nodes();
+            let connection = self.shared.route.connection_for(&key)?;
+            nodes::announce(connection, &key, self.shared.names.node_id(), info, ttl).await
+        })
+    }
+
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<Bytes>, BrokerError>> {
+        Box::pin(async move {
+            let key = self.shared.names.nodes();
+            let connection = self.shared.route.connection_for(&key)?;
+            nodes::live(connection, &key).await
+        })
     }
 
     fn health(&self) -> watch::Receiver<Health> {

@@ -52,6 +52,16 @@ impl Names {
         format!("{}:{{{channel}}}:i:{key}", self.prefix)
     }
 
+    /// The hash of every node's announcement (one key, one slot).
+    pub fn nodes(&self) -> String {
+        format!("{}:!nodes", self.prefix)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
     /// The keys of a channel's presence.
     pub fn presence_keys(&self, channel: &str) -> PresenceKeys {
         let base = format!("{}:{{{channel}}}:p", self.prefix);

@@ -455,6 +455,43 @@ pub async fn new_streams_start_at_zero_and_history_can_be_off(subject: &Subject)
     );
 }
 
+/// Announced nodes are listed until their announcement lapses; a node
+/// that announces again stays, one that stopped (died) drops out.
+pub async fn announced_nodes_are_listed_until_they_lapse(subject: &Subject) {
+    let broker = &subject.broker;
+    let ttl = Duration::from_millis(1500);
+    broker
+        .announce_node(br#"{"node":"node-1"}"#, ttl)
+        .await
+        .expect("announced");
+    let other = subject.another_node("node-2");
+    if let Some((other, _)) = &other {
+        let mut health = other.health();
+        let _ = tokio::time::timeout(WAIT, health.wait_for(|h| h.up)).await;
+        other
+            .announce_node(br#"{"node":"node-2"}"#, Duration::from_millis(600))
+            .await
+            .expect("announced");
+    }
+    let mut listed: Vec<Bytes> = broker.nodes().await.expect("listed");
+    listed.sort();
+    let mut expected = vec![Bytes::from_static(br#"{"node":"node-1"}"#)];
+    if other.is_some() {
+        expected.push(Bytes::from_static(br#"{"node":"node-2"}"#));
+    }
+    assert_eq!(listed, expected);
+    // Node 2 stops announcing; node 1 goes on.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    broker
+        .announce_node(br#"{"node":"node-1","again":true}"#, ttl)
+        .await
+        .expect("announced");
+    let listed = broker.nodes().await.expect("listed");
+    assert_eq!(listed, [Bytes::from_static(br#"{"node":"node-1","again":true}"#)]);
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert!(broker.nodes().await.expect("listed").is_empty(), "lapsed");
+}
+
 /// Removing a channel's history ends its stream: reads report no stream,
 /// the next publication starts a new epoch at 1; removing again, or a
 /// channel that never had a stream, is harmless.

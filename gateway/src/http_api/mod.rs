@@ -10,6 +10,7 @@
 //! (400), publication size (413), broker (503). docs/api.md documents each.
 
 mod history;
+mod info;
 mod presence;
 mod publish;
 
@@ -31,6 +32,7 @@ use crate::node::Node;
 use crate::response::{Body, error_response};
 
 pub use history::{history, remove_history};
+pub use info::{announce_loop, info};
 pub use presence::{presence, presence_stats};
 pub use publish::{batch, broadcast, publish};
 

@@ -369,6 +369,15 @@ impl Channels {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
+    /// Local subscriptions over all channels (a walk of the channels, for
+    /// the node's periodic announcement, not for hot paths).
+    pub fn subscription_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().values().map(|e| e.subscribers.len()).sum::<usize>())
+            .sum()
+    }
+
     /// Puts `channels` (those still live) into repair.
     fn repair(&self, channels: &[ChannelName]) {
         for channel in channels {

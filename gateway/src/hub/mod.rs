@@ -358,6 +358,21 @@ impl Hub {
         self.channels.len()
     }
 
+    /// Subscriptions of local clients.
+    pub fn subscription_count(&self) -> usize {
+        self.channels.subscription_count()
+    }
+
+    /// Announces this node (its info as JSON) for `ttl` (see `GET /api/info`).
+    pub async fn announce(&self, info: &[u8], ttl: std::time::Duration) -> Result<(), HubError> {
+        Ok(self.broker.announce_node(info, ttl).await?)
+    }
+
+    /// The latest announcement of every live node.
+    pub async fn nodes(&self) -> Result<Vec<Bytes>, HubError> {
+        Ok(self.broker.nodes().await?)
+    }
+
     /// The largest publication accepted, in bytes.
     pub fn max_publication_size(&self) -> usize {
         self.max_publication_size

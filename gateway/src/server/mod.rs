@@ -46,7 +46,9 @@ impl Gateway {
                 "no --api-key configured: the HTTP publish API is open to anyone who can reach it"
             );
         }
-        let (node, background) = Node::start(config).map_err(|e| anyhow::anyhow!(e))?;
+        let (node, mut background) = Node::start(config).map_err(|e| anyhow::anyhow!(e))?;
+        // The node's entry in the registry `GET /api/info` reads.
+        background.push(tokio::spawn(crate::http_api::announce_loop(node.clone())));
         let (stop, stopped) = watch::channel(false);
         let accept = tokio::spawn(listener::accept_loop(
             listener,

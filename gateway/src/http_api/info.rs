@@ -1,0 +1,73 @@
+//! `GET /api/info`: the live nodes of the deployment, from the registry
+//! every node keeps its announcement in ([`announce_loop`]).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::{Failure, authorize};
+use crate::node::Node;
+use crate::response::{Body, json_response};
+
+/// How often a node announces itself, and how long an announcement holds:
+/// a node that died drops out of `GET /api/info` within [`ANNOUNCE_TTL`].
+pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(5);
+pub const ANNOUNCE_TTL: Duration = Duration::from_secs(15);
+
+/// What a node says of itself.
+fn announcement(node: &Node) -> serde_json::Value {
+    let uptime = node.clients.epoch.elapsed();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    json!({
+        "node": node.config.node_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "broker": node.hub.broker_kind(),
+        "started_at": now.saturating_sub(uptime).as_secs(),
+        "uptime_seconds": uptime.as_secs(),
+        "connections": node.clients.registry.len(),
+        "subscriptions": node.hub.subscription_count(),
+        "channels": node.hub.channel_count(),
+        "draining": node.lifecycle.is_draining(),
+        "announced_at": now.as_secs(),
+    })
+}
+
+/// Announces the node every [`ANNOUNCE_INTERVAL`] until the task is
+/// aborted; a failed announcement (broker down) is tried again next time.
+pub async fn announce_loop(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(ANNOUNCE_INTERVAL);
+    loop {
+        tick.tick().await;
+        let info = announcement(&node).to_string();
+        if let Err(error) = node.hub.announce(info.as_bytes(), ANNOUNCE_TTL).await {
+            tracing::debug!(%error, "node announcement failed; retrying next interval");
+        }
+    }
+}
+
+/// `GET /api/info` → `{"nodes":[{"node":"gw-1","version":...}, ...]}`,
+/// sorted by node id.
+pub async fn info(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
+    let result = async {
+        authorize(&node.config.api_keys, request.headers())?;
+        if request.uri().query().is_some_and(|q| !q.is_empty()) {
+            return Err(Failure::bad_request("GET /api/info takes no query parameters"));
+        }
+        let announced = node.hub.nodes().await.map_err(Failure::from)?;
+        let mut nodes: Vec<serde_json::Value> = announced
+            .iter()
+            .filter_map(|raw| serde_json::from_slice::<serde_json::Value>(raw).ok())
+            .filter(|value| value.is_object())
+            .collect();
+        nodes.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
+        Ok::<_, Failure>(json!({ "nodes": nodes }))
+    }
+    .await;
+    match result {
+        Ok(answer) => json_response(StatusCode::OK, &answer),
+        Err(failure) => failure.into_response(),
+    }
+}
