@@ -157,6 +157,13 @@ pub trait Broker: Send + Sync + 'static {
     /// lapsed (with the embedded broker: this node's).
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<Bytes>, BrokerError>>;
 
+    /// Sends `message` to the node `node` (its `--node-id`), whose
+    /// listener gets it in [`Listener::on_node_message`]; at most once, and
+    /// not at all to a node that is not connected (like a publication, it
+    /// is not stored). With the embedded broker every node id is this one.
+    fn send_to_node<'a>(&'a self, node: &'a str, message: &'a [u8])
+    -> BoxFuture<'a, Result<(), BrokerError>>;
+
     /// Current health, updated as it changes.
     fn health(&self) -> watch::Receiver<Health>;
 
@@ -225,6 +232,12 @@ impl ListenerSlot {
             listener.on_presence(event);
         }
     }
+
+    pub(crate) fn on_node_message(&self, message: Bytes) {
+        if let Some(listener) = self.get() {
+            listener.on_node_message(message);
+        }
+    }
 }
 
 /// Receives what a broker delivers to this node. Implemented by the hub.
@@ -241,6 +254,13 @@ pub trait Listener: Send + Sync + 'static {
     /// leave events on), on any node. Called in the order the broker
     /// applied the changes per channel; must return quickly.
     fn on_presence(&self, event: PresenceEvent);
+
+    /// A message another node (or this one) addressed to this node with
+    /// [`Broker::send_to_node`]: server-side operations such as a
+    /// disconnect. Must return quickly.
+    fn on_node_message(&self, message: Bytes) {
+        let _ = message;
+    }
 }
 
 /// Metric handles a broker records into (registered by the node).

@@ -603,6 +603,18 @@ impl Broker for MemoryBroker {
         Box::pin(async move { Ok(nodes) })
     }
 
+    fn send_to_node<'a>(
+        &'a self,
+        _node: &'a str,
+        message: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        // One node: whoever is named, it is this one.
+        self.inner
+            .listener
+            .on_node_message(Bytes::copy_from_slice(message));
+        Box::pin(async { Ok(()) })
+    }
+
     fn health(&self) -> watch::Receiver<Health> {
         self.health.subscribe()
     }

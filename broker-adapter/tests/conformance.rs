@@ -39,6 +39,11 @@ macro_rules! suite {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn messages_reach_the_node_named() {
+                conformance::messages_reach_the_node_named(&subject().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn announced_nodes_are_listed_until_they_lapse() {
                 conformance::announced_nodes_are_listed_until_they_lapse(&subject().await).await;
             }

@@ -25,6 +25,7 @@ mod auth;
 mod client_ip;
 mod compression;
 pub mod config;
+mod control;
 mod delivery;
 mod demo;
 mod frame;

@@ -68,6 +68,20 @@ impl Registry {
         self.len() == 0
     }
 
+    /// Closes every session `matches` picks with `request`; returns how many.
+    pub fn close_where(&self, matches: impl Fn(&Peer) -> bool, request: &CloseRequest) -> usize {
+        let mut closed = 0;
+        for shard in self.shards.iter() {
+            for peer in shard.lock().values() {
+                if matches(peer) {
+                    peer.outbox.close(request.clone());
+                    closed += 1;
+                }
+            }
+        }
+        closed
+    }
+
     /// Resolves once no session is left (at once if none is).
     pub async fn wait_empty(&self) {
         loop {

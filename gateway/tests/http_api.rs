@@ -683,3 +683,33 @@ async fn removing_a_channels_history_starts_a_new_epoch_and_tells_subscribers() 
     let bad = post_json(addr, "/api/history/remove", json!({"channel":"feed","all":true})).await;
     assert_eq!(bad.status.as_u16(), 400);
 }
+
+#[tokio::test]
+async fn disconnect_closes_a_client_with_the_code_asked_for() {
+    let gw = start(test_config()).await;
+    let addr = gw.local_addr();
+    let mut client = WsClient::connect(addr, None).await;
+    let connected = client.request(json!({"type":"connect","id":1})).await;
+    let id = connected["client"].as_str().expect("client id").to_string();
+    let mut bystander = WsClient::connect(addr, None).await;
+    bystander.request(json!({"type":"connect","id":1})).await;
+    for bad in [
+        json!({"user":"ann","client":id}),
+        json!({}),
+        json!({"client":id,"code":4000}),
+        json!({"client":id,"why":"x"}),
+    ] {
+        let refused = post_json(addr, "/api/disconnect", bad.clone()).await;
+        assert_eq!(refused.status.as_u16(), 400, "{bad}: {}", refused.text());
+    }
+    let answer = post_json(addr, "/api/disconnect", json!({"client":id,"code":4010})).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json(), json!({"nodes":["test-node"]}));
+    let frame = client.expect_close().await;
+    assert_eq!(u16::from(frame.code), 4010, "{}", frame.reason);
+    assert_eq!(
+        bystander.request(json!({"type":"ping","id":2})).await,
+        json!({"type":"pong","id":2}),
+        "only the client named is closed"
+    );
+}

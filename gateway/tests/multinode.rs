@@ -659,3 +659,57 @@ async fn api_info_lists_the_live_nodes_and_drops_a_dead_one() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnecting_a_user_closes_its_connections_on_every_node() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let auth = [
+        "--jwt-secret",
+        support::tokens::SECRET,
+        "--jwt-allow-any-audience",
+        "--jwt-allow-any-issuer",
+        "--allow-open-api",
+    ];
+    let spawn = |id: &'static str| {
+        let mut args = vec!["--redis-url", url.as_str(), "--node-id", id];
+        args.extend(auth);
+        GatewayProcess::spawn(&args)
+    };
+    let (first, second) = (spawn("logout-1"), spawn("logout-2"));
+    for addr in [first.addr, second.addr] {
+        eventually("ready", async || get(addr, "/readyz").await.status == 200).await;
+    }
+    let connect = |addr, user: &'static str| async move {
+        let mut client = WsClient::connect(addr, None).await;
+        let token = support::tokens::hs256(user, 300, json!({}));
+        let reply = client
+            .request(json!({"type":"connect","id":1,"token":token}))
+            .await;
+        assert_eq!(reply["type"], "connected", "{reply}");
+        client
+    };
+    let mut ann_here = connect(first.addr, "ann").await;
+    let mut ann_there = connect(second.addr, "ann").await;
+    let mut bob = connect(second.addr, "bob").await;
+    // Both nodes announced themselves before the command goes out.
+    eventually("both nodes listed", async || {
+        get(first.addr, "/api/info").await.json()["nodes"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == 2
+    })
+    .await;
+    let answer = post_json(first.addr, "/api/disconnect", json!({"user":"ann"})).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json(), json!({"nodes":["logout-1","logout-2"]}));
+    for client in [&mut ann_here, &mut ann_there] {
+        let frame = client.expect_close().await;
+        assert_eq!(u16::from(frame.code), 4011, "{}", frame.reason);
+    }
+    assert_eq!(
+        bob.request(json!({"type":"ping","id":2})).await,
+        json!({"type":"pong","id":2}),
+        "another user stays connected"
+    );
+}

@@ -30,6 +30,13 @@ pub const UNAUTHORIZED: u16 = 4001;
 /// Forbidden: the connection tried something its identity may never do
 /// (refreshing with another user's token). Do not reconnect unchanged.
 pub const FORBIDDEN: u16 = 4003;
+/// Disconnected by a backend (`POST /api/disconnect` with `code` 4010):
+/// reconnect after the usual backoff (to pick up a new token, or another
+/// node).
+pub const DISCONNECTED: u16 = 4010;
+/// Logged out by a backend (`POST /api/disconnect`, the default code): do
+/// not reconnect until the user signs in again.
+pub const LOGGED_OUT: u16 = 4011;
 /// Slow consumer: the client did not read fast enough and its outbound
 /// queue overflowed. Reconnect, and recover what was missed.
 pub const SLOW_CONSUMER: u16 = 4008;

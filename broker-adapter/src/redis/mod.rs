@@ -48,7 +48,7 @@ use crate::{
 use names::Names;
 pub use names::validate_prefix;
 use pubsub_proto::Member;
-use route::Route;
+use route::{PublishCommand, Route};
 use supervisor::Control;
 
 /// Where the Redis broker finds Redis.
@@ -387,6 +387,41 @@ impl Broker for RedisBroker {
             let key = self.shared.names.nodes();
             let connection = self.shared.route.connection_for(&key)?;
             nodes::live(connection, &key).await
+        })
+    }
+
+    fn send_to_node<'a>(
+        &'a self,
+        node: &'a str,
+        message: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            let command = shared.route.publish_command();
+            // The target subscribes to its probe channel; on a cluster to
+            // one per shard, tagged with the smallest `p<N>` tag landing on
+            // the shard, so `p0` names the probe on p0's shard.
+            let channel = match command {
+                PublishCommand::Publish => shared.names.probe_of(node),
+                PublishCommand::SPublish => format!("{}:{{p0}}", shared.names.probe_of(node)),
+            };
+            let connection = shared.route.connection_for(&channel)?;
+            let mut payload = Vec::with_capacity(message.len() + 1);
+            payload.push(push::NODE_MESSAGE_MARK);
+            payload.extend_from_slice(message);
+            streams::redirected(|| {
+                let mut connection = connection.clone();
+                let (channel, payload) = (&channel, &payload);
+                async move {
+                    redis::cmd(command.name())
+                        .arg(channel)
+                        .arg(&payload[..])
+                        .query_async::<()>(&mut connection)
+                        .await
+                }
+            })
+            .await
+            .map_err(classify)
         })
     }
 

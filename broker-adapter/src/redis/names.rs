@@ -84,6 +84,12 @@ impl Names {
         &self.probe
     }
 
+    /// Another node's probe channel (on a cluster: the prefix of its
+    /// shards' probe channels).
+    pub fn probe_of(&self, node_id: &str) -> String {
+        format!("{}:!probe:{node_id}", self.prefix)
+    }
+
     /// A probe channel whose slot is the slot of `tag`.
     pub fn shard_probe(&self, tag: &str) -> String {
         format!("{}:{{{tag}}}", self.probe)

@@ -24,6 +24,10 @@ use super::presence;
 use super::{Shared, now_us};
 use crate::{BrokerMetrics, Listener};
 
+/// First byte of a message another node sent to this one on its probe
+/// channel ([`crate::Broker::send_to_node`]); probes themselves are digits.
+pub(super) const NODE_MESSAGE_MARK: u8 = b'N';
+
 /// Signals from a pub/sub connection to its supervisor.
 #[derive(Default)]
 pub(super) struct Signals {
@@ -119,6 +123,12 @@ impl PushHandler {
             return;
         };
         if channel.starts_with(self.names.probe().as_bytes()) {
+            if payload.first() == Some(&NODE_MESSAGE_MARK) {
+                if let Some(listener) = &self.listener {
+                    listener.on_node_message(Bytes::copy_from_slice(&payload[1..]));
+                }
+                return;
+            }
             if let Some(seq) = std::str::from_utf8(&payload).ok().and_then(|s| s.parse().ok()) {
                 let mut probes = self.signals.probes.lock();
                 let seen = probes.entry(channel).or_default();

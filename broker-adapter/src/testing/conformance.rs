@@ -52,6 +52,7 @@ pub struct Recorder {
     publications: Mutex<Vec<Publication>>,
     events: Mutex<Vec<BrokerEvent>>,
     presence: Mutex<Vec<PresenceEvent>>,
+    node_messages: Mutex<Vec<Bytes>>,
 }
 
 impl Recorder {
@@ -67,6 +68,11 @@ impl Recorder {
 
     pub fn events(&self) -> Vec<BrokerEvent> {
         self.events.lock().clone()
+    }
+
+    /// The messages addressed to this node, in arrival order.
+    pub fn node_messages(&self) -> Vec<Bytes> {
+        self.node_messages.lock().clone()
     }
 
     /// The presence events received, in arrival order.
@@ -86,6 +92,10 @@ impl Listener for Recorder {
 
     fn on_presence(&self, event: PresenceEvent) {
         self.presence.lock().push(event);
+    }
+
+    fn on_node_message(&self, message: Bytes) {
+        self.node_messages.lock().push(message);
     }
 }
 
@@ -453,6 +463,60 @@ pub async fn new_streams_start_at_zero_and_history_can_be_off(subject: &Subject)
         (2, 0),
         "history_size 0 keeps none"
     );
+}
+
+/// A message sent to a node reaches that node's listener only: from this
+/// node to itself, and between two nodes on the same backing.
+pub async fn messages_reach_the_node_named(subject: &Subject) {
+    let broker = &subject.broker;
+    let other = subject.another_node("node-2");
+    let Some((other, other_recorder)) = other else {
+        // One node: every message is this node's.
+        broker.send_to_node("node-1", b"hello").await.expect("sent");
+        eventually("the message arrives", || {
+            !subject.recorder.node_messages().is_empty()
+        })
+        .await;
+        assert_eq!(subject.recorder.node_messages(), [Bytes::from_static(b"hello")]);
+        return;
+    };
+    let mut health = other.health();
+    let _ = tokio::time::timeout(WAIT, health.wait_for(|h| h.up)).await;
+    // The other node's probe subscription may trail its health by a
+    // moment: send until the first arrives.
+    eventually("node 2 hears node 1", || {
+        let (broker, recorder) = (broker.clone(), other_recorder.clone());
+        if recorder.node_messages().is_empty() {
+            tokio::spawn(async move { broker.send_to_node("node-2", b"to node 2").await });
+        }
+        !recorder.node_messages().is_empty()
+    })
+    .await;
+    assert!(
+        other_recorder
+            .node_messages()
+            .iter()
+            .all(|m| &m[..] == b"to node 2")
+    );
+    other.send_to_node("node-1", b"to node 1").await.expect("sent");
+    eventually("node 1 hears node 2", || {
+        !subject.recorder.node_messages().is_empty()
+    })
+    .await;
+    assert_eq!(
+        subject.recorder.node_messages(),
+        [Bytes::from_static(b"to node 1")]
+    );
+    // A node that is not there gets nothing, and that is no error.
+    broker.send_to_node("node-9", b"nobody").await.expect("sent");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        other_recorder
+            .node_messages()
+            .iter()
+            .all(|m| &m[..] == b"to node 2")
+    );
+    other.close().await;
 }
 
 /// Announced nodes are listed until their announcement lapses; a node

@@ -31,5 +31,7 @@ export const DEFAULTS = Object.freeze({
 export const CLOSE_UNAUTHORIZED = 4001;
 export const CLOSE_FORBIDDEN = 4003;
 export const CLOSE_POLICY = 1008;
+/** A backend logged the user out (POST /api/disconnect): do not reconnect. 4010 reconnects as usual. */
+export const CLOSE_LOGGED_OUT = 4011;
 /** Code reported for connections the client itself declared dead (timeouts, offline). */
 export const CLOSE_ABNORMAL = 1006;

@@ -27,6 +27,7 @@ export type ClientErrorCode =
   | 'unauthorized'
   | 'forbidden'
   | 'policy_violation'
+  | 'logged_out'
   | 'reconnect_failed'
   | 'token_failed'
   | 'token_expiring'

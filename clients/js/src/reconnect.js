@@ -2,7 +2,7 @@
 // close reason, and Reconnect, the Client's reconnection policy (what each close code means)
 // and schedule (the next attempt's timer, waiting to be online).
 
-import { CLOSE_FORBIDDEN, CLOSE_POLICY, CLOSE_UNAUTHORIZED, DEFAULTS } from './constants.js';
+import { CLOSE_FORBIDDEN, CLOSE_LOGGED_OUT, CLOSE_POLICY, CLOSE_UNAUTHORIZED, DEFAULTS } from './constants.js';
 import { PubSubError } from './errors.js';
 
 /**
@@ -125,6 +125,8 @@ export class Reconnect {
       }
       renewToken = true;
       delay = 0;
+    } else if (close.code === CLOSE_LOGGED_OUT) {
+      return { fatal: new PubSubError('logged_out', `the server logged this user out (close ${close.code}); not reconnecting`, { closeCode: close.code }) };
     } else if (close.code === CLOSE_FORBIDDEN || close.code === CLOSE_POLICY) {
       return { fatal: new PubSubError(close.code === CLOSE_FORBIDDEN ? 'forbidden' : 'policy_violation', `the server refused this client (close ${close.code}${close.reason ? `: ${close.reason}` : ''}); not reconnecting`, { closeCode: close.code }) };
     } else if (hint !== null) {

@@ -149,10 +149,11 @@ describe('close codes', () => {
     assert.equal(sockets.length, 2);
   });
 
-  test('4003 and 1008 stop the client: failed, error, no reconnect', () => {
+  test('4003, 1008 and 4011 (logged out) stop the client: failed, error, no reconnect', () => {
     for (const [code, errorCode] of [
       [4003, 'forbidden'],
       [1008, 'policy_violation'],
+      [4011, 'logged_out'],
     ]) {
       const { client, clock, sockets, socket, of } = connected();
       socket().serverClose(code);
@@ -162,6 +163,15 @@ describe('close codes', () => {
       clock.advance(120000);
       assert.equal(sockets.length, 1);
     }
+  });
+
+  test('4010 (disconnected by a backend) reconnects with the usual backoff', () => {
+    const { client, clock, sockets, socket, of } = connected();
+    socket().serverClose(4010);
+    assert.equal(of('disconnected').at(-1).willReconnect, true);
+    assert.notEqual(client.state, 'failed');
+    clock.advance(120000);
+    assert.ok(sockets.length >= 2, 'reconnected');
   });
 
   test('4001 asks getToken for a fresh token and reconnects with it; a second 4001 gives up', async () => {

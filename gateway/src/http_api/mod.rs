@@ -9,6 +9,7 @@
 //! API key (401), content type (415), body size (413), JSON (400), channel
 //! (400), publication size (413), broker (503). docs/api.md documents each.
 
+mod disconnect;
 mod history;
 mod info;
 mod presence;
@@ -31,6 +32,7 @@ use crate::hub::HubError;
 use crate::node::Node;
 use crate::response::{Body, error_response};
 
+pub use disconnect::disconnect;
 pub use history::{history, remove_history};
 pub use info::{announce_loop, info};
 pub use presence::{presence, presence_stats};

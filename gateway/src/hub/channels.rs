@@ -148,6 +148,9 @@ pub struct Counters {
 
 /// Local subscribers and stream state per channel, sharded by channel name.
 pub struct Channels {
+    /// Messages other nodes addressed to this one (server-side operations),
+    /// for the node's control task; dropped when it falls behind.
+    node_messages: tokio::sync::mpsc::Sender<bytes::Bytes>,
     shards: Box<[Mutex<HashMap<ChannelName, Entry>>]>,
     hasher: RandomState,
     /// Channels whose wanted broker state may have changed, for the manager.
@@ -165,8 +168,10 @@ impl Channels {
         repairs: Arc<Worklist>,
         counters: Counters,
         presence: Arc<Presence>,
+        node_messages: tokio::sync::mpsc::Sender<bytes::Bytes>,
     ) -> Channels {
         Channels {
+            node_messages,
             presence,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
@@ -404,6 +409,12 @@ impl Channels {
 }
 
 impl Listener for Channels {
+    fn on_node_message(&self, message: bytes::Bytes) {
+        if self.node_messages.try_send(message).is_err() {
+            tracing::warn!("dropping a node message: the control task is behind or gone");
+        }
+    }
+
     fn on_publication(&self, publication: Publication) {
         let channel = publication.channel.clone();
         let mut shard = self.shard(channel.as_str()).lock();

@@ -129,7 +129,12 @@ pub struct Hub {
     dirty: Arc<Worklist>,
     repairs: Arc<Worklist>,
     presence: Arc<Presence>,
+    /// Messages addressed to this node, until the control task takes them.
+    node_inbox: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<Bytes>>>,
 }
+
+/// Node messages queued for the control task, at most.
+const NODE_MESSAGES: usize = 1024;
 
 impl Hub {
     /// Builds the hub around `broker`, hands the broker the channel table
@@ -150,11 +155,13 @@ impl Hub {
             gap_notices: metrics.gap_notices.clone(),
             repairs: metrics.repairs.clone(),
         };
+        let (node_messages, node_inbox) = tokio::sync::mpsc::channel(NODE_MESSAGES);
         let channels = Arc::new(Channels::new(
             dirty.clone(),
             repairs.clone(),
             counters,
             presence.clone(),
+            node_messages,
         ));
         broker.start(channels.clone());
         let tasks = vec![
@@ -175,6 +182,7 @@ impl Hub {
             dirty,
             repairs,
             presence,
+            node_inbox: parking_lot::Mutex::new(Some(node_inbox)),
         };
         (hub, tasks)
     }
@@ -371,6 +379,16 @@ impl Hub {
     /// The latest announcement of every live node.
     pub async fn nodes(&self) -> Result<Vec<Bytes>, HubError> {
         Ok(self.broker.nodes().await?)
+    }
+
+    /// Sends `message` to node `node` (see [`Broker::send_to_node`]).
+    pub async fn send_to_node(&self, node: &str, message: &[u8]) -> Result<(), HubError> {
+        Ok(self.broker.send_to_node(node, message).await?)
+    }
+
+    /// The messages other nodes address to this one; `None` once taken.
+    pub fn take_node_inbox(&self) -> Option<tokio::sync::mpsc::Receiver<Bytes>> {
+        self.node_inbox.lock().take()
     }
 
     /// The largest publication accepted, in bytes.

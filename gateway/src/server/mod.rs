@@ -49,6 +49,10 @@ impl Gateway {
         let (node, mut background) = Node::start(config).map_err(|e| anyhow::anyhow!(e))?;
         // The node's entry in the registry `GET /api/info` reads.
         background.push(tokio::spawn(crate::http_api::announce_loop(node.clone())));
+        // Server-side operations addressed to this node.
+        if let Some(inbox) = node.hub.take_node_inbox() {
+            background.push(tokio::spawn(crate::control::run(node.clone(), inbox)));
+        }
         let (stop, stopped) = watch::channel(false);
         let accept = tokio::spawn(listener::accept_loop(
             listener,

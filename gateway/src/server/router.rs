@@ -32,6 +32,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/api/broadcast", "POST"),
     ("/api/batch", "POST"),
     ("/api/history/remove", "POST"),
+    ("/api/disconnect", "POST"),
 ];
 
 /// Which listener a request came in on.
@@ -123,6 +124,7 @@ pub(super) async fn route(
         "/api/batch" => http_api::batch(node, request).await,
         "/api/broadcast" => http_api::broadcast(node, request).await,
         "/api/history/remove" => http_api::remove_history(node, request).await,
+        "/api/disconnect" => http_api::disconnect(node, request).await,
         "/api/openapi.json" => openapi::serve(),
         _ => demo::serve(path),
     }
