@@ -14,7 +14,7 @@
 //! never taken while this broker holds its own, and every subscriber still
 //! sees one order per channel.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,13 +27,16 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::{
-    BoxFuture, Broker, BrokerError, Health, History, Idempotency, Listener, ListenerSlot, NO_STREAM, Once,
+    BoxFuture, Broker, BrokerError, Health, History, Idempotency, Listener, ListenerSlot, Once,
     PresenceBatch, PresenceStats, Published, StreamOptions, new_epoch,
 };
 use presence::PresenceTable;
 use pubsub_proto::Member;
 
 mod presence;
+mod shard;
+
+use shard::{Channel, Kept, Shard};
 
 const SHARDS: usize = 32;
 /// How often expired streams of idle channels are dropped.
@@ -61,151 +64,6 @@ impl Default for MemoryLimits {
         MemoryLimits {
             max_streams: 1_000_000,
             max_history_bytes: 1024 * 1024 * 1024,
-        }
-    }
-}
-
-/// One channel's stream and whether this node subscribed to it.
-struct Channel {
-    /// `None` until the first publication (or after the stream expired):
-    /// the channel has no stream and reads report [`NO_STREAM`].
-    epoch: Option<Arc<str>>,
-    offset: u64,
-    history: VecDeque<Publication>,
-    /// Last publication; the stream expires `ttl` after it.
-    touched: Instant,
-    ttl: Duration,
-    subscribed: bool,
-    /// Publications accepted but not yet handed to the listener.
-    undelivered: VecDeque<Publication>,
-    /// Some publisher is handing `undelivered` to the listener.
-    delivering: bool,
-    /// Idempotency keys of recent publications, with where each went and
-    /// until when it is remembered; `once_order` holds them oldest first.
-    once: HashMap<Box<str>, (Published, Instant)>,
-    once_order: VecDeque<(Box<str>, Instant)>,
-}
-
-impl Channel {
-    fn new() -> Channel {
-        Channel {
-            epoch: None,
-            offset: 0,
-            history: VecDeque::new(),
-            touched: Instant::now(),
-            ttl: Duration::ZERO,
-            subscribed: false,
-            undelivered: VecDeque::new(),
-            delivering: false,
-            once: HashMap::new(),
-            once_order: VecDeque::new(),
-        }
-    }
-
-    /// Forgets idempotency keys whose window has passed.
-    fn forget_expired_keys(&mut self, now: Instant) {
-        while let Some((key, until)) = self.once_order.front() {
-            if *until > now {
-                break;
-            }
-            if self.once.get(key).is_some_and(|(_, u)| u == until) {
-                self.once.remove(key);
-            }
-            self.once_order.pop_front();
-        }
-    }
-
-    fn expired(&self) -> bool {
-        self.epoch.is_some() && self.touched.elapsed() > self.ttl
-    }
-
-    /// Whether dropping the entry loses nothing: no stream, no local
-    /// subscription, nothing left to deliver.
-    fn is_empty(&self) -> bool {
-        self.epoch.is_none() && !self.subscribed && !self.delivering && self.undelivered.is_empty()
-    }
-
-    fn position(&self) -> History {
-        History {
-            epoch: self.epoch.clone().unwrap_or_else(|| Arc::from(NO_STREAM)),
-            offset: self.offset,
-            publications: Vec::new(),
-        }
-    }
-}
-
-/// One publication kept in some channel's history, in publication order,
-/// for dropping the oldest first when the shard is over its bytes. Entries
-/// whose publication already left its history (trimmed by the channel's
-/// own size, or its stream ended) are skipped and compacted away.
-struct Kept {
-    channel: ChannelName,
-    epoch: Arc<str>,
-    offset: u64,
-}
-
-#[derive(Default)]
-struct Shard {
-    channels: HashMap<ChannelName, Channel>,
-    /// Bytes of data in the histories of this shard's channels.
-    history_bytes: usize,
-    /// Publications in those histories.
-    history_len: usize,
-    kept: VecDeque<Kept>,
-}
-
-impl Shard {
-    /// Drops the stream of `channel` (history, offset, epoch) and, if
-    /// nothing else is left, its entry. Returns whether a stream ended.
-    fn end_stream(&mut self, channel: &str) -> bool {
-        let Some(entry) = self.channels.get_mut(channel) else {
-            return false;
-        };
-        let had = entry.epoch.take().is_some();
-        entry.offset = 0;
-        entry.once.clear();
-        entry.once_order.clear();
-        for publication in entry.history.drain(..) {
-            self.history_bytes -= publication.data.len();
-            self.history_len -= 1;
-        }
-        if entry.is_empty() {
-            self.channels.remove(channel);
-        }
-        had
-    }
-
-    /// Whether a `kept` entry's publication is still in its history.
-    fn still_kept(&self, kept: &Kept) -> bool {
-        self.channels.get(kept.channel.as_str()).is_some_and(|c| {
-            c.epoch.as_ref().is_some_and(|e| Arc::ptr_eq(e, &kept.epoch))
-                && c.history
-                    .front()
-                    .and_then(|p| p.offset)
-                    .is_some_and(|o| o <= kept.offset)
-        })
-    }
-
-    /// Drops the oldest kept publications while over `budget` bytes, and
-    /// compacts the order when most of it is stale.
-    fn enforce(&mut self, budget: usize) {
-        while self.history_bytes > budget {
-            let Some(oldest) = self.kept.pop_front() else {
-                break;
-            };
-            if !self.still_kept(&oldest) {
-                continue;
-            }
-            if let Some(channel) = self.channels.get_mut(oldest.channel.as_str())
-                && let Some(dropped) = channel.history.pop_front()
-            {
-                self.history_bytes -= dropped.data.len();
-                self.history_len -= 1;
-            }
-        }
-        if self.kept.len() > 2 * self.history_len + 64 {
-            let kept = std::mem::take(&mut self.kept);
-            self.kept = kept.into_iter().filter(|k| self.still_kept(k)).collect();
         }
     }
 }
@@ -333,10 +191,21 @@ impl MemoryBroker {
         let inner = &self.inner;
         let mut guard = inner.shard(channel.as_str()).lock();
         let shard = &mut *guard;
-        if shard.channels.get(channel.as_str()).is_some_and(Channel::expired)
-            && shard.end_stream(channel.as_str())
-        {
+        if shard.end_if_expired(channel.as_str()) {
             inner.streams.fetch_sub(1, Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        // Keys live with the stream, so a duplicate is only ever found on a
+        // channel that has one.
+        if let Some(once) = &once
+            && let Some(stream) = shard.channels.get_mut(channel.as_str())
+        {
+            stream.forget_expired_keys(now);
+            if let Some((first, until)) = stream.once.get(once.key.as_str())
+                && *until > now
+            {
+                return Ok(Once::Duplicate(first.clone()));
+            }
         }
         let starts_stream = shard
             .channels
@@ -351,25 +220,10 @@ impl MemoryBroker {
             }
             inner.streams.fetch_add(1, Ordering::Relaxed);
         }
-        let now = Instant::now();
-        if let Some(once) = &once
-            && let Some(stream) = shard.channels.get_mut(channel.as_str())
-        {
-            stream.forget_expired_keys(now);
-            if let Some((first, until)) = stream.once.get(once.key.as_str())
-                && *until > now
-            {
-                let first = first.clone();
-                if starts_stream {
-                    inner.streams.fetch_sub(1, Ordering::Relaxed);
-                }
-                return Ok(Once::Duplicate(first));
-            }
-        }
         let stream = shard.channels.entry(channel.clone()).or_insert_with(Channel::new);
         let epoch = stream.epoch.get_or_insert_with(|| Arc::from(new_epoch())).clone();
         stream.offset += 1;
-        stream.touched = Instant::now();
+        stream.touched = now;
         stream.ttl = options.history_ttl;
         let publication = Publication {
             channel: channel.clone(),
@@ -378,8 +232,7 @@ impl MemoryBroker {
             epoch: Some(epoch.clone()),
         };
         if options.history_size > 0 {
-            shard.history_bytes += publication.data.len();
-            shard.history_len += 1;
+            shard.usage.add(&publication);
             shard.kept.push_back(Kept {
                 channel: channel.clone(),
                 epoch: epoch.clone(),
@@ -389,8 +242,7 @@ impl MemoryBroker {
         }
         while stream.history.len() > options.history_size {
             if let Some(dropped) = stream.history.pop_front() {
-                shard.history_bytes -= dropped.data.len();
-                shard.history_len -= 1;
+                shard.usage.remove(&dropped);
             }
         }
         let published = Published {
@@ -426,9 +278,7 @@ impl MemoryBroker {
     /// stream if that expired. Never creates an entry.
     fn read_stream<T>(&self, channel: &ChannelName, read: impl FnOnce(Option<&mut Channel>) -> T) -> T {
         let mut shard = self.inner.shard(channel.as_str()).lock();
-        if shard.channels.get(channel.as_str()).is_some_and(Channel::expired)
-            && shard.end_stream(channel.as_str())
-        {
+        if shard.end_if_expired(channel.as_str()) {
             self.inner.streams.fetch_sub(1, Ordering::Relaxed);
         }
         read(shard.channels.get_mut(channel.as_str()))
@@ -517,8 +367,7 @@ impl Broker for MemoryBroker {
                 stream.touched = Instant::now();
                 stream.ttl = options.history_ttl;
                 for dropped in stream.history.drain(..) {
-                    shard.history_bytes -= dropped.data.len();
-                    shard.history_len -= 1;
+                    shard.usage.remove(&dropped);
                 }
                 stream.position()
             }
@@ -645,7 +494,7 @@ impl Broker for MemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::BrokerEvent;
+    use crate::{BrokerEvent, NO_STREAM};
 
     #[derive(Default)]
     struct Recorder(Mutex<Vec<(String, Bytes, Option<u64>)>>);
