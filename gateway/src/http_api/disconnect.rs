@@ -52,13 +52,9 @@ pub async fn disconnect(node: Arc<Node>, request: Request<Incoming>) -> Response
             )));
         }
         let command = Command::Disconnect { user, client, code }.encode();
-        let mut nodes: Vec<String> = node
-            .hub
-            .nodes()
-            .await
-            .map_err(Failure::from)?
+        let mut nodes: Vec<String> = super::info::live_nodes(&node)
+            .await?
             .iter()
-            .filter_map(|raw| serde_json::from_slice::<serde_json::Value>(raw).ok())
             .filter_map(|info| info["node"].as_str().map(str::to_owned))
             .collect();
         // This node, even before its first announcement.

@@ -48,6 +48,19 @@ pub async fn announce_loop(node: Arc<Node>) {
     }
 }
 
+/// Every live node's announcement, sorted by node id (unreadable ones,
+/// which no gateway writes, are skipped).
+pub(super) async fn live_nodes(node: &Node) -> Result<Vec<serde_json::Value>, Failure> {
+    let announced = node.hub.nodes().await.map_err(Failure::from)?;
+    let mut nodes: Vec<serde_json::Value> = announced
+        .iter()
+        .filter_map(|raw| serde_json::from_slice::<serde_json::Value>(raw).ok())
+        .filter(|value| value["node"].is_string())
+        .collect();
+    nodes.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
+    Ok(nodes)
+}
+
 /// `GET /api/info` → `{"nodes":[{"node":"gw-1","version":...}, ...]}`,
 /// sorted by node id.
 pub async fn info(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
@@ -56,14 +69,7 @@ pub async fn info(node: Arc<Node>, request: Request<Incoming>) -> Response<Body>
         if request.uri().query().is_some_and(|q| !q.is_empty()) {
             return Err(Failure::bad_request("GET /api/info takes no query parameters"));
         }
-        let announced = node.hub.nodes().await.map_err(Failure::from)?;
-        let mut nodes: Vec<serde_json::Value> = announced
-            .iter()
-            .filter_map(|raw| serde_json::from_slice::<serde_json::Value>(raw).ok())
-            .filter(|value| value.is_object())
-            .collect();
-        nodes.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
-        Ok::<_, Failure>(json!({ "nodes": nodes }))
+        Ok::<_, Failure>(json!({ "nodes": live_nodes(&node).await? }))
     }
     .await;
     match result {

@@ -291,19 +291,8 @@ impl Hub {
         data: Bytes,
         source: Source,
     ) -> Result<Published, HubError> {
-        if data.len() > self.max_publication_size {
-            return Err(HubError::TooLarge {
-                size: data.len(),
-                limit: self.max_publication_size,
-            });
-        }
-        let options = self.namespaces.of(&channel).stream_options();
-        let published = self.broker.publish(channel, data, options).await?;
-        match source {
-            Source::Api => self.metrics.published_api.increment(1),
-            Source::Client => self.metrics.published_client.increment(1),
-        }
-        Ok(published)
+        let outcome = self.publish_once(channel, data, source, None).await?;
+        Ok(outcome.position().clone())
     }
 
     /// Publishes unless `once` names a key already used on the channel
@@ -315,9 +304,6 @@ impl Hub {
         source: Source,
         once: Option<Idempotency>,
     ) -> Result<Once, HubError> {
-        let Some(once) = once else {
-            return self.publish(channel, data, source).await.map(Once::Published);
-        };
         if data.len() > self.max_publication_size {
             return Err(HubError::TooLarge {
                 size: data.len(),
@@ -325,7 +311,10 @@ impl Hub {
             });
         }
         let options = self.namespaces.of(&channel).stream_options();
-        let outcome = self.broker.publish_once(channel, data, options, once).await?;
+        let outcome = match once {
+            Some(once) => self.broker.publish_once(channel, data, options, once).await?,
+            None => Once::Published(self.broker.publish(channel, data, options).await?),
+        };
         match (&outcome, source) {
             (Once::Duplicate(_), _) => self.metrics.publish_duplicates.increment(1),
             (Once::Published(_), Source::Api) => self.metrics.published_api.increment(1),
