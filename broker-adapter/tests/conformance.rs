@@ -3,7 +3,7 @@
 //! three-master Redis Cluster, each test on its own servers.
 
 use broker_adapter::testing::conformance::{self, Subject};
-use broker_adapter::testing::presence;
+use broker_adapter::testing::{operations, presence};
 
 macro_rules! suite {
     ($broker:ident, $make:expr) => {
@@ -40,22 +40,22 @@ macro_rules! suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn messages_reach_the_node_named() {
-                conformance::messages_reach_the_node_named(&subject().await).await;
+                operations::messages_reach_the_node_named(&subject().await).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn announced_nodes_are_listed_until_they_lapse() {
-                conformance::announced_nodes_are_listed_until_they_lapse(&subject().await).await;
+                operations::announced_nodes_are_listed_until_they_lapse(&subject().await).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn removing_history_ends_the_stream() {
-                conformance::removing_history_ends_the_stream(&subject().await).await;
+                operations::removing_history_ends_the_stream(&subject().await).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn idempotent_publications_happen_once() {
-                conformance::idempotent_publications_happen_once(&subject().await).await;
+                operations::idempotent_publications_happen_once(&subject().await).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,5 +4,6 @@
 
 pub mod cluster;
 pub mod conformance;
+pub mod operations;
 pub mod presence;
 pub mod server;
