@@ -36,17 +36,31 @@ fn announcement(node: &Node) -> serde_json::Value {
 }
 
 /// Announces the node every [`ANNOUNCE_INTERVAL`] until the task is
-/// aborted; a failed announcement (broker down) is tried again next time.
+/// aborted. A failed announcement (the broker not connected yet, or down)
+/// is tried again sooner, from 250 ms doubling up to the interval, so a
+/// node that starts before its broker is listed as soon as it connects.
 pub async fn announce_loop(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(ANNOUNCE_INTERVAL);
+    let mut retry = RETRY_FIRST;
     loop {
-        tick.tick().await;
         let info = announcement(&node).to_string();
-        if let Err(error) = node.hub.announce(info.as_bytes(), ANNOUNCE_TTL).await {
-            tracing::debug!(%error, "node announcement failed; retrying next interval");
-        }
+        let wait = match node.hub.announce(info.as_bytes(), ANNOUNCE_TTL).await {
+            Ok(()) => {
+                retry = RETRY_FIRST;
+                ANNOUNCE_INTERVAL
+            }
+            Err(error) => {
+                tracing::debug!(%error, retry_in = ?retry, "node announcement failed");
+                let wait = retry;
+                retry = (retry * 2).min(ANNOUNCE_INTERVAL);
+                wait
+            }
+        };
+        tokio::time::sleep(wait).await;
     }
 }
+
+/// The first wait after a failed announcement.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
 
 /// Every live node's announcement, sorted by node id (unreadable ones,
 /// which no gateway writes, are skipped).
