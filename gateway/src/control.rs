@@ -1,5 +1,6 @@
 //! Server-side operations that reach every node: a backend's request
-//! (`POST /api/disconnect`) becomes a [`Command`], sent to each live node
+//! (`POST /api/disconnect`, `/api/subscribe`, `/api/unsubscribe`) becomes a
+//! [`Command`], sent to each live node
 //! through the broker ([`crate::hub::Hub::send_to_node`]); each node's
 //! control task ([`run`]) applies the commands addressed to it to its own
 //! sessions.
@@ -7,12 +8,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pubsub_proto::close;
+use pubsub_proto::{ChannelName, close};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::frame::CloseRequest;
 use crate::node::Node;
+use crate::order::Order;
+use crate::peer::Peer;
 
 /// What a node is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +30,41 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client: Option<String>,
         code: u16,
+    },
+    /// Subscribe the connections of `user` (or the one connection
+    /// `client`) to `channel`: a server-side subscription.
+    Subscribe {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+        channel: String,
+    },
+    /// Answer call `call` of node `reply_to` with this node's page of
+    /// channels ([`Command::ChannelsPage`]).
+    Channels {
+        reply_to: String,
+        call: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pattern: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        limit: usize,
+    },
+    /// One node's answer to [`Command::Channels`]: its channels with local
+    /// subscribers, in name order, with their counts.
+    ChannelsPage {
+        call: u64,
+        node: String,
+        channels: Vec<(String, usize)>,
+    },
+    /// Remove the connections of `user` (or `client`) from `channel`.
+    Unsubscribe {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+        channel: String,
     },
 }
 
@@ -45,22 +83,79 @@ pub fn disconnect_reason(code: u16) -> Option<&'static str> {
     }
 }
 
-/// Applies one command to this node's sessions; returns how many it closed.
-fn apply(node: &Node, command: Command) -> usize {
+/// The connections a command is about: every one of `user`, or the one
+/// connection `client`.
+fn target<'a>(user: &'a Option<String>, client: &'a Option<String>) -> impl Fn(&Peer) -> bool + 'a {
+    move |peer| match (user, client) {
+        (Some(user), _) => peer.who().is_some_and(|who| *who.user == **user),
+        (None, Some(client)) => peer.client() == *client,
+        (None, None) => false,
+    }
+}
+
+/// Most channels one page may hold (`GET /api/channels?limit=`).
+pub const MAX_PAGE: usize = 1000;
+
+/// Applies one command to this node's sessions; returns how many it
+/// reached.
+async fn apply(node: &Node, command: Command) -> usize {
+    let registry = &node.clients.registry;
     match command {
+        Command::Channels {
+            reply_to,
+            call,
+            pattern,
+            after,
+            limit,
+        } => {
+            let page = node
+                .hub
+                .channel_page(pattern.as_deref(), after.as_deref(), limit.min(MAX_PAGE));
+            let answer = Command::ChannelsPage {
+                call,
+                node: node.config.node_id.clone(),
+                channels: page
+                    .iter()
+                    .map(|(name, n)| (name.as_str().to_owned(), *n))
+                    .collect(),
+            };
+            if let Err(error) = node.hub.send_to_node(&reply_to, &answer.encode()).await {
+                tracing::warn!(%error, to = reply_to, "could not answer a channels call");
+            }
+            page.len()
+        }
+        // Answers go to the waiting call as they came (see `run`).
+        Command::ChannelsPage { .. } => 0,
         Command::Disconnect { user, client, code } => {
             let Some(reason) = disconnect_reason(code) else {
                 return 0;
             };
             let request = CloseRequest::now(code, reason);
-            node.clients.registry.close_where(
-                |peer| match (&user, &client) {
-                    (Some(user), _) => peer.who().is_some_and(|who| *who.user == **user),
-                    (None, Some(client)) => peer.client() == *client,
-                    (None, None) => false,
-                },
-                &request,
-            )
+            registry.each_where(target(&user, &client), |peer| peer.outbox.close(request.clone()))
+        }
+        Command::Subscribe {
+            user,
+            client,
+            channel,
+        } => {
+            let Ok(channel) = ChannelName::parse(&channel) else {
+                return 0;
+            };
+            registry.each_where(target(&user, &client), |peer| {
+                peer.outbox.order(Order::Subscribe(channel.clone()));
+            })
+        }
+        Command::Unsubscribe {
+            user,
+            client,
+            channel,
+        } => {
+            let Ok(channel) = ChannelName::parse(&channel) else {
+                return 0;
+            };
+            registry.each_where(target(&user, &client), |peer| {
+                peer.outbox.order(Order::Unsubscribe(channel.clone()));
+            })
         }
     }
 }
@@ -69,9 +164,16 @@ fn apply(node: &Node, command: Command) -> usize {
 pub async fn run(node: Arc<Node>, mut inbox: mpsc::Receiver<Bytes>) {
     while let Some(message) = inbox.recv().await {
         match serde_json::from_slice::<Command>(&message) {
+            Ok(Command::ChannelsPage { call, .. }) => node.calls.answer(call, message),
             Ok(command) => {
-                let closed = apply(&node, command.clone());
-                tracing::info!(?command, closed, "server-side operation applied");
+                let logged = match &command {
+                    Command::Channels { .. } | Command::ChannelsPage { .. } => None,
+                    other => Some(other.clone()),
+                };
+                let reached = apply(&node, command).await;
+                if let Some(command) = logged {
+                    tracing::info!(?command, reached, "server-side operation applied");
+                }
             }
             Err(error) => tracing::warn!(%error, "dropping a node message that is not a command"),
         }

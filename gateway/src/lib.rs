@@ -22,6 +22,7 @@
 
 mod access;
 mod auth;
+mod calls;
 mod client_ip;
 mod compression;
 pub mod config;
@@ -39,6 +40,7 @@ pub mod logging;
 pub mod metrics;
 mod node;
 mod openapi;
+mod order;
 mod origin;
 mod outbox;
 mod peer;

@@ -13,6 +13,7 @@ use broker_adapter::{BrokerConfig, BrokerError};
 use tokio::task::JoinHandle;
 
 use crate::auth::Authenticator;
+use crate::calls::Calls;
 use crate::compression::Deflater;
 use crate::config::Config;
 use crate::hub::Hub;
@@ -41,6 +42,8 @@ pub struct Node {
     /// The pooled compressors of permessage-deflate; `None` with
     /// `--compression off`.
     pub compression: Option<Arc<Deflater>>,
+    /// This node's questions to all nodes that wait for answers.
+    pub calls: Calls,
 }
 
 /// The node's clients: who is connected, who may connect, and their ids.
@@ -192,6 +195,7 @@ impl Node {
             api,
             pending,
             compression,
+            calls: Calls::default(),
         });
         // Histograms keep their samples until upkeep folds them in; without
         // it a node nobody scrapes would grow without bound.

@@ -22,9 +22,13 @@ use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 
 use crate::frame::{CloseRequest, Frame};
+use crate::order::Order;
 
 /// Items a fresh queue makes room for (a batch gathered under load).
 const BATCH_HINT: usize = 8;
+/// Orders a session may have waiting; past this, more are dropped (a
+/// backend looping on `POST /api/subscribe` must not grow a session).
+pub const MAX_ORDERS: usize = 256;
 /// Queued bytes past which the writer is woken even though the queue was
 /// not empty: a writer gathering frames for one write stops gathering
 /// once it has a full write's worth.
@@ -60,6 +64,8 @@ struct State {
     /// hold the bound once in the queue and once more in the writer).
     in_flight: usize,
     close: Option<CloseRequest>,
+    /// Orders of server-side operations, for the session (not written).
+    orders: Vec<Order>,
 }
 
 /// The outbound queue of one connection.
@@ -161,6 +167,33 @@ impl Outbox {
         drop(state);
         drop(dropped);
         self.waker.wake();
+    }
+
+    /// Hands the session an order; `false` when it is closing or already
+    /// has [`MAX_ORDERS`] waiting (the order is dropped).
+    pub fn order(&self, order: Order) -> bool {
+        let mut state = self.state.lock();
+        if state.close.is_some() || state.orders.len() >= MAX_ORDERS {
+            return false;
+        }
+        state.orders.push(order);
+        drop(state);
+        self.waker.wake();
+        true
+    }
+
+    /// The oldest order waiting, if any.
+    pub fn take_order(&self) -> Option<Order> {
+        let mut state = self.state.lock();
+        if state.orders.is_empty() {
+            return None;
+        }
+        let order = state.orders.remove(0);
+        if state.orders.is_empty() {
+            // Orders are rare: give the memory back.
+            state.orders = Vec::new();
+        }
+        Some(order)
     }
 
     /// Takes everything queued, or the close request once the queue is empty.

@@ -68,18 +68,18 @@ impl Registry {
         self.len() == 0
     }
 
-    /// Closes every session `matches` picks with `request`; returns how many.
-    pub fn close_where(&self, matches: impl Fn(&Peer) -> bool, request: &CloseRequest) -> usize {
-        let mut closed = 0;
+    /// Calls `act` on every session `matches` picks; returns how many.
+    pub fn each_where(&self, matches: impl Fn(&Peer) -> bool, act: impl Fn(&Peer)) -> usize {
+        let mut count = 0;
         for shard in self.shards.iter() {
             for peer in shard.lock().values() {
                 if matches(peer) {
-                    peer.outbox.close(request.clone());
-                    closed += 1;
+                    act(peer);
+                    count += 1;
                 }
             }
         }
-        closed
+        count
     }
 
     /// Resolves once no session is left (at once if none is).

@@ -713,3 +713,166 @@ async fn disconnecting_a_user_closes_its_connections_on_every_node() {
         "another user stays connected"
     );
 }
+
+/// `POST /api/subscribe` subscribes a user's connections on every node
+/// (each told with a `server` notice), `GET /api/channels` lists them with
+/// their counts across nodes, a page at a time, and `POST /api/unsubscribe`
+/// takes them out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_subscriptions_reach_a_users_connections_on_every_node() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let spawn = |id: &'static str| {
+        GatewayProcess::spawn(&[
+            "--redis-url",
+            url.as_str(),
+            "--node-id",
+            id,
+            "--jwt-secret",
+            support::tokens::SECRET,
+            "--jwt-allow-any-audience",
+            "--jwt-allow-any-issuer",
+            "--allow-open-api",
+        ])
+    };
+    let (first, second) = (spawn("serversub-1"), spawn("serversub-2"));
+    for addr in [first.addr, second.addr] {
+        eventually("ready", async || get(addr, "/readyz").await.status == 200).await;
+    }
+    // Ann's token allows no channel: server-side subscriptions need none.
+    let connect = |addr, user: &'static str| async move {
+        let mut client = WsClient::connect(addr, None).await;
+        let claims = if user == "bob" {
+            json!({"channels":["room:*"]})
+        } else {
+            json!({})
+        };
+        let token = support::tokens::hs256(user, 300, claims);
+        let reply = client
+            .request(json!({"type":"connect","id":1,"token":token}))
+            .await;
+        assert_eq!(reply["type"], "connected", "{reply}");
+        client
+    };
+    let mut ann_here = connect(first.addr, "ann").await;
+    let mut ann_there = connect(second.addr, "ann").await;
+    let mut bob = connect(second.addr, "bob").await;
+    bob.subscribe("room:b").await;
+    eventually("both nodes listed", async || {
+        get(first.addr, "/api/info").await.json()["nodes"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == 2
+    })
+    .await;
+
+    for channel in ["inbox:ann", "room:a"] {
+        let answer = post_json(
+            first.addr,
+            "/api/subscribe",
+            json!({"user":"ann","channel":channel}),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(answer.json(), json!({"nodes":["serversub-1","serversub-2"]}));
+        for client in [&mut ann_here, &mut ann_there] {
+            let notice = client.recv_json().await;
+            assert_eq!(
+                without(&notice, &["epoch", "offset"]),
+                json!({"type":"subscribed","channel":channel,"server":true}),
+                "{notice}"
+            );
+            assert_eq!(notice["offset"], 0, "{notice}");
+        }
+    }
+    // Subscribing again changes nothing (and sends nothing).
+    let again = post_json(
+        first.addr,
+        "/api/subscribe",
+        json!({"user":"ann","channel":"room:a"}),
+    )
+    .await;
+    assert_eq!(again.status, 200);
+
+    let published = post_json(
+        second.addr,
+        "/api/publish",
+        json!({"channel":"inbox:ann","data":{"n":1}}),
+    )
+    .await;
+    assert_eq!(published.status, 200, "{}", published.text());
+    for client in [&mut ann_here, &mut ann_there] {
+        let publication = client.recv_json().await;
+        assert_eq!(publication["type"], "message", "{publication}");
+        assert_eq!(publication["channel"], "inbox:ann");
+        assert_eq!(publication["data"], json!({"n":1}));
+    }
+
+    // The channels across both nodes, with counts, then one per page.
+    let all = get(second.addr, "/api/channels").await;
+    assert_eq!(all.status, 200, "{}", all.text());
+    assert_eq!(
+        all.json(),
+        json!({
+            "channels": [
+                {"channel":"inbox:ann","subscribers":2},
+                {"channel":"room:a","subscribers":2},
+                {"channel":"room:b","subscribers":1},
+            ],
+            "next_cursor": null,
+            "nodes": ["serversub-1","serversub-2"],
+            "missing": [],
+        })
+    );
+    let rooms = get(first.addr, "/api/channels?pattern=room:*").await.json();
+    assert_eq!(rooms["channels"].as_array().map(Vec::len), Some(2), "{rooms}");
+    let mut walked = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..5 {
+        let path = match &cursor {
+            Some(cursor) => format!("/api/channels?limit=1&cursor={cursor}"),
+            None => "/api/channels?limit=1".to_owned(),
+        };
+        let page = get(first.addr, &path).await.json();
+        for item in page["channels"].as_array().expect("channels") {
+            walked.push(item["channel"].as_str().expect("name").to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(walked, ["inbox:ann", "room:a", "room:b"]);
+    let bad = get(first.addr, "/api/channels?limit=0").await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+
+    let answer = post_json(
+        first.addr,
+        "/api/unsubscribe",
+        json!({"user":"ann","channel":"inbox:ann"}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    for client in [&mut ann_here, &mut ann_there] {
+        assert_eq!(
+            client.recv_json().await,
+            json!({"type":"unsubscribed","channel":"inbox:ann","server":true})
+        );
+    }
+    // Gone from the list, and from the client's own view: unsubscribing
+    // again is `not_subscribed`.
+    let left = get(first.addr, "/api/channels").await.json();
+    assert_eq!(
+        left["channels"],
+        json!([{"channel":"room:a","subscribers":2},{"channel":"room:b","subscribers":1}])
+    );
+    let reply = ann_here
+        .request(json!({"type":"unsubscribe","id":5,"channel":"inbox:ann"}))
+        .await;
+    assert_eq!(reply["code"], "not_subscribed", "{reply}");
+    // Bob got nothing of ann's.
+    assert_eq!(
+        bob.request(json!({"type":"ping","id":2})).await,
+        json!({"type":"pong","id":2})
+    );
+}

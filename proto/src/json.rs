@@ -206,6 +206,9 @@ struct Out<'a> {
     offset: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     recovered: Option<bool>,
+    /// `true` on a server-side subscribe or unsubscribe; absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    server: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_in_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -340,6 +343,7 @@ pub fn encode_reply(msg: &ServerMessage) -> String {
             channel,
             position,
             recovered,
+            server,
         } => Out {
             kind: "subscribed",
             id,
@@ -347,12 +351,14 @@ pub fn encode_reply(msg: &ServerMessage) -> String {
             epoch: position.as_ref().map(|p| p.epoch.as_str()),
             offset: position.as_ref().map(|p| p.offset),
             recovered: *recovered,
+            server: *server,
             ..Out::default()
         },
-        Reply::Unsubscribed { channel } => Out {
+        Reply::Unsubscribed { channel, server } => Out {
             kind: "unsubscribed",
             id,
             channel: Some(channel.as_str()),
+            server: *server,
             ..Out::default()
         },
         Reply::Published { channel, position } => Out {
@@ -743,9 +749,35 @@ mod tests {
                         channel: ch("news"),
                         position: None,
                         recovered: None,
+                        server: false,
                     },
                 },
                 json!({"type":"subscribed","id":2,"channel":"news"}),
+            ),
+            (
+                ServerMessage {
+                    id: None,
+                    reply: Reply::Subscribed {
+                        channel: ch("news"),
+                        position: Some(StreamPosition {
+                            epoch: "e1".into(),
+                            offset: 7,
+                        }),
+                        recovered: None,
+                        server: true,
+                    },
+                },
+                json!({"type":"subscribed","channel":"news","epoch":"e1","offset":7,"server":true}),
+            ),
+            (
+                ServerMessage {
+                    id: None,
+                    reply: Reply::Unsubscribed {
+                        channel: ch("news"),
+                        server: true,
+                    },
+                },
+                json!({"type":"unsubscribed","channel":"news","server":true}),
             ),
             (
                 ServerMessage {
@@ -757,6 +789,7 @@ mod tests {
                             offset: 7,
                         }),
                         recovered: Some(true),
+                        server: false,
                     },
                 },
                 json!({"type":"subscribed","id":2,"channel":"news","epoch":"e1","offset":7,"recovered":true}),
@@ -764,7 +797,10 @@ mod tests {
             (
                 ServerMessage {
                     id: Some(3),
-                    reply: Reply::Unsubscribed { channel: ch("news") },
+                    reply: Reply::Unsubscribed {
+                        channel: ch("news"),
+                        server: false,
+                    },
                 },
                 json!({"type":"unsubscribed","id":3,"channel":"news"}),
             ),

@@ -103,9 +103,14 @@ pub enum Reply {
         channel: ChannelName,
         position: Option<StreamPosition>,
         recovered: Option<bool>,
+        /// A server-side subscription (`POST /api/subscribe`), not the
+        /// answer to a command.
+        server: bool,
     },
     Unsubscribed {
         channel: ChannelName,
+        /// Removed by the server (`POST /api/unsubscribe`).
+        server: bool,
     },
     Published {
         channel: ChannelName,

@@ -110,14 +110,17 @@ pub fn encode_reply(msg: &ServerMessage) -> Vec<u8> {
             channel,
             position,
             recovered,
+            server,
         } => K::Subscribed(pb::Subscribed {
             channel: channel.to_string(),
             epoch: position.as_ref().map(|p| p.epoch.clone()),
             offset: position.as_ref().map(|p| p.offset),
             recovered: *recovered,
+            server: *server,
         }),
-        Reply::Unsubscribed { channel } => K::Unsubscribed(pb::Unsubscribed {
+        Reply::Unsubscribed { channel, server } => K::Unsubscribed(pb::Unsubscribed {
             channel: channel.to_string(),
+            server: *server,
         }),
         Reply::Published { channel, position } => K::Published(pb::Published {
             channel: channel.to_string(),

@@ -3,13 +3,16 @@
 //! - `publish`: `POST /api/publish`, `POST /api/broadcast`, `POST /api/batch`;
 //! - `history`: `GET /api/history`;
 //! - `presence`: `GET /api/presence`, `GET /api/presence/stats`;
+//! - `control`: `POST /api/disconnect`, `/api/subscribe`, `/api/unsubscribe`;
+//! - `info`: `GET /api/info`; `channels`: `GET /api/channels`;
 //! - here: what every request goes through (API key, content type, body).
 //!
 //! Checks run in a fixed order so a caller gets the most useful error first:
 //! API key (401), content type (415), body size (413), JSON (400), channel
 //! (400), publication size (413), broker (503). docs/api.md documents each.
 
-mod disconnect;
+mod channels;
+mod control;
 mod history;
 mod info;
 mod presence;
@@ -32,7 +35,8 @@ use crate::hub::HubError;
 use crate::node::Node;
 use crate::response::{Body, error_response};
 
-pub use disconnect::disconnect;
+pub use channels::channels;
+pub use control::{disconnect, subscribe, unsubscribe};
 pub use history::{history, remove_history};
 pub use info::{announce_loop, info};
 pub use presence::{presence, presence_stats};

@@ -374,6 +374,37 @@ impl Channels {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
+    /// Up to `limit` channels with local subscribers, with their counts,
+    /// in name order, after `after` and matching `pattern`: one walk of
+    /// the local channels, keeping only the `limit` smallest names.
+    pub fn page(
+        &self,
+        pattern: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<(ChannelName, usize)> {
+        let mut kept: std::collections::BinaryHeap<(ChannelName, usize)> =
+            std::collections::BinaryHeap::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for (name, entry) in shard.iter() {
+                if entry.subscribers.is_empty()
+                    || after.is_some_and(|after| name.as_str() <= after)
+                    || pattern.is_some_and(|p| !pubsub_proto::pattern::matches(p, name.as_str()))
+                {
+                    continue;
+                }
+                if kept.len() < limit {
+                    kept.push((name.clone(), entry.subscribers.len()));
+                } else if kept.peek().is_some_and(|(largest, _)| name < largest) {
+                    kept.pop();
+                    kept.push((name.clone(), entry.subscribers.len()));
+                }
+            }
+        }
+        kept.into_sorted_vec()
+    }
+
     /// Local subscriptions over all channels (a walk of the channels, for
     /// the node's periodic announcement, not for hot paths).
     pub fn subscription_count(&self) -> usize {

@@ -108,6 +108,9 @@ pub struct SubscribeRequest {
     pub id: Option<u64>,
     pub channel: ChannelName,
     pub since: Option<StreamPosition>,
+    /// Ordered by the server (`POST /api/subscribe`): the reply is a
+    /// notice marked `server`.
+    pub server: bool,
 }
 
 /// A subscription that went live: the `subscribed` reply and any replay
@@ -197,7 +200,12 @@ impl Hub {
         peer: &Arc<Peer>,
         request: SubscribeRequest,
     ) -> Result<Subscription, HubError> {
-        let SubscribeRequest { id, channel, since } = request;
+        let SubscribeRequest {
+            id,
+            channel,
+            since,
+            server,
+        } = request;
         let options = self.namespaces.of(&channel).stream_options();
         let joined = match self.channels.join(&channel, peer, options) {
             Join::Joined(joined) => joined,
@@ -230,6 +238,7 @@ impl Hub {
                 channel: channel.clone(),
                 position: Some(plan.position),
                 recovered: plan.recovered,
+                server,
             },
         };
         self.channels
@@ -353,6 +362,17 @@ impl Hub {
     /// Channels with local subscribers.
     pub fn channel_count(&self) -> usize {
         self.channels.len()
+    }
+
+    /// A page of the channels with local subscribers and their counts (see
+    /// `GET /api/channels`).
+    pub fn channel_page(
+        &self,
+        pattern: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<(ChannelName, usize)> {
+        self.channels.page(pattern, after, limit)
     }
 
     /// Subscriptions of local clients.

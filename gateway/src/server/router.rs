@@ -26,6 +26,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/api/openapi.json", "GET"),
     ("/api/history", "GET"),
     ("/api/info", "GET"),
+    ("/api/channels", "GET"),
     ("/api/presence", "GET"),
     ("/api/presence/stats", "GET"),
     ("/api/publish", "POST"),
@@ -33,6 +34,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/api/batch", "POST"),
     ("/api/history/remove", "POST"),
     ("/api/disconnect", "POST"),
+    ("/api/subscribe", "POST"),
+    ("/api/unsubscribe", "POST"),
 ];
 
 /// Which listener a request came in on.
@@ -119,12 +122,15 @@ pub(super) async fn route(
         "/api/publish" => http_api::publish(node, request).await,
         "/api/history" => http_api::history(node, request).await,
         "/api/info" => http_api::info(node, request).await,
+        "/api/channels" => http_api::channels(node, request).await,
         "/api/presence" => http_api::presence(node, request).await,
         "/api/presence/stats" => http_api::presence_stats(node, request).await,
         "/api/batch" => http_api::batch(node, request).await,
         "/api/broadcast" => http_api::broadcast(node, request).await,
         "/api/history/remove" => http_api::remove_history(node, request).await,
         "/api/disconnect" => http_api::disconnect(node, request).await,
+        "/api/subscribe" => http_api::subscribe(node, request).await,
+        "/api/unsubscribe" => http_api::unsubscribe(node, request).await,
         "/api/openapi.json" => openapi::serve(),
         _ => demo::serve(path),
     }

@@ -255,6 +255,7 @@ impl Session {
                 id,
                 channel: channel.clone(),
                 since,
+                server: false,
             };
             match node.hub.subscribe(&peer, request).await {
                 Ok(_) => Outcome::Done,
@@ -264,7 +265,7 @@ impl Session {
                         error_code(&error),
                         format!("cannot subscribe to {channel}: {}", error.public_message()),
                     );
-                    Outcome::SubscribeFailed(channel, reply)
+                    Outcome::SubscribeFailed(channel, Some(reply))
                 }
             }
         }))
@@ -275,7 +276,10 @@ impl Session {
             self.node.hub.unsubscribe(&channel, self.peer.id);
             self.reply(ServerMessage {
                 id,
-                reply: Reply::Unsubscribed { channel },
+                reply: Reply::Unsubscribed {
+                    channel,
+                    server: false,
+                },
             });
         } else {
             self.reply(ServerMessage::error(

@@ -23,6 +23,7 @@
 //! slowly).
 
 mod commands;
+mod orders;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -51,8 +52,9 @@ enum Outcome {
     Reply(ServerMessage),
     /// Nothing: the hub already queued the reply.
     Done,
-    /// The subscribe failed: forget the channel and queue the error.
-    SubscribeFailed(ChannelName, ServerMessage),
+    /// The subscribe failed: forget the channel and queue the error (none
+    /// for a server-side subscribe: nobody asked).
+    SubscribeFailed(ChannelName, Option<ServerMessage>),
 }
 
 /// What the reader wants after one inbound message.
@@ -238,6 +240,13 @@ impl Session {
             }
             progress = true;
         }
+        // Server-side orders run between the client's own commands.
+        if self.pending.is_none()
+            && let Some(order) = self.peer.outbox.take_order()
+        {
+            self.on_order(order);
+            progress = true;
+        }
         if let Some(command) = self.pending.as_mut()
             && let Poll::Ready(outcome) = command.as_mut().poll(cx)
         {
@@ -311,7 +320,9 @@ impl Session {
             Outcome::Reply(reply) => self.reply(reply),
             Outcome::SubscribeFailed(channel, reply) => {
                 self.subscriptions.remove(&channel);
-                self.reply(reply);
+                if let Some(reply) = reply {
+                    self.reply(reply);
+                }
             }
         }
     }
