@@ -201,7 +201,7 @@ async fn server_side_clients_authenticate_at_the_upgrade() {
 #[tokio::test]
 async fn api_keys_and_client_tokens_are_not_interchangeable() {
     let mut config = auth_config();
-    config.api_keys = vec!["backend-key".into()];
+    config.api_keys = vec![gateway::config::ApiKey::unrestricted("backend-key")];
     let gw = start(config).await;
     let addr = gw.local_addr();
     // The API key as a client token.

@@ -26,7 +26,7 @@ const MAX_STALL: Duration = Duration::from_millis(750);
 fn config() -> Config {
     let mut config = test_config();
     config.jwt_secret = Some(SECRET.into());
-    config.api_keys = vec!["api-key".into()];
+    config.api_keys = vec![gateway::config::ApiKey::unrestricted("api-key")];
     config.max_message_size = 4096;
     config.max_connections = 50;
     config.handshake_timeout = Duration::from_millis(500);

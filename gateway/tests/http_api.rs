@@ -345,10 +345,59 @@ async fn bad_requests_get_documented_codes() {
     );
 }
 
+/// A key limited to `[publish read]` publishes and reads, and gets `403
+/// forbidden` for the operations on connections and history; an
+/// unrestricted key does both.
+#[tokio::test]
+async fn a_scoped_api_key_may_do_only_what_its_scopes_name() {
+    let mut config = test_config();
+    config.api_keys = vec![
+        gateway::config::ApiKey::parse("[publish read] publisher").expect("a scoped key"),
+        gateway::config::ApiKey::unrestricted("admin"),
+    ];
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    let json = ("content-type", "application/json");
+    let calls = [
+        (Method::POST, "/api/publish", r#"{"channel":"a","data":1}"#, true),
+        (Method::GET, "/api/history?channel=a", "", true),
+        (Method::GET, "/api/channels", "", true),
+        (Method::POST, "/api/disconnect", r#"{"user":"u"}"#, false),
+        (
+            Method::POST,
+            "/api/subscribe",
+            r#"{"user":"u","channel":"a"}"#,
+            false,
+        ),
+        (Method::POST, "/api/history/remove", r#"{"channel":"a"}"#, false),
+    ];
+    for (method, path, body, allowed) in calls {
+        let publisher = [json, ("authorization", "Bearer publisher")];
+        let answer = http(addr, method.clone(), path, &publisher, body).await;
+        if allowed {
+            assert_eq!(answer.status, 200, "{path}: {}", answer.text());
+        } else {
+            assert_eq!(answer.status, 403, "{path}: {}", answer.text());
+            assert_eq!(answer.json()["error"]["code"], "forbidden", "{path}");
+        }
+        let admin = [json, ("authorization", "Bearer admin")];
+        let answer = http(addr, method, path, &admin, body).await;
+        assert_eq!(
+            answer.status,
+            200,
+            "{path} with the unrestricted key: {}",
+            answer.text()
+        );
+    }
+}
+
 #[tokio::test]
 async fn api_keys_are_enforced_when_configured() {
     let mut config = test_config();
-    config.api_keys = vec!["key-one".into(), "key-two".into()];
+    config.api_keys = vec![
+        gateway::config::ApiKey::unrestricted("key-one"),
+        gateway::config::ApiKey::unrestricted("key-two"),
+    ];
     let gw = start(config).await;
     let addr = gw.local_addr();
     let body = r#"{"channel":"a","data":1}"#;
@@ -582,7 +631,7 @@ async fn a_broadcast_names_at_most_1000_channels() {
 #[tokio::test]
 async fn the_openapi_document_is_served_without_an_api_key() {
     let mut config = test_config();
-    config.api_keys = vec!["k".into()];
+    config.api_keys = vec![gateway::config::ApiKey::unrestricted("k")];
     let gw = start(config).await;
     let answer = get(gw.local_addr(), "/api/openapi.json").await;
     assert_eq!(answer.status, 200);

@@ -59,7 +59,9 @@ pub struct Cli {
     pub node_id: Option<String>,
 
     /// API key accepted by the HTTP API as `Authorization: Bearer <key>`. Repeat the flag (or
-    /// separate with commas in the environment) for several keys. Without any key the API is
+    /// separate with commas in the environment) for several keys. `[publish read] KEY` limits a
+    /// key to scopes (publish, read, history, connections; see docs/api.md), a key without
+    /// brackets may do everything. Without any key the API is
     /// open to anyone who can reach it, so with token authentication on a key is required
     /// (see --allow-open-api).
     #[arg(
@@ -72,7 +74,8 @@ pub struct Cli {
     )]
     pub api_key: Vec<String>,
 
-    /// File of API keys, one per line (blank lines and `#` comments ignored), added to any
+    /// File of API keys, one per line, each `KEY` or `[scope …] KEY` (blank lines and `#`
+    /// comments ignored), added to any
     /// --api-key: keeps keys out of the command line, which other local users can read in
     /// /proc.
     #[arg(long, env = "GATEWAY_API_KEY_FILE", value_name = "FILE")]

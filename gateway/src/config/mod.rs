@@ -6,6 +6,7 @@
 //! layers the file under them; this module resolves and checks the result.
 //! docs/operations.md documents every setting.
 
+mod api_key;
 mod cli;
 mod file;
 mod values;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use api_key::{ApiKey, Scope};
 pub use cli::{Cli, LogFormat};
 pub use values::print::duration as print_duration;
 pub use values::{parse_duration, parse_fetch_url, parse_size, parse_switch};
@@ -35,7 +37,7 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     pub node_id: String,
     #[serde(rename = "api_key", serialize_with = "print::secrets")]
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<ApiKey>,
     /// The API may be served without a key while clients need tokens.
     pub allow_open_api: bool,
     /// The production profile: the fail-open defaults must be overridden.
@@ -205,16 +207,21 @@ impl Config {
             .iter()
             .map(|net| values::parse_network(net).map_err(|m| invalid("trusted_proxy", m)))
             .collect::<Result<_, _>>()?;
-        let mut api_keys = cli.api_key;
+        let mut api_keys = cli
+            .api_key
+            .iter()
+            .map(|entry| ApiKey::parse(entry).map_err(|m| invalid("api_key", m)))
+            .collect::<Result<Vec<_>, _>>()?;
         if let Some(path) = &cli.api_key_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| invalid("api_key_file", format!("cannot read {}: {e}", path.display())))?;
-            api_keys.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|line| !line.is_empty() && !line.starts_with('#'))
-                    .map(str::to_owned),
-            );
+            for line in text
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            {
+                api_keys.push(ApiKey::parse(line).map_err(|m| invalid("api_key_file", m))?);
+            }
         }
         let max_connections = match cli.max_connections {
             0 => values::open_files_limit().map_or(usize::MAX, |limit| limit / 10 * 9),
@@ -309,7 +316,7 @@ impl Config {
     /// Checks values that parse but cannot work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_node_id(&self.node_id).map_err(|m| invalid("node_id", m))?;
-        if self.api_keys.iter().any(|k| k.trim().is_empty()) {
+        if self.api_keys.iter().any(|k| k.secret.trim().is_empty()) {
             return Err(invalid("api_key", "API keys must not be empty".into()));
         }
         if self.ping_interval < Duration::from_millis(100) || self.ping_interval > Duration::from_secs(3600) {
@@ -567,7 +574,8 @@ mod tests {
 
     #[test]
     fn api_keys_come_from_a_file_and_no_secret_shows_in_debug_output() {
-        let file = temp_file("# backends\nkey-from-file-1\n\n  key-from-file-2  \n");
+        let file =
+            temp_file("# backends\nkey-from-file-1\n\n  key-from-file-2  \n[publish] key-from-file-3\n");
         let path = file.to_str().unwrap();
         let config = load(&[
             "--api-key",
@@ -580,10 +588,17 @@ mod tests {
             "--jwt-allow-any-issuer",
         ])
         .unwrap();
+        let secrets: Vec<&str> = config.api_keys.iter().map(|k| k.secret.as_str()).collect();
         assert_eq!(
-            config.api_keys,
-            ["key-on-the-line", "key-from-file-1", "key-from-file-2"]
+            secrets,
+            [
+                "key-on-the-line",
+                "key-from-file-1",
+                "key-from-file-2",
+                "key-from-file-3"
+            ]
         );
+        assert!(!config.api_keys[3].allows(Scope::Connections));
         let debug = format!("{config:?}");
         for secret in [
             "key-on-the-line",
@@ -717,7 +732,10 @@ mod tests {
         assert_eq!(from_file.ping_interval, Duration::from_secs(5));
         assert_eq!(from_file.drain, Duration::from_secs(3));
         assert_eq!(from_file.max_message_size, 1024);
-        assert_eq!(from_file.api_keys, ["k1", "k2"]);
+        assert_eq!(
+            from_file.api_keys,
+            [ApiKey::unrestricted("k1"), ApiKey::unrestricted("k2")]
+        );
         assert!(from_file.require_origin);
         assert_eq!(from_file.allowed_origins, ["https://a.example"]);
         assert_eq!(from_file.namespaces.named["chat"].history_size, 0);
@@ -735,7 +753,7 @@ mod tests {
         .unwrap();
         assert_eq!(flags.node_id, "from-flag");
         assert_eq!(flags.ping_interval, Duration::from_millis(750));
-        assert_eq!(flags.api_keys, ["k3"]);
+        assert_eq!(flags.api_keys, [ApiKey::unrestricted("k3")]);
         assert_eq!(flags.listen, "127.0.0.1:9000".parse().unwrap());
         std::fs::remove_file(path).ok();
     }

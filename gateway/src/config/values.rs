@@ -114,8 +114,8 @@ pub mod print {
         s.serialize_str(if *on { "on" } else { "off" })
     }
 
-    pub fn secrets<S: serde::Serializer>(keys: &[String], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(keys.iter().map(|_| "<redacted>"))
+    pub fn secrets<S: serde::Serializer>(keys: &[super::super::ApiKey], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(keys.iter().map(|key| key.redacted()))
     }
 
     pub fn secret<S: serde::Serializer>(secret: &Option<String>, s: S) -> Result<S::Ok, S::Error> {

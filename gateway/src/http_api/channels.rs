@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::{Failure, authorize};
+use crate::config::Scope;
 use crate::control::{Command, MAX_PAGE};
 use crate::node::Node;
 use crate::response::{Body, json_response};
@@ -76,7 +77,7 @@ fn parse_query(request: &Request<Incoming>) -> Result<Query, Failure> {
 }
 
 async fn list(node: &Arc<Node>, request: &Request<Incoming>) -> Result<Value, Failure> {
-    authorize(&node.config.api_keys, request.headers())?;
+    authorize(&node.config.api_keys, request.headers(), Scope::Read)?;
     let query = parse_query(request)?;
     let mut nodes: BTreeSet<String> = super::info::live_nodes(node)
         .await?

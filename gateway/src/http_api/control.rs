@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::{Failure, parse_channel, read_body};
+use crate::config::Scope;
 use crate::control::Command;
 use crate::node::Node;
 use crate::response::{Body, json_response};
@@ -114,7 +115,7 @@ fn answer(result: Result<Value, Failure>) -> Response<Body> {
 }
 
 async fn parse<T: DeserializeOwned>(node: &Arc<Node>, request: Request<Incoming>) -> Result<T, Failure> {
-    let body = read_body(node, request).await?;
+    let body = read_body(node, request, Scope::Connections).await?;
     serde_json::from_slice(&body).map_err(|e| Failure::bad_request(format!("invalid request body: {e}")))
 }
 

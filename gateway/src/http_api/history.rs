@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::{Failure, authorize, parse_channel};
+use crate::config::Scope;
 use crate::node::Node;
 use crate::response::{Body, json_response};
 
@@ -20,7 +21,7 @@ const MAX_HISTORY_LIMIT: usize = 1000;
 /// without `since`), oldest first.
 pub async fn history(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
     let result = async {
-        authorize(&node.config.api_keys, request.headers())?;
+        authorize(&node.config.api_keys, request.headers(), Scope::Read)?;
         let query = HistoryQuery::parse(request.uri().query().unwrap_or(""))?;
         let channel = parse_channel(&query.channel)?;
         let since = match query.since {
@@ -81,7 +82,7 @@ struct RemoveRequest {
 /// recovering clients `recovered: false`).
 pub async fn remove_history(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
     let result = async {
-        let body = super::read_body(&node, request).await?;
+        let body = super::read_body(&node, request, Scope::History).await?;
         let parsed: RemoveRequest = serde_json::from_slice(&body)
             .map_err(|e| Failure::bad_request(format!("invalid request body: {e}")))?;
         let channel = parse_channel(&parsed.channel)?;

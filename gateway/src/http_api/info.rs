@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::{Failure, authorize};
+use crate::config::Scope;
 use crate::node::Node;
 use crate::response::{Body, json_response};
 
@@ -79,7 +80,7 @@ pub(super) async fn live_nodes(node: &Node) -> Result<Vec<serde_json::Value>, Fa
 /// sorted by node id.
 pub async fn info(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
     let result = async {
-        authorize(&node.config.api_keys, request.headers())?;
+        authorize(&node.config.api_keys, request.headers(), Scope::Read)?;
         if request.uri().query().is_some_and(|q| !q.is_empty()) {
             return Err(Failure::bad_request("GET /api/info takes no query parameters"));
         }

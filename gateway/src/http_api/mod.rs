@@ -31,6 +31,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 
+use crate::config::{ApiKey, Scope};
 use crate::hub::HubError;
 use crate::node::Node;
 use crate::response::{Body, error_response};
@@ -119,8 +120,12 @@ pub(super) fn idempotency(
 }
 
 /// Checks the API key, content type and size, and reads the body.
-pub(super) async fn read_body(node: &Node, request: Request<Incoming>) -> Result<Bytes, Failure> {
-    authorize(&node.config.api_keys, request.headers())?;
+pub(super) async fn read_body(
+    node: &Node,
+    request: Request<Incoming>,
+    scope: Scope,
+) -> Result<Bytes, Failure> {
+    authorize(&node.config.api_keys, request.headers(), scope)?;
     check_content_type(request.headers())?;
     let limit = node.config.max_body_size;
     let too_large = || {
@@ -155,7 +160,7 @@ pub(super) async fn read_body(node: &Node, request: Request<Incoming>) -> Result
 /// With API keys configured, requires `Authorization: Bearer <key>` with one
 /// of them. Compares in constant time and checks every key, so timing tells
 /// nothing about which key (or how much of it) matched.
-pub(super) fn authorize(keys: &[String], headers: &HeaderMap) -> Result<(), Failure> {
+pub(super) fn authorize(keys: &[ApiKey], headers: &HeaderMap, scope: Scope) -> Result<(), Failure> {
     if keys.is_empty() {
         return Ok(());
     }
@@ -171,17 +176,26 @@ pub(super) fn authorize(keys: &[String], headers: &HeaderMap) -> Result<(), Fail
             "send an API key as Authorization: Bearer <key>".into(),
         ));
     };
-    let matched = keys.iter().fold(subtle::Choice::from(0), |acc, key| {
-        acc | key.as_bytes().ct_eq(presented.as_bytes())
-    });
-    if bool::from(matched) {
-        Ok(())
-    } else {
-        Err(Failure(
+    // Every key is compared (in constant time), so the time taken says
+    // nothing of which key, if any, came close.
+    let mut matched: Option<&ApiKey> = None;
+    for key in keys {
+        if bool::from(key.secret.as_bytes().ct_eq(presented.as_bytes())) {
+            matched = Some(key);
+        }
+    }
+    match matched {
+        None => Err(Failure(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "invalid API key".into(),
-        ))
+        )),
+        Some(key) if !key.allows(scope) => Err(Failure(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this API key lacks the `{}` scope", scope.name()),
+        )),
+        Some(_) => Ok(()),
     }
 }
 
@@ -254,17 +268,44 @@ mod tests {
 
     #[test]
     fn api_keys_are_required_when_configured() {
-        let keys = vec!["k1".to_string(), "second-key".to_string()];
-        assert!(authorize(&[], &headers(&[])).is_ok());
-        assert!(authorize(&keys, &headers(&[("authorization", "Bearer k1")])).is_ok());
-        assert!(authorize(&keys, &headers(&[("authorization", "Bearer second-key")])).is_ok());
+        let keys = vec![ApiKey::unrestricted("k1"), ApiKey::unrestricted("second-key")];
+        let publish = Scope::Publish;
+        assert!(authorize(&[], &headers(&[]), publish).is_ok());
+        assert!(authorize(&keys, &headers(&[("authorization", "Bearer k1")]), publish).is_ok());
+        assert!(
+            authorize(
+                &keys,
+                &headers(&[("authorization", "Bearer second-key")]),
+                publish
+            )
+            .is_ok()
+        );
         for bad in ["Bearer k2", "Bearer k", "Bearer second-key2", "k1", "Basic azE6"] {
-            let err = authorize(&keys, &headers(&[("authorization", bad)]))
+            let err = authorize(&keys, &headers(&[("authorization", bad)]), publish)
                 .err()
                 .map(|f| f.0);
             assert_eq!(err, Some(StatusCode::UNAUTHORIZED), "{bad}");
         }
-        assert!(authorize(&keys, &headers(&[])).is_err());
+        assert!(authorize(&keys, &headers(&[]), publish).is_err());
+    }
+
+    #[test]
+    fn a_scoped_key_may_do_only_what_its_scopes_name() {
+        let keys = vec![
+            ApiKey::parse("[publish read] pub").unwrap(),
+            ApiKey::unrestricted("admin"),
+        ];
+        let with = |key: &str| match key {
+            "pub" => headers(&[("authorization", "Bearer pub")]),
+            _ => headers(&[("authorization", "Bearer admin")]),
+        };
+        assert!(authorize(&keys, &with("pub"), Scope::Publish).is_ok());
+        assert!(authorize(&keys, &with("pub"), Scope::Read).is_ok());
+        for scope in [Scope::Connections, Scope::History] {
+            let err = authorize(&keys, &with("pub"), scope).err().map(|f| (f.0, f.1));
+            assert_eq!(err, Some((StatusCode::FORBIDDEN, "forbidden")));
+            assert!(authorize(&keys, &with("admin"), scope).is_ok());
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::{Failure, authorize, parse_channel};
+use crate::config::Scope;
 use crate::node::Node;
 use crate::response::{Body, json_response};
 
@@ -49,7 +50,7 @@ pub async fn presence_stats(node: Arc<Node>, request: Request<Incoming>) -> Resp
 
 /// The API key and the one query parameter, `channel`.
 fn read(node: &Node, request: &Request<Incoming>) -> Result<pubsub_proto::ChannelName, Failure> {
-    authorize(&node.config.api_keys, request.headers())?;
+    authorize(&node.config.api_keys, request.headers(), Scope::Read)?;
     let mut channel = None;
     for (key, value) in form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()) {
         match &*key {

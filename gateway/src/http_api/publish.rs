@@ -15,6 +15,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::{Failure, add_outcome, idempotency, parse_channel, payload, present, read_body};
+use crate::config::Scope;
 use crate::hub::{HubError, Source};
 use crate::node::Node;
 use crate::response::{Body, json_response};
@@ -47,7 +48,7 @@ struct BroadcastRequest<'a> {
 /// `POST /api/publish`: `{"channel":"news","data":<JSON>}` → `{"channel":"news"}`.
 pub async fn publish(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
     let result = async {
-        let body = read_body(&node, request).await?;
+        let body = read_body(&node, request, Scope::Publish).await?;
         let parsed: PublishRequest<'_> = serde_json::from_slice(&body)
             .map_err(|e| Failure::bad_request(format!("invalid request body: {e}")))?;
         let channel = parse_channel(&parsed.channel)?;
@@ -73,7 +74,7 @@ pub async fn publish(node: Arc<Node>, request: Request<Incoming>) -> Response<Bo
 /// answer is 503 and each failed result carries its `error`.
 pub async fn broadcast(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
     let result = async {
-        let body = read_body(&node, request).await?;
+        let body = read_body(&node, request, Scope::Publish).await?;
         let parsed: BroadcastRequest<'_> = serde_json::from_slice(&body)
             .map_err(|e| Failure::bad_request(format!("invalid request body: {e}")))?;
         if parsed.channels.is_empty() {
@@ -135,7 +136,7 @@ struct BatchRequest<'a> {
 /// channel, and one HTTP request for all.
 pub async fn batch(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
     let result = async {
-        let body = read_body(&node, request).await?;
+        let body = read_body(&node, request, Scope::Publish).await?;
         let parsed: BatchRequest<'_> = serde_json::from_slice(&body)
             .map_err(|e| Failure::bad_request(format!("invalid request body: {e}")))?;
         if parsed.publications.is_empty() || parsed.publications.len() > MAX_BATCH {
