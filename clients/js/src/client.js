@@ -2,9 +2,10 @@
 // (connect, close, subscribe, publish, ping; presence queries are on the Subscription). It
 // owns the client's state machine (idle, connecting, connected, disconnected, closed, failed),
 // routing the server's frames, and the subscriptions it resumes with `since` on every new
-// connection. Each attempt is a Connection (./connection.js) over a Transport
-// (./transport.js); commands go through Requests (./requests.js), the close rules and the next
-// attempt's timing through Reconnect (./reconnect.js), the token through Tokens (./tokens.js).
+// connection: its own, and those the server made (POST /api/subscribe), which it adopts. Each
+// attempt is a Connection (./connection.js) over a Transport (./transport.js); commands go
+// through Requests (./requests.js), the close rules and the next attempt's timing through
+// Reconnect (./reconnect.js), the token through Tokens (./tokens.js).
 
 import { Connection } from './connection.js';
 import { CLOSE_ABNORMAL } from './constants.js';
@@ -22,7 +23,8 @@ import { Tokens } from './tokens.js';
  *
  * Events: state({state, previous}), connecting({attempt, url}), connected({client, node,
  * pingIntervalMs}), disconnected({code, reason, wasClean, willReconnect, delay, attempt, hint}),
- * tokenRefreshed({expiresInMs}), error(PubSubError).
+ * tokenRefreshed({expiresInMs}), serverSubscribed(Subscription), serverUnsubscribed(Subscription),
+ * error(PubSubError).
  */
 export class Client extends Emitter {
   #url;
@@ -42,6 +44,8 @@ export class Client extends Emitter {
   #requests;
   #reconnect;
   #subs = new Map();
+  /** Channels with an `unsubscribe` of ours in flight: how many. */
+  #unsubscribing = new Map();
   #waiters = [];
 
   /**
@@ -84,7 +88,7 @@ export class Client extends Emitter {
     return this.#session ? { ...this.#session } : null;
   }
 
-  /** The active subscriptions, by channel. */
+  /** The active subscriptions, by channel (also those the server made: `sub.server`). */
   get subscriptions() {
     return new Map(this.#subs);
   }
@@ -212,8 +216,16 @@ export class Client extends Emitter {
   _unsubscribed(sub, wasLive) {
     if (this.#subs.get(sub.channel) === sub) this.#subs.delete(sub.channel);
     if (!wasLive || this.#state !== 'connected') return Promise.resolve();
+    const channel = sub.channel;
+    this.#unsubscribing.set(channel, (this.#unsubscribing.get(channel) ?? 0) + 1);
     return new Promise((resolve) => {
-      this.#requests.request({ type: 'unsubscribe', channel: sub.channel }, { timeout: this.#opts.requestTimeout, settle: () => resolve(), expire: () => resolve(), fail: () => resolve() });
+      const done = () => {
+        const left = this.#unsubscribing.get(channel) - 1;
+        if (left > 0) this.#unsubscribing.set(channel, left);
+        else this.#unsubscribing.delete(channel);
+        resolve();
+      };
+      this.#requests.request({ type: 'unsubscribe', channel }, { timeout: this.#opts.requestTimeout, settle: done, expire: done, fail: done });
     });
   }
 
@@ -297,6 +309,10 @@ export class Client extends Emitter {
 
   /** A frame from the server (a JSON object) other than the `connected` reply. */
   #onFrame(msg) {
+    if (msg.server === true && msg.id == null && (msg.type === 'subscribed' || msg.type === 'unsubscribed')) {
+      this.#onServerNotice(msg);
+      return;
+    }
     switch (msg.type) {
       case 'message':
         this.#subs.get(msg.channel)?._onMessage(msg);
@@ -319,6 +335,34 @@ export class Client extends Emitter {
           this._emit('error', new PubSubError(msg.code, msg.message ?? msg.code));
         }
     }
+  }
+
+  /**
+   * A server-side subscribe or unsubscribe (POST /api/subscribe, /api/unsubscribe) of this
+   * connection: a `subscribed` or `unsubscribed` notice with `server: true` and no id. Frames
+   * arrive in the order the server did things, which settles the races with our own commands.
+   */
+  #onServerNotice(msg) {
+    const channel = msg.channel;
+    if (typeof channel !== 'string' || channel === '') return;
+    // Our `unsubscribe` of the channel, still in flight, comes after it on the server: it undoes
+    // a server-side subscribe and makes a server-side unsubscribe moot.
+    if (this.#unsubscribing.has(channel)) return;
+    const existing = this.#subs.get(channel);
+    if (msg.type === 'unsubscribed') {
+      if (existing?._onServerUnsubscribed()) this._emit('serverUnsubscribed', existing);
+      return;
+    }
+    if (existing) {
+      existing._onServerSubscribed(msg);
+      return;
+    }
+    const sub = new Subscription(this, channel, {}, { server: true });
+    this.#subs.set(channel, sub);
+    sub._onServerSubscribed(msg);
+    // Subscribed at the notice's position; its messages come in later frames, so listeners
+    // attached here miss none.
+    if (this.#subs.get(channel) === sub) this._emit('serverSubscribed', sub);
   }
 
   /** Declares the current connection dead (timeouts): close it and handle as a disconnect. */

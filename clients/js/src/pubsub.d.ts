@@ -170,6 +170,14 @@ export interface ClientEvents {
   connected: Session;
   disconnected: DisconnectedEvent;
   tokenRefreshed: { expiresInMs: number };
+  /**
+   * A backend subscribed this connection (POST /api/subscribe) to a channel the client had no
+   * Subscription for: the client made one (`server: true`, already 'subscribed') and resubscribes
+   * it with `since` after reconnects. Attach its `message` listeners here; none is missed.
+   */
+  serverSubscribed: Subscription;
+  /** A backend unsubscribed this connection (POST /api/unsubscribe): the Subscription is 'unsubscribed' and forgotten. */
+  serverUnsubscribed: Subscription;
   error: PubSubError;
 }
 
@@ -187,6 +195,14 @@ export interface SubscribedInfo extends Position {
   channel: string;
   /** Present only for subscribes with `since`. */
   recovered?: boolean;
+  /** True when the server subscribed the connection (POST /api/subscribe), not a reply to our `subscribe`. */
+  server?: true;
+}
+
+export interface UnsubscribedInfo {
+  channel: string;
+  /** True when a backend unsubscribed the connection (POST /api/unsubscribe); false for unsubscribe(). */
+  server: boolean;
 }
 
 export interface RecoveredInfo extends Position {
@@ -240,6 +256,7 @@ export interface SubscriptionEvents<T = unknown> {
   gap: [info: GapInfo];
   join: [member: PresenceMember, info: JoinInfo];
   leave: [member: PresenceMember, info: LeaveInfo];
+  unsubscribed: [info: UnsubscribedInfo];
   error: [error: PubSubError];
 }
 
@@ -256,6 +273,8 @@ export interface SubscribeOptions<T = unknown> {
   onJoin?: (member: PresenceMember, info: JoinInfo) => void;
   /** A connection left the channel (namespaces with join_leave). */
   onLeave?: (member: PresenceMember, info: LeaveInfo) => void;
+  /** The subscription ended: unsubscribe() (`server: false`) or POST /api/unsubscribe (`server: true`). */
+  onUnsubscribed?: (info: UnsubscribedInfo) => void;
   /** The server refused the subscription (then it is 'failed') or had a transient error (it is retried). */
   onError?: (error: PubSubError) => void;
   /** Resume from a position saved earlier (the first subscribe then carries `since`). */
@@ -264,6 +283,8 @@ export interface SubscribeOptions<T = unknown> {
 
 export class Subscription<T = unknown> {
   readonly channel: string;
+  /** True when the server made it (POST /api/subscribe) and the client adopted it (`serverSubscribed`). */
+  readonly server: boolean;
   readonly state: SubscriptionState;
   /** Position of the last message processed (null before the first reply). */
   readonly position: Position | null;

@@ -9,15 +9,18 @@ import { PubSubError } from './errors.js';
 import { channelCommand, parseMember } from './protocol.js';
 
 /**
- * One channel subscription of a Client. Created by client.subscribe(); lives across
- * reconnects until unsubscribe() (or a permanent refusal by the server).
+ * One channel subscription of a Client. Created by client.subscribe(), or by the client itself
+ * when the server subscribed the connection (POST /api/subscribe: `server` is then true); lives
+ * across reconnects until unsubscribe(), the server's unsubscribe (POST /api/unsubscribe), or a
+ * permanent refusal by the server.
  *
  * Events (also settable as on* options of subscribe()): message(data, meta), subscribed(info),
  * recovered(info), recoveryFailed(info), gap(info), join(member, {first}), leave(member,
- * {last}), error(err).
+ * {last}), unsubscribed({channel, server}), error(err).
  */
 export class Subscription extends Emitter {
   #client;
+  #server;
   #state = 'pending';
   #position = null;
   #recovering = null;
@@ -27,9 +30,10 @@ export class Subscription extends Emitter {
   #rejectReady;
 
   /** @internal */
-  constructor(client, channel, options) {
+  constructor(client, channel, options, { server = false } = {}) {
     super();
     this.#client = client;
+    this.#server = server;
     this.channel = channel;
     for (const [option, event] of [
       ['onMessage', 'message'],
@@ -39,6 +43,7 @@ export class Subscription extends Emitter {
       ['onGap', 'gap'],
       ['onJoin', 'join'],
       ['onLeave', 'leave'],
+      ['onUnsubscribed', 'unsubscribed'],
       ['onError', 'error'],
     ]) {
       if (typeof options[option] === 'function') this.on(event, options[option]);
@@ -56,6 +61,14 @@ export class Subscription extends Emitter {
       this.#rejectReady = reject;
     });
     this.ready.catch(() => {}); // never an unhandled rejection if the app does not look
+  }
+
+  /**
+   * True for a subscription the server made (POST /api/subscribe) and the client adopted;
+   * false for one made by client.subscribe(), even if the server subscribed its channel too.
+   */
+  get server() {
+    return this.#server;
   }
 
   /** 'pending' | 'subscribing' | 'subscribed' | 'unsubscribed' | 'failed' */
@@ -78,7 +91,9 @@ export class Subscription extends Emitter {
     if (this.#state === 'unsubscribed' || this.#state === 'failed') return Promise.resolve();
     const wasLive = this.#state === 'subscribing' || this.#state === 'subscribed';
     this.#end('unsubscribed');
-    return this.#client._unsubscribed(this, wasLive);
+    const done = this.#client._unsubscribed(this, wasLive);
+    this._emit('unsubscribed', { channel: this.channel, server: false });
+    return done;
   }
 
   /**
@@ -145,6 +160,7 @@ export class Subscription extends Emitter {
     this.#retries = 0;
     this.#state = 'subscribed';
     const reply = { channel: this.channel, epoch: msg.epoch, offset: msg.offset, recovered: msg.recovered };
+    if (msg.server === true) reply.server = true;
     let recovery = null;
     if (since && msg.recovered === true) {
       // Replayed messages follow; our position stays at `since` and advances with them.
@@ -163,6 +179,44 @@ export class Subscription extends Emitter {
     } else if (recovery) {
       this._emit('recovered', recovery);
     }
+  }
+
+  /**
+   * A `subscribed` notice with `server: true` (POST /api/subscribe) for this channel: the
+   * connection is subscribed at the notice's position, as with the reply to our own subscribe.
+   */
+  _onServerSubscribed(msg) {
+    if (this.#state === 'subscribed') {
+      // The server skips connections already subscribed, so this is not expected; never move back.
+      const known = this.#position;
+      if (!(known && known.epoch === msg.epoch && known.offset >= msg.offset)) this.#position = { epoch: msg.epoch, offset: msg.offset };
+      return;
+    }
+    if (this.#state !== 'pending' && this.#state !== 'subscribing') return; // unsubscribed or failed
+    // The server subscribed the connection before our own subscribe (if one is in flight) reached
+    // it: that one is answered `already_subscribed`, which _onReply ignores once we are subscribed.
+    // With a known position this is a resume without replay: it continues only at the same place.
+    const since = this.#position ? { ...this.#position } : null;
+    this.#clearRetry();
+    this.#state = 'subscribing';
+    const reply = { type: 'subscribed', channel: this.channel, epoch: msg.epoch, offset: msg.offset, server: true };
+    if (since) {
+      reply.recovered = (since.epoch === msg.epoch && since.offset === msg.offset) || (since.epoch === '' && since.offset === 0 && msg.offset === 0);
+    }
+    this._onReply(reply, since);
+  }
+
+  /**
+   * An `unsubscribed` notice with `server: true` (POST /api/unsubscribe): the connection left
+   * the channel; the subscription ends and is not resubscribed. False if it was not subscribed
+   * (the notice is about an earlier subscription of the channel).
+   */
+  _onServerUnsubscribed() {
+    if (this.#state !== 'subscribed') return false;
+    this.#end('unsubscribed');
+    this.#client._forget(this);
+    this._emit('unsubscribed', { channel: this.channel, server: true });
+    return true;
   }
 
   #onRefused(msg) {

@@ -35,6 +35,17 @@ const position: Position | null = sub.position;
 sub.on('message', (data) => void data.text);
 sub.on('join', ({ client, user, info }, { first }) => void [client.length, user.length, info, first === true]);
 sub.on('leave', (member: PresenceMember, { last }) => void [member.client, last === true]);
+sub.on('unsubscribed', ({ channel, server }) => void [channel.length, server === true]);
+
+// Server-side subscriptions (POST /api/subscribe, /api/unsubscribe).
+client.on('serverSubscribed', (adopted) => {
+  const server: boolean = adopted.server;
+  adopted.on('message', (data, { offset }) => void [data, offset + 1]);
+  adopted.on('subscribed', ({ server: byServer, epoch }) => void [byServer === true, epoch]);
+  void [server, adopted.channel, adopted.position?.offset];
+});
+client.on('serverUnsubscribed', (gone) => void [gone.channel, gone.state === 'unsubscribed']);
+client.subscribe('inbox:1', { onUnsubscribed: ({ server }) => void (server && 'by the backend') });
 
 async function main() {
   const session = await client.connect();
@@ -67,5 +78,7 @@ client.on('nope', () => {});
 sub.on('message', (data) => void data.missing);
 // @ts-expect-error: a join carries `first`, not `last`
 sub.on('join', (_member, { last }) => void last);
+// @ts-expect-error: serverSubscribed carries the Subscription, not an info object
+client.on('serverSubscribed', ({ since }) => void since);
 // @ts-expect-error: info is unknown unless presence<I>() says what it is
 void (async () => (await sub.presence())[0].info.name)();
