@@ -30,6 +30,7 @@ mod control;
 mod delivery;
 mod demo;
 mod frame;
+pub mod grpc;
 mod handshake;
 pub mod healthcheck;
 mod http_api;

@@ -67,6 +67,18 @@ impl Tls {
         Ok(())
     }
 
+    /// An acceptor for another listener that offers `alpn` (gRPC: `h2`),
+    /// with the same certificate, reloaded with it.
+    pub fn acceptor_for(&self, alpn: &[&[u8]]) -> Result<TlsAcceptor, String> {
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| format!("TLS configuration: {e}"))?
+            .with_no_client_auth()
+            .with_cert_resolver(self.resolver.clone());
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+
     /// Runs the TLS handshake on an accepted connection.
     pub async fn accept(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
         self.acceptor.accept(stream).await

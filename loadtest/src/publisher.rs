@@ -30,7 +30,8 @@ pub enum Route {
     Http {
         apis: Vec<String>,
         api_key: Option<String>,
-        client: Client<HttpConnector, Full<Bytes>>,
+        // Boxed: the client is large beside the other variant.
+        client: Box<Client<HttpConnector, Full<Bytes>>>,
         batch: usize,
     },
     /// `publish` commands over these connections, round robin.
@@ -94,7 +95,7 @@ impl Publisher {
             Route::Http {
                 apis,
                 api_key,
-                client,
+                client: Box::new(client),
                 batch: batch.max(1),
             },
             channels,

@@ -54,6 +54,12 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
 
+    /// Serve the server API over gRPC (service pubsub.api.v1.GatewayApi, proto/pubsub/v1/api.proto)
+    /// on this address, with the same API keys and scopes as the HTTP API, and TLS (ALPN h2)
+    /// when --tls-cert is set. Off by default.
+    #[arg(long, env = "GATEWAY_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc_listen: Option<SocketAddr>,
+
     /// Node id reported to clients [default: hostname plus a random suffix].
     #[arg(long, env = "GATEWAY_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,

@@ -35,6 +35,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Probes and metrics on their own listener (and not on `listen`).
     pub admin_listen: Option<SocketAddr>,
+    /// The gRPC server API (`--grpc-listen`), off without it.
+    pub grpc_listen: Option<SocketAddr>,
     pub node_id: String,
     #[serde(rename = "api_key", serialize_with = "print::secrets")]
     pub api_keys: Vec<ApiKey>,
@@ -230,6 +232,7 @@ impl Config {
         let config = Config {
             listen: cli.listen,
             admin_listen: cli.admin_listen,
+            grpc_listen: cli.grpc_listen,
             node_id: cli.node_id.unwrap_or_else(values::default_node_id),
             api_keys,
             allow_open_api: cli.allow_open_api,

@@ -35,50 +35,96 @@ const MAX_PATTERN: usize = 256;
 /// `GET /api/channels?pattern=chat:*&limit=100&cursor=chat:42` →
 /// `{"channels":[{"channel":"chat:7","subscribers":3}],"next_cursor":"chat:7","nodes":[…],"missing":[]}`.
 pub async fn channels(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
-    match list(&node, &request).await {
+    let result = async {
+        authorize(&node.config.api_keys, request.headers(), Scope::Read)?;
+        let page = list_channels(&node, parse_query(&request)?).await?;
+        let channels: Vec<Value> = page
+            .channels
+            .iter()
+            .map(|(channel, subscribers)| json!({"channel": channel, "subscribers": subscribers}))
+            .collect();
+        Ok::<_, Failure>(json!({
+            "channels": channels,
+            "next_cursor": page.next_cursor,
+            "nodes": page.nodes,
+            "missing": page.missing,
+        }))
+    }
+    .await;
+    match result {
         Ok(answer) => json_response(StatusCode::OK, &answer),
         Err(failure) => failure.into_response(),
     }
 }
 
-struct Query {
-    pattern: Option<String>,
-    cursor: Option<String>,
-    limit: usize,
+/// What to list.
+pub(crate) struct Query {
+    pub pattern: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: usize,
+}
+
+impl Query {
+    /// Checks values that came from elsewhere than a query string (gRPC).
+    pub(crate) fn new(
+        pattern: Option<String>,
+        cursor: Option<String>,
+        limit: Option<usize>,
+    ) -> Result<Query, Failure> {
+        for (name, value) in [("pattern", &pattern), ("cursor", &cursor)] {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.is_empty() || v.len() > MAX_PATTERN)
+            {
+                return Err(Failure::bad_request(format!(
+                    "`{name}` must be 1 to {MAX_PATTERN} bytes"
+                )));
+            }
+        }
+        let limit = limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(Failure::bad_request(format!("`limit` must be 1 to {MAX_PAGE}")));
+        }
+        Ok(Query {
+            pattern,
+            cursor,
+            limit,
+        })
+    }
+}
+
+/// One page of channels across nodes.
+pub(crate) struct Page {
+    pub channels: Vec<(String, usize)>,
+    pub next_cursor: Option<String>,
+    /// The nodes whose channels are in the page.
+    pub nodes: Vec<String>,
+    /// Live nodes that did not answer in time.
+    pub missing: Vec<String>,
 }
 
 fn parse_query(request: &Request<Incoming>) -> Result<Query, Failure> {
-    let mut query = Query {
-        pattern: None,
-        cursor: None,
-        limit: DEFAULT_LIMIT,
-    };
+    let (mut pattern, mut cursor, mut limit) = (None, None, None);
     for (key, value) in form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()) {
         let value = value.into_owned();
         match &*key {
-            "pattern" | "cursor" if value.is_empty() || value.len() > MAX_PATTERN => {
-                return Err(Failure::bad_request(format!(
-                    "`{key}` must be 1 to {MAX_PATTERN} bytes"
-                )));
-            }
-            "pattern" => query.pattern = Some(value),
-            "cursor" => query.cursor = Some(value),
+            "pattern" => pattern = Some(value),
+            "cursor" => cursor = Some(value),
             "limit" => {
-                query.limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| Failure::bad_request(format!("`limit` must be 1 to {MAX_PAGE}")))?;
+                limit = Some(
+                    value
+                        .parse::<usize>()
+                        .map_err(|_| Failure::bad_request(format!("`limit` must be 1 to {MAX_PAGE}")))?,
+                )
             }
             other => return Err(Failure::bad_request(format!("unknown query parameter {other:?}"))),
         }
     }
-    Ok(query)
+    Query::new(pattern, cursor, limit)
 }
 
-async fn list(node: &Arc<Node>, request: &Request<Incoming>) -> Result<Value, Failure> {
-    authorize(&node.config.api_keys, request.headers(), Scope::Read)?;
-    let query = parse_query(request)?;
+/// Asks every live node for its first page after the cursor and merges them.
+pub(crate) async fn list_channels(node: &Arc<Node>, query: Query) -> Result<Page, Failure> {
     let mut nodes: BTreeSet<String> = super::info::live_nodes(node)
         .await?
         .iter()
@@ -126,21 +172,14 @@ async fn list(node: &Arc<Node>, request: &Request<Incoming>) -> Result<Value, Fa
     }
 
     let more = some_page_full || counts.len() > query.limit;
-    let page: Vec<Value> = counts
-        .into_iter()
-        .take(query.limit)
-        .map(|(channel, subscribers)| json!({"channel": channel, "subscribers": subscribers}))
-        .collect();
+    let channels: Vec<(String, usize)> = counts.into_iter().take(query.limit).collect();
     let next_cursor = more
-        .then(|| {
-            page.last()
-                .and_then(|last| last["channel"].as_str().map(str::to_owned))
-        })
+        .then(|| channels.last().map(|(name, _)| name.clone()))
         .flatten();
-    Ok(json!({
-        "channels": page,
-        "next_cursor": next_cursor,
-        "nodes": nodes.iter().filter(|n| !waiting.contains(*n)).collect::<Vec<_>>(),
-        "missing": waiting,
-    }))
+    Ok(Page {
+        channels,
+        next_cursor,
+        nodes: nodes.iter().filter(|n| !waiting.contains(*n)).cloned().collect(),
+        missing: waiting.into_iter().collect(),
+    })
 }

@@ -47,14 +47,7 @@ pub async fn disconnect(node: Arc<Node>, request: Request<Incoming>) -> Response
         async {
             let parsed: DisconnectRequest = parse(&node, request).await?;
             let (user, client) = target(parsed.user, parsed.client)?;
-            let code = parsed.code.unwrap_or(close::LOGGED_OUT);
-            if crate::control::disconnect_reason(code).is_none() {
-                return Err(Failure::bad_request(format!(
-                    "`code` must be {} (logged out: do not reconnect) or {} (disconnected: reconnect)",
-                    close::LOGGED_OUT,
-                    close::DISCONNECTED
-                )));
-            }
+            let code = disconnect_code(parsed.code)?;
             send_to_all(&node, Command::Disconnect { user, client, code }).await
         }
         .await,
@@ -107,6 +100,19 @@ pub async fn unsubscribe(node: Arc<Node>, request: Request<Incoming>) -> Respons
     )
 }
 
+/// The close code of a disconnect: 4011 (the default) or 4010.
+pub(crate) fn disconnect_code(code: Option<u16>) -> Result<u16, Failure> {
+    let code = code.unwrap_or(close::LOGGED_OUT);
+    if crate::control::disconnect_reason(code).is_none() {
+        return Err(Failure::bad_request(format!(
+            "`code` must be {} (logged out: do not reconnect) or {} (disconnected: reconnect)",
+            close::LOGGED_OUT,
+            close::DISCONNECTED
+        )));
+    }
+    Ok(code)
+}
+
 fn answer(result: Result<Value, Failure>) -> Response<Body> {
     match result {
         Ok(answer) => json_response(StatusCode::OK, &answer),
@@ -120,7 +126,10 @@ async fn parse<T: DeserializeOwned>(node: &Arc<Node>, request: Request<Incoming>
 }
 
 /// Exactly one of `user` and `client`, each 1 to [`MAX_ID_LEN`] characters.
-fn target(user: Option<String>, client: Option<String>) -> Result<(Option<String>, Option<String>), Failure> {
+pub(crate) fn target(
+    user: Option<String>,
+    client: Option<String>,
+) -> Result<(Option<String>, Option<String>), Failure> {
     match (user, client) {
         (Some(user), None) if !user.is_empty() && user.len() <= MAX_ID_LEN => Ok((Some(user), None)),
         (None, Some(client)) if !client.is_empty() && client.len() <= MAX_ID_LEN => Ok((None, Some(client))),
@@ -133,6 +142,12 @@ fn target(user: Option<String>, client: Option<String>) -> Result<(Option<String
 /// Sends `command` to every live node (this one included, even before its
 /// first announcement); answers `{"nodes":[…]}`.
 async fn send_to_all(node: &Arc<Node>, command: Command) -> Result<Value, Failure> {
+    Ok(json!({ "nodes": send_everywhere(node, command).await? }))
+}
+
+/// Sends `command` to every live node (this one included, even before its
+/// first announcement); returns their ids, sorted.
+pub(crate) async fn send_everywhere(node: &Arc<Node>, command: Command) -> Result<Vec<String>, Failure> {
     let command = command.encode();
     let mut nodes: Vec<String> = super::info::live_nodes(node)
         .await?
@@ -149,5 +164,5 @@ async fn send_to_all(node: &Arc<Node>, command: Command) -> Result<Value, Failur
             .await
             .map_err(Failure::from)?;
     }
-    Ok(json!({ "nodes": nodes }))
+    Ok(nodes)
 }

@@ -14,7 +14,7 @@ use crate::node::Node;
 use crate::response::{Body, json_response};
 
 /// Largest `limit` of `GET /api/history`.
-const MAX_HISTORY_LIMIT: usize = 1000;
+pub(crate) const MAX_HISTORY_LIMIT: usize = 1000;
 
 /// `GET /api/history?channel=news&since=41&epoch=e1&limit=100`: the
 /// channel's position and the publications after `since` (the latest ones
@@ -24,42 +24,16 @@ pub async fn history(node: Arc<Node>, request: Request<Incoming>) -> Response<Bo
         authorize(&node.config.api_keys, request.headers(), Scope::Read)?;
         let query = HistoryQuery::parse(request.uri().query().unwrap_or(""))?;
         let channel = parse_channel(&query.channel)?;
-        let since = match query.since {
-            Some(since) => since,
-            None => {
-                let position = node.hub.history(&channel, None, 0).await.map_err(Failure::from)?;
-                position.offset.saturating_sub(query.limit as u64)
-            }
-        };
-        let history = node
-            .hub
-            .history(&channel, Some(since), query.limit)
-            .await
-            .map_err(Failure::from)?;
-        // An empty epoch at 0 is a channel that had no stream: its first
-        // stream continues it.
-        let same_epoch = query
-            .epoch
-            .as_deref()
-            .is_none_or(|e| e == &*history.epoch || (e == broker_adapter::NO_STREAM && since == 0));
-        let publications = if same_epoch {
-            history.publications
-        } else {
-            Vec::new()
-        };
-        let complete_from_since = publications
-            .first()
-            .map_or(since >= history.offset, |p| p.offset == Some(since + 1));
-        let last = publications.last().and_then(|p| p.offset).unwrap_or(since);
+        let page = read_history(&node, &channel, query.since, query.epoch.as_deref(), query.limit).await?;
         let mut answer = json!({
             "channel": channel.as_str(),
-            "epoch": &*history.epoch,
-            "offset": history.offset,
-            "publications": publications.iter().map(stored_json).collect::<Vec<_>>(),
-            "more": same_epoch && last < history.offset && publications.len() == query.limit,
+            "epoch": &*page.epoch,
+            "offset": page.offset,
+            "publications": page.publications.iter().map(stored_json).collect::<Vec<_>>(),
+            "more": page.more,
         });
-        if query.since.is_some() {
-            answer["recovered"] = json!(same_epoch && complete_from_since);
+        if let Some(recovered) = page.recovered {
+            answer["recovered"] = json!(recovered);
         }
         Ok::<_, Failure>(answer)
     }
@@ -68,6 +42,62 @@ pub async fn history(node: Arc<Node>, request: Request<Incoming>) -> Response<Bo
         Ok(answer) => json_response(StatusCode::OK, &answer),
         Err(failure) => failure.into_response(),
     }
+}
+
+/// A page of a channel's history, for HTTP and gRPC alike.
+pub(crate) struct HistoryPage {
+    pub epoch: Arc<str>,
+    pub offset: u64,
+    pub publications: Vec<pubsub_proto::Publication>,
+    /// More publications follow the last one returned.
+    pub more: bool,
+    /// With `since` only: whether every publication after it is here (or
+    /// in the pages that follow).
+    pub recovered: Option<bool>,
+}
+
+/// The channel's position and up to `limit` publications after `since`
+/// (the latest `limit` without it); none if `epoch` is not the channel's.
+pub(crate) async fn read_history(
+    node: &Node,
+    channel: &pubsub_proto::ChannelName,
+    since: Option<u64>,
+    epoch: Option<&str>,
+    limit: usize,
+) -> Result<HistoryPage, Failure> {
+    let asked_since = since.is_some();
+    let since = match since {
+        Some(since) => since,
+        None => {
+            let position = node.hub.history(channel, None, 0).await.map_err(Failure::from)?;
+            position.offset.saturating_sub(limit as u64)
+        }
+    };
+    let history = node
+        .hub
+        .history(channel, Some(since), limit)
+        .await
+        .map_err(Failure::from)?;
+    // An empty epoch at 0 is a channel that had no stream: its first
+    // stream continues it.
+    let same_epoch =
+        epoch.is_none_or(|e| e == &*history.epoch || (e == broker_adapter::NO_STREAM && since == 0));
+    let publications = if same_epoch {
+        history.publications
+    } else {
+        Vec::new()
+    };
+    let complete_from_since = publications
+        .first()
+        .map_or(since >= history.offset, |p| p.offset == Some(since + 1));
+    let last = publications.last().and_then(|p| p.offset).unwrap_or(since);
+    Ok(HistoryPage {
+        more: same_epoch && last < history.offset && publications.len() == limit,
+        recovered: asked_since.then_some(same_epoch && complete_from_since),
+        epoch: history.epoch,
+        offset: history.offset,
+        publications,
+    })
 }
 
 #[derive(serde::Deserialize)]

@@ -64,14 +64,16 @@ pub async fn announce_loop(node: Arc<Node>) {
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 
 /// Every live node's announcement, sorted by node id (unreadable ones,
-/// which no gateway writes, are skipped).
-pub(super) async fn live_nodes(node: &Node) -> Result<Vec<serde_json::Value>, Failure> {
+/// which no gateway writes, are skipped). This node's entry is its
+/// numbers now, not its last announcement (and is there even before it).
+pub(crate) async fn live_nodes(node: &Node) -> Result<Vec<serde_json::Value>, Failure> {
     let announced = node.hub.nodes().await.map_err(Failure::from)?;
     let mut nodes: Vec<serde_json::Value> = announced
         .iter()
         .filter_map(|raw| serde_json::from_slice::<serde_json::Value>(raw).ok())
-        .filter(|value| value["node"].is_string())
+        .filter(|value| value["node"].is_string() && value["node"] != node.config.node_id.as_str())
         .collect();
+    nodes.push(announcement(node));
     nodes.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
     Ok(nodes)
 }

@@ -37,10 +37,17 @@ use crate::node::Node;
 use crate::response::{Body, error_response};
 
 pub use channels::channels;
+pub(crate) use channels::{Query as ChannelsQuery, list_channels};
 pub use control::{disconnect, subscribe, unsubscribe};
+pub(crate) use control::{disconnect_code, send_everywhere, target};
+pub(crate) use history::{MAX_HISTORY_LIMIT, read_history};
 pub use history::{history, remove_history};
+pub(crate) use info::live_nodes;
 pub use info::{announce_loop, info};
 pub use presence::{presence, presence_stats};
+pub(crate) use publish::{
+    MAX_BATCH, Outcome, batch_item, broadcast_all, broadcast_channels, publish_in_order,
+};
 pub use publish::{batch, broadcast, publish};
 
 pub(super) fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -48,10 +55,10 @@ pub(super) fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&
 }
 
 /// An API failure: status, code and message.
-pub(super) struct Failure(StatusCode, &'static str, String);
+pub(crate) struct Failure(pub(crate) StatusCode, pub(crate) &'static str, pub(crate) String);
 
 impl Failure {
-    pub(super) fn bad_request(message: impl Into<String>) -> Failure {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Failure {
         Failure(StatusCode::BAD_REQUEST, "bad_request", message.into())
     }
 
@@ -107,7 +114,7 @@ pub(super) fn add_outcome(answer: &mut serde_json::Value, once: &broker_adapter:
 }
 
 /// The idempotency of a request's `idempotency_key`, if it has one.
-pub(super) fn idempotency(
+pub(crate) fn idempotency(
     node: &Node,
     key: Option<String>,
 ) -> Result<Option<broker_adapter::Idempotency>, Failure> {
@@ -160,7 +167,7 @@ pub(super) async fn read_body(
 /// With API keys configured, requires `Authorization: Bearer <key>` with one
 /// of them. Compares in constant time and checks every key, so timing tells
 /// nothing about which key (or how much of it) matched.
-pub(super) fn authorize(keys: &[ApiKey], headers: &HeaderMap, scope: Scope) -> Result<(), Failure> {
+pub(crate) fn authorize(keys: &[ApiKey], headers: &HeaderMap, scope: Scope) -> Result<(), Failure> {
     if keys.is_empty() {
         return Ok(());
     }
@@ -231,7 +238,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Failure> {
     }
 }
 
-pub(super) fn parse_channel(name: &str) -> Result<ChannelName, Failure> {
+pub(crate) fn parse_channel(name: &str) -> Result<ChannelName, Failure> {
     ChannelName::parse(name).map_err(|e| Failure(StatusCode::BAD_REQUEST, "invalid_channel", e.to_string()))
 }
 

@@ -6,7 +6,8 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use broker_adapter::Once;
+use broker_adapter::{Idempotency, Once};
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use pubsub_proto::ChannelName;
@@ -77,47 +78,65 @@ pub async fn broadcast(node: Arc<Node>, request: Request<Incoming>) -> Response<
         let body = read_body(&node, request, Scope::Publish).await?;
         let parsed: BroadcastRequest<'_> = serde_json::from_slice(&body)
             .map_err(|e| Failure::bad_request(format!("invalid request body: {e}")))?;
-        if parsed.channels.is_empty() {
-            return Err(Failure::bad_request("`channels` must name at least one channel"));
-        }
-        if parsed.channels.len() > MAX_BATCH {
-            return Err(Failure::bad_request(format!(
-                "at most {MAX_BATCH} channels per broadcast (got {})",
-                parsed.channels.len()
-            )));
-        }
-        let mut channels = Vec::with_capacity(parsed.channels.len());
-        let mut seen = HashSet::with_capacity(parsed.channels.len());
-        for name in &parsed.channels {
-            let channel = parse_channel(name)?;
-            if !seen.insert(channel.clone()) {
-                return Err(Failure::bad_request(format!("channel {channel} is listed twice")));
-            }
-            channels.push(channel);
-        }
+        let channels = broadcast_channels(parsed.channels.iter().map(|c| &**c))?;
         let data = payload(parsed.data, parsed.data_b64, &body)?;
         let once = idempotency(&node, parsed.idempotency_key)?;
-        if data.len() > node.hub.max_publication_size() {
-            return Err(HubError::TooLarge {
-                size: data.len(),
-                limit: node.hub.max_publication_size(),
-            }
-            .into());
-        }
-        let outcomes = futures_util::future::join_all(channels.iter().map(|channel| {
-            node.hub
-                .publish_once(channel.clone(), data.clone(), Source::Api, once.clone())
-        }))
-        .await;
-        Ok(channels.into_iter().zip(outcomes).collect())
+        broadcast_all(&node, channels, data, once).await
     }
     .await;
     answer_many(result)
 }
 
+/// The channels of a broadcast: 1 to [`MAX_BATCH`], valid, none twice.
+pub(crate) fn broadcast_channels<'a>(
+    names: impl ExactSizeIterator<Item = &'a str>,
+) -> Result<Vec<ChannelName>, Failure> {
+    if names.len() == 0 {
+        return Err(Failure::bad_request("`channels` must name at least one channel"));
+    }
+    if names.len() > MAX_BATCH {
+        return Err(Failure::bad_request(format!(
+            "at most {MAX_BATCH} channels per broadcast (got {})",
+            names.len()
+        )));
+    }
+    let mut channels = Vec::with_capacity(names.len());
+    let mut seen = HashSet::with_capacity(names.len());
+    for name in names {
+        let channel = parse_channel(name)?;
+        if !seen.insert(channel.clone()) {
+            return Err(Failure::bad_request(format!("channel {channel} is listed twice")));
+        }
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+/// Publishes `data` to every channel at once.
+pub(crate) async fn broadcast_all(
+    node: &Node,
+    channels: Vec<ChannelName>,
+    data: Bytes,
+    once: Option<Idempotency>,
+) -> Result<Vec<Outcome>, Failure> {
+    if data.len() > node.hub.max_publication_size() {
+        return Err(HubError::TooLarge {
+            size: data.len(),
+            limit: node.hub.max_publication_size(),
+        }
+        .into());
+    }
+    let outcomes = futures_util::future::join_all(channels.iter().map(|channel| {
+        node.hub
+            .publish_once(channel.clone(), data.clone(), Source::Api, once.clone())
+    }))
+    .await;
+    Ok(channels.into_iter().zip(outcomes).collect())
+}
+
 /// Most publications in one `POST /api/batch`, and channels in one
 /// `POST /api/broadcast`.
-const MAX_BATCH: usize = 1000;
+pub(crate) const MAX_BATCH: usize = 1000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,77 +163,107 @@ pub async fn batch(node: Arc<Node>, request: Request<Incoming>) -> Response<Body
                 "`publications` must hold 1 to {MAX_BATCH} publications"
             )));
         }
-        let limit = node.hub.max_publication_size();
         let mut items = Vec::with_capacity(parsed.publications.len());
         for (index, item) in parsed.publications.into_iter().enumerate() {
-            let at = |failure: Failure| {
-                Failure(
-                    failure.0,
-                    failure.1,
-                    format!("publications[{index}]: {}", failure.2),
-                )
-            };
-            let channel = parse_channel(&item.channel).map_err(at)?;
-            let data = payload(item.data, item.data_b64, &body).map_err(at)?;
-            if data.len() > limit {
-                return Err(at(HubError::TooLarge {
-                    size: data.len(),
-                    limit,
-                }
-                .into()));
-            }
-            let once = idempotency(&node, item.idempotency_key).map_err(at)?;
-            items.push((channel, data, once));
+            let data = payload(item.data, item.data_b64, &body).map_err(|f| at(index, f))?;
+            items.push(batch_item(
+                &node,
+                index,
+                &item.channel,
+                data,
+                item.idempotency_key,
+            )?);
         }
-        // Per channel, in request order.
-        let mut by_channel: HashMap<&ChannelName, Vec<usize>> = HashMap::new();
-        for (index, (channel, _, _)) in items.iter().enumerate() {
-            by_channel.entry(channel).or_default().push(index);
-        }
-        let runs = by_channel.into_values().map(|indices| {
-            let (node, items) = (&node, &items);
-            async move {
-                let mut outcomes = Vec::with_capacity(indices.len());
-                let mut failed = false;
-                for index in indices {
-                    let (channel, data, once) = &items[index];
-                    // After a failure the channel's later items are not
-                    // attempted: publishing them would reorder the channel
-                    // once the caller retries the failed one.
-                    let outcome = if failed {
-                        Err(HubError::Unavailable(
-                            "not attempted: an earlier publication to this channel in the batch failed"
-                                .into(),
-                        ))
-                    } else {
-                        node.hub
-                            .publish_once(channel.clone(), data.clone(), Source::Api, once.clone())
-                            .await
-                    };
-                    failed |= outcome.is_err();
-                    outcomes.push((index, outcome));
-                }
-                outcomes
-            }
-        });
-        let mut outcomes: Vec<_> = futures_util::future::join_all(runs)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-        outcomes.sort_unstable_by_key(|(index, _)| *index);
-        Ok(items
-            .iter()
-            .zip(outcomes)
-            .map(|((channel, _, _), (_, outcome))| (channel.clone(), outcome))
-            .collect())
+        Ok(publish_in_order(&node, items).await)
     }
     .await;
     answer_many(result)
 }
 
+/// Names the item a failure is about.
+fn at(index: usize, failure: Failure) -> Failure {
+    Failure(
+        failure.0,
+        failure.1,
+        format!("publications[{index}]: {}", failure.2),
+    )
+}
+
+/// Checks publication `index` of a batch: channel, size, idempotency key.
+pub(crate) fn batch_item(
+    node: &Node,
+    index: usize,
+    channel: &str,
+    data: Bytes,
+    key: Option<String>,
+) -> Result<Item, Failure> {
+    let channel = parse_channel(channel).map_err(|f| at(index, f))?;
+    let limit = node.hub.max_publication_size();
+    if data.len() > limit {
+        return Err(at(
+            index,
+            HubError::TooLarge {
+                size: data.len(),
+                limit,
+            }
+            .into(),
+        ));
+    }
+    let once = idempotency(node, key).map_err(|f| at(index, f))?;
+    Ok((channel, data, once))
+}
+
 /// What publishing to one channel came to.
-type Outcome = (ChannelName, Result<Once, HubError>);
+pub(crate) type Outcome = (ChannelName, Result<Once, HubError>);
+
+/// One checked publication of a batch.
+pub(crate) type Item = (ChannelName, Bytes, Option<Idempotency>);
+
+/// Publishes a batch: per channel in the order given, each once the
+/// previous was accepted (after a failure the channel's later items are
+/// not attempted); different channels concurrently. One outcome per item,
+/// in item order.
+pub(crate) async fn publish_in_order(node: &Node, items: Vec<Item>) -> Vec<Outcome> {
+    let mut by_channel: HashMap<&ChannelName, Vec<usize>> = HashMap::new();
+    for (index, (channel, _, _)) in items.iter().enumerate() {
+        by_channel.entry(channel).or_default().push(index);
+    }
+    let runs = by_channel.into_values().map(|indices| {
+        let items = &items;
+        async move {
+            let mut outcomes = Vec::with_capacity(indices.len());
+            let mut failed = false;
+            for index in indices {
+                let (channel, data, once) = &items[index];
+                // Publishing later items after a failure would reorder the
+                // channel once the caller retries the failed one.
+                let outcome = if failed {
+                    Err(HubError::Unavailable(
+                        "not attempted: an earlier publication to this channel in the batch failed".into(),
+                    ))
+                } else {
+                    node.hub
+                        .publish_once(channel.clone(), data.clone(), Source::Api, once.clone())
+                        .await
+                };
+                failed |= outcome.is_err();
+                outcomes.push((index, outcome));
+            }
+            outcomes
+        }
+    });
+    let mut outcomes: Vec<_> = futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    outcomes.sort_unstable_by_key(|(index, _)| *index);
+    items
+        .iter()
+        .zip(outcomes)
+        .map(|((channel, _, _), (_, outcome))| (channel.clone(), outcome))
+        .collect()
+}
 
 /// The answer of a request that published several times: 200 with every
 /// result, or (when any failed) 503 `unavailable` (500 `internal` when

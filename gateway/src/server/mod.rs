@@ -28,9 +28,11 @@ pub struct Gateway {
     node: Arc<Node>,
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    grpc_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     accept: JoinHandle<()>,
     admin: Option<JoinHandle<()>>,
+    grpc: Option<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -41,6 +43,8 @@ impl Gateway {
         let local_addr = listener.local_addr()?;
         let admin_listener = config.admin_listen.map(listener::bind).transpose()?;
         let admin_addr = admin_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let grpc_listener = config.grpc_listen.map(crate::grpc::bind).transpose()?;
+        let grpc_addr = grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         if config.api_keys.is_empty() {
             tracing::warn!(
                 "no --api-key configured: the HTTP publish API is open to anyone who can reach it"
@@ -60,6 +64,8 @@ impl Gateway {
             stopped.clone(),
             router::Surface::Public,
         ));
+        let grpc =
+            grpc_listener.map(|grpc| tokio::spawn(crate::grpc::serve(node.clone(), grpc, stopped.clone())));
         let admin = admin_listener.map(|admin| {
             tokio::spawn(listener::accept_loop(
                 admin,
@@ -68,6 +74,9 @@ impl Gateway {
                 router::Surface::Admin,
             ))
         });
+        if let Some(addr) = grpc_addr {
+            tracing::info!(%addr, tls = node.security.tls.is_some(), "gRPC listening (pubsub.api.v1.GatewayApi)");
+        }
         if let Some(addr) = admin_addr {
             tracing::info!(%addr, "admin listening (/healthz, /readyz, /metrics)");
         }
@@ -88,9 +97,11 @@ impl Gateway {
             node,
             local_addr,
             admin_addr,
+            grpc_addr,
             stop,
             accept,
             admin,
+            grpc,
             background,
         })
     }
@@ -98,6 +109,11 @@ impl Gateway {
     /// The admin listener's address, when there is one.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The gRPC listener's address, with `--grpc-listen`.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
     }
 
     /// The address actually bound (useful with port 0).
@@ -156,6 +172,14 @@ impl Gateway {
         let _ = self.accept.await;
         if let Some(admin) = self.admin {
             let _ = admin.await;
+        }
+        if let Some(mut grpc) = self.grpc {
+            // In-flight calls finish first; a client holding its HTTP/2
+            // connection open does not hold up the exit.
+            if tokio::time::timeout(SESSION_EXIT_GRACE, &mut grpc).await.is_err() {
+                tracing::warn!("gRPC connections still open after the grace period");
+                grpc.abort();
+            }
         }
         for task in self.background {
             task.abort();
