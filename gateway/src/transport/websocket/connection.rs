@@ -37,6 +37,9 @@ use crate::outbox::Taken;
 use crate::session::{End, Inbound, Session};
 
 /// How long a close handshake may take before the socket is dropped.
+/// Reading on meanwhile matters: a socket closed with the client's frames
+/// unread (its pongs, say) is reset, and the reset discards the close frame
+/// the client has not read yet.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Rounds of the loop in one poll before yielding to other tasks.
 const BUDGET: usize = 64;
@@ -397,7 +400,22 @@ where
             }
         }
         self.socket.queue_close(code, &reason);
-        let socket = &mut self.socket;
+        let peer = self.session.peer().id;
+        let Open {
+            session, mut socket, ..
+        } = self;
+        // A close that must not wait frees the session (subscriptions,
+        // registry, admission place) now: a silent client must not hold
+        // them through the handshake. A graceful close keeps it to the
+        // end, so a drain that waits for every session waits for the
+        // close frames too.
+        let _session = if matches!(end, End::Killed(_)) {
+            drop(session);
+            None
+        } else {
+            Some(session)
+        };
+        let socket = &mut socket;
         let closed = tokio::time::timeout(CLOSE_TIMEOUT, async {
             std::future::poll_fn(|cx| socket.poll_flush(cx)).await?;
             // Read until the client answers the close (or goes away).
@@ -411,7 +429,7 @@ where
         })
         .await;
         if !matches!(closed, Ok(Ok(()))) {
-            tracing::debug!(peer = self.session.peer().id, "close handshake did not complete");
+            tracing::debug!(peer, "close handshake did not complete");
         }
     }
 }
