@@ -188,7 +188,7 @@ pub enum BrokerConfig {
     /// The embedded broker: one node, nothing else to run.
     Memory(memory::MemoryLimits),
     /// Redis (one server or a cluster).
-    Redis(redis::RedisConfig),
+    Redis(Box<redis::RedisConfig>),
 }
 
 /// Builds the broker `config` asks for, checking its settings. Nothing
@@ -196,7 +196,7 @@ pub enum BrokerConfig {
 pub fn open(config: BrokerConfig, metrics: BrokerMetrics) -> Result<Arc<dyn Broker>, BrokerError> {
     Ok(match config {
         BrokerConfig::Memory(limits) => Arc::new(memory::MemoryBroker::with_limits(limits)),
-        BrokerConfig::Redis(config) => Arc::new(redis::RedisBroker::new(config, metrics)?),
+        BrokerConfig::Redis(config) => Arc::new(redis::RedisBroker::new(*config, metrics)?),
     })
 }
 

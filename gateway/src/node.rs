@@ -100,10 +100,16 @@ impl Lifecycle {
     }
 }
 
-/// The broker the configuration asks for: Redis with `--redis-url`, a
-/// Redis Cluster with `--redis-cluster-url`, the embedded broker otherwise.
+/// The broker the configuration asks for: the primary the sentinels name
+/// with `--redis-sentinel-url`, Redis with `--redis-url`, a Redis Cluster
+/// with `--redis-cluster-url`, the embedded broker otherwise.
 fn broker_config(config: &Config) -> Result<BrokerConfig, BrokerError> {
     let target = match (&config.redis_url, config.redis_cluster_urls.is_empty()) {
+        _ if !config.redis_sentinel_urls.is_empty() => RedisTarget::Sentinel {
+            sentinels: config.redis_sentinel_urls.clone(),
+            master: config.redis_sentinel_master.clone().unwrap_or_default(),
+            data: config.redis_url.clone(),
+        },
         (Some(url), _) => RedisTarget::Single(url.clone()),
         (None, false) => RedisTarget::Cluster(config.redis_cluster_urls.clone()),
         (None, true) => {
@@ -120,7 +126,7 @@ fn broker_config(config: &Config) -> Result<BrokerConfig, BrokerError> {
         })?),
         None => None,
     };
-    Ok(BrokerConfig::Redis(redis))
+    Ok(BrokerConfig::Redis(Box::new(redis)))
 }
 
 impl Node {

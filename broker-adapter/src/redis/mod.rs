@@ -27,6 +27,7 @@ mod nodes;
 mod presence;
 mod push;
 mod route;
+mod sentinel;
 mod single;
 mod streams;
 mod supervisor;
@@ -60,7 +61,20 @@ pub enum RedisTarget {
     /// A Redis Cluster's seed nodes (`redis://host:port` or `rediss://`);
     /// any one reachable node is enough to discover the rest.
     Cluster(Vec<String>),
+    /// A primary found through Redis Sentinel: the sentinels' URLs, the
+    /// master's name, and how to talk to the data nodes (a URL whose
+    /// scheme, user, password and db apply; its host is replaced by the
+    /// primary's), `redis://` without credentials if `None`.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+        data: Option<String>,
+    },
 }
+
+/// The data-node URL of a Sentinel target without one: its host is never
+/// used, the sentinels name the primary.
+const SENTINEL_DATA_DEFAULT: &str = "redis://sentinel-primary";
 
 /// Settings of the Redis broker, for one Redis and a cluster alike.
 #[derive(Debug, Clone)]
@@ -107,10 +121,13 @@ impl RedisConfig {
         }
     }
 
-    fn urls(&self) -> &[String] {
+    fn urls(&self) -> Vec<String> {
         match &self.target {
-            RedisTarget::Single(url) => std::slice::from_ref(url),
-            RedisTarget::Cluster(urls) => urls,
+            RedisTarget::Single(url) => vec![url.clone()],
+            RedisTarget::Cluster(urls) => urls.clone(),
+            RedisTarget::Sentinel { data, .. } => {
+                vec![data.clone().unwrap_or_else(|| SENTINEL_DATA_DEFAULT.into())]
+            }
         }
     }
 
@@ -136,7 +153,15 @@ impl RedisConfig {
     /// TLS certificates for the clients, after checking the CA file makes
     /// sense here.
     fn tls_certificates(&self) -> Result<Option<redis::TlsCertificates>, BrokerError> {
-        let tls = self.urls().iter().any(|u| u.starts_with("rediss:"));
+        let sentinels = match &self.target {
+            RedisTarget::Sentinel { sentinels, .. } => sentinels.clone(),
+            _ => Vec::new(),
+        };
+        let tls = self
+            .urls()
+            .iter()
+            .chain(&sentinels)
+            .any(|u| u.starts_with("rediss:"));
         if tls {
             // rustls needs a process-wide crypto provider; ours is ring.
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -206,6 +231,25 @@ impl RedisBroker {
                     })),
                 )
             }
+            RedisTarget::Sentinel {
+                sentinels, master, ..
+            } => {
+                let template = infos
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| BrokerError::Internal("no Redis URL given".into()))?;
+                let sentinel =
+                    sentinel::Sentinel::new(sentinels, master.clone(), template, certificates.clone())?;
+                // Replaced by the primary's before the first connection.
+                let placeholder = single::Link::new(infos, certificates)?;
+                let link = single::Link::with_sentinel(placeholder.into_client(), sentinel);
+                (
+                    Route::single(),
+                    Supervisor::Ready(Box::new(move |shared| {
+                        tokio::spawn(supervisor::run(shared, link, requests))
+                    })),
+                )
+            }
             RedisTarget::Cluster(_) => {
                 let link = cluster::Link::new(infos, certificates);
                 (
@@ -219,6 +263,7 @@ impl RedisBroker {
         let what = match config.target {
             RedisTarget::Single(_) => "connecting to Redis",
             RedisTarget::Cluster(_) => "connecting to the Redis cluster",
+            RedisTarget::Sentinel { .. } => "asking the sentinels for the Redis primary",
         };
         let shared = Arc::new(Shared {
             names: Arc::new(Names::new(&config.prefix, &config.node_id)),
@@ -432,6 +477,7 @@ impl Broker for RedisBroker {
     fn kind(&self) -> &'static str {
         match self.shared.config.target {
             RedisTarget::Single(_) => "redis",
+            RedisTarget::Sentinel { .. } => "redis-sentinel",
             RedisTarget::Cluster(_) => "redis-cluster",
         }
     }

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::push::{PushHandler, Signals};
+use super::sentinel::Sentinel;
 use super::supervisor::Control;
 use super::{Shared, classify};
 use crate::{BrokerError, Health};
@@ -27,6 +28,8 @@ const BATCH: usize = 1000;
 
 pub(super) struct Link {
     client: redis::Client,
+    /// With Sentinel: where `client` comes from before each connection.
+    sentinel: Option<Sentinel>,
 }
 
 impl Link {
@@ -42,7 +45,22 @@ impl Link {
             None => redis::Client::open(info),
         }
         .map_err(|e| BrokerError::Internal(format!("invalid Redis settings: {e}")))?;
-        Ok(Link { client })
+        Ok(Link {
+            client,
+            sentinel: None,
+        })
+    }
+
+    pub fn into_client(self) -> redis::Client {
+        self.client
+    }
+
+    /// A link to whichever server the sentinels name as the primary.
+    pub fn with_sentinel(client: redis::Client, sentinel: Sentinel) -> Link {
+        Link {
+            client,
+            sentinel: Some(sentinel),
+        }
     }
 }
 
@@ -62,6 +80,9 @@ impl super::supervisor::Link for Link {
         shared: &Arc<Shared>,
         wanted: &HashSet<ChannelName>,
     ) -> Result<Connected, String> {
+        if let Some(sentinel) = self.sentinel.as_mut() {
+            self.client = sentinel.primary(shared.config.timeout).await?;
+        }
         let timeout = Some(shared.config.timeout);
         let signals = Arc::new(Signals::default());
         let handler = PushHandler::new(shared, signals.clone());
@@ -175,6 +196,13 @@ impl super::supervisor::Link for Link {
                                 "probe not received back within {:?}: the subscription is not delivering",
                                 shared.config.probe_timeout
                             ));
+                        }
+                    }
+                    if self.sentinel.is_some() {
+                        match super::sentinel::is_primary(&mut connected.publisher).await {
+                            Ok(true) => {}
+                            Ok(false) => return Some("the primary was demoted (Sentinel failover)".into()),
+                            Err(error) => return Some(error),
                         }
                     }
                     if outstanding.is_none() {

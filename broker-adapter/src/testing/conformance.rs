@@ -160,7 +160,7 @@ impl Subject {
             "conformance",
             "node-1",
         ));
-        Subject::started(BrokerConfig::Redis(config), Backing::Redis(server))
+        Subject::started(BrokerConfig::Redis(Box::new(config)), Backing::Redis(server))
     }
 
     /// The Redis broker on a throwaway three-master Redis Cluster.
@@ -172,7 +172,7 @@ impl Subject {
             "conformance",
             "node-1",
         ));
-        Subject::started(BrokerConfig::Redis(config), Backing::Cluster(cluster))
+        Subject::started(BrokerConfig::Redis(Box::new(config)), Backing::Cluster(cluster))
     }
 
     /// A broker of another node (`node_id`) on the same backing, started
@@ -186,7 +186,7 @@ impl Subject {
             }
         };
         let config = fast(RedisConfig::new(target, "conformance", node_id));
-        let broker = crate::open(BrokerConfig::Redis(config), BrokerMetrics::default()).ok()?;
+        let broker = crate::open(BrokerConfig::Redis(Box::new(config)), BrokerMetrics::default()).ok()?;
         let recorder = Arc::new(Recorder::default());
         broker.start(recorder.clone());
         Some((broker, recorder))

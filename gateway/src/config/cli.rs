@@ -247,6 +247,26 @@ pub struct Cli {
     )]
     pub redis_cluster_url: Vec<String>,
 
+    /// Redis Sentinel addresses, such as `redis://10.0.0.1:26379,redis://10.0.0.2:26379`
+    /// (`redis://:password@host:port` for a sentinel with a password, `rediss://` for TLS): the
+    /// node asks them for the primary of --redis-sentinel-master before each connection and
+    /// follows a failover. --redis-url, if given, then only says how to talk to the data nodes
+    /// (scheme, user, password, db); its host is replaced by the primary's. Excludes
+    /// --redis-cluster-url.
+    #[arg(
+        long,
+        env = "GATEWAY_REDIS_SENTINEL_URL",
+        value_name = "URLS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub redis_sentinel_url: Vec<String>,
+
+    /// The master name the sentinels monitor (`sentinel monitor <NAME> ...`); needed with
+    /// --redis-sentinel-url.
+    #[arg(long, env = "GATEWAY_REDIS_SENTINEL_MASTER", value_name = "NAME")]
+    pub redis_sentinel_master: Option<String>,
+
     /// Prefix of every Redis channel and key, so several deployments can share one Redis.
     #[arg(
         long,

@@ -78,6 +78,10 @@ pub struct Config {
     /// Redis Cluster seed nodes (empty: not a cluster).
     #[serde(rename = "redis_cluster_url", serialize_with = "print::urls")]
     pub redis_cluster_urls: Vec<String>,
+    /// Redis Sentinel addresses (empty: no Sentinel).
+    #[serde(rename = "redis_sentinel_url", serialize_with = "print::urls")]
+    pub redis_sentinel_urls: Vec<String>,
+    pub redis_sentinel_master: Option<String>,
     pub redis_prefix: String,
     pub redis_ca_file: Option<PathBuf>,
     /// TLS certificate chain and key (PEM): serve https/wss.
@@ -259,6 +263,13 @@ impl Config {
                 .map(|u| u.trim().to_owned())
                 .filter(|u| !u.is_empty())
                 .collect(),
+            redis_sentinel_urls: cli
+                .redis_sentinel_url
+                .into_iter()
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect(),
+            redis_sentinel_master: cli.redis_sentinel_master.filter(|m| !m.trim().is_empty()),
             redis_prefix: cli.redis_prefix,
             redis_ca_file: cli.redis_ca_file,
             tls_cert: cli.tls_cert,
@@ -396,9 +407,23 @@ impl Config {
                 "give either --redis-url (one Redis) or --redis-cluster-url (a cluster), not both".into(),
             ));
         }
+        if self.redis_sentinel_urls.is_empty() != self.redis_sentinel_master.is_none() {
+            return Err(invalid(
+                "redis_sentinel_master",
+                "--redis-sentinel-url and --redis-sentinel-master go together".into(),
+            ));
+        }
+        if !self.redis_sentinel_urls.is_empty() && !self.redis_cluster_urls.is_empty() {
+            return Err(invalid(
+                "redis_sentinel_url",
+                "give either Sentinel (--redis-sentinel-url) or a cluster (--redis-cluster-url), not both"
+                    .into(),
+            ));
+        }
         if let Some(url) = self
             .redis_cluster_urls
             .iter()
+            .chain(&self.redis_sentinel_urls)
             .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
         {
             return Err(invalid(
@@ -413,6 +438,7 @@ impl Config {
             .redis_url
             .iter()
             .chain(&self.redis_cluster_urls)
+            .chain(&self.redis_sentinel_urls)
             .any(|u| u.starts_with("rediss://"));
         if self.redis_ca_file.is_some() && !tls_redis {
             return Err(invalid(
@@ -651,6 +677,34 @@ mod tests {
             load(&open_api).is_err(),
             "no opting out of the API key in production"
         );
+    }
+
+    #[test]
+    fn sentinel_needs_its_master_and_excludes_a_cluster() {
+        let sentinels = ["--redis-sentinel-url", "redis://s1:26379,redis://s2:26379"];
+        assert!(load(&sentinels).is_err(), "a master name is needed");
+        assert!(
+            load(&["--redis-sentinel-master", "main"]).is_err(),
+            "sentinels are needed"
+        );
+        let mut with_cluster = sentinels.to_vec();
+        with_cluster.extend([
+            "--redis-sentinel-master",
+            "main",
+            "--redis-cluster-url",
+            "redis://c1:7000",
+        ]);
+        assert!(load(&with_cluster).is_err());
+        let mut ok = sentinels.to_vec();
+        ok.extend([
+            "--redis-sentinel-master",
+            "main",
+            "--redis-url",
+            "rediss://:pw@data/2",
+        ]);
+        let config = load(&ok).expect("Sentinel with a data-node template");
+        assert_eq!(config.redis_sentinel_urls.len(), 2);
+        assert_eq!(config.redis_sentinel_master.as_deref(), Some("main"));
     }
 
     #[test]

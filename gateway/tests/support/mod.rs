@@ -9,6 +9,7 @@ pub mod netns;
 pub mod pki;
 pub mod proxy;
 pub mod redis;
+pub mod sentinel;
 pub mod sse;
 pub mod tokens;
 
