@@ -22,11 +22,17 @@ fn grpc() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
     let file = root.join("pubsub/v1/api.proto");
     println!("cargo:rerun-if-changed={}", file.display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("pubsub/v1/protocol.proto").display()
+    );
     let descriptors = protox::compile([&file], [&root]).unwrap_or_else(|e| panic!("api.proto: {e}"));
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .bytes(".")
+        // The client protocol's messages are pubsub-proto's.
+        .extern_path(".pubsub.v1", "::pubsub_proto::pb")
         .compile_fds(descriptors)
         .unwrap_or_else(|e| panic!("api.proto: {e}"));
 }

@@ -137,27 +137,29 @@ async fn apply(node: &Node, command: Command) -> usize {
             user,
             client,
             channel,
-        } => {
-            let Ok(channel) = ChannelName::parse(&channel) else {
-                return 0;
-            };
-            registry.each_where(target(&user, &client), |peer| {
-                peer.outbox.order(Order::Subscribe(channel.clone()));
-            })
-        }
+        } => order(node, &user, &client, &channel, Order::Subscribe),
         Command::Unsubscribe {
             user,
             client,
             channel,
-        } => {
-            let Ok(channel) = ChannelName::parse(&channel) else {
-                return 0;
-            };
-            registry.each_where(target(&user, &client), |peer| {
-                peer.outbox.order(Order::Unsubscribe(channel.clone()));
-            })
-        }
+        } => order(node, &user, &client, &channel, Order::Unsubscribe),
     }
+}
+
+/// Hands the matching sessions an order about `channel`; returns how many.
+fn order(
+    node: &Node,
+    user: &Option<String>,
+    client: &Option<String>,
+    channel: &str,
+    make: fn(ChannelName) -> Order,
+) -> usize {
+    let Ok(channel) = ChannelName::parse(channel) else {
+        return 0;
+    };
+    node.clients.registry.each_where(target(user, client), |peer| {
+        peer.outbox.order(make(channel.clone()));
+    })
 }
 
 /// Applies the commands addressed to this node until the inbox closes.

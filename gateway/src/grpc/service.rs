@@ -14,6 +14,7 @@ use crate::config::Scope;
 use crate::control::Command;
 use crate::http_api::{self, Failure};
 use crate::node::Node;
+use pubsub_proto::pb;
 
 /// The service, over the node's shared state.
 pub struct Service {
@@ -63,6 +64,27 @@ impl Service {
                 ),
             ))
         })
+    }
+
+    /// What subscribe and unsubscribe share: the checks, then the command
+    /// `make` builds, sent to every node.
+    async fn channel_command(
+        &self,
+        request: Request<ChannelControlRequest>,
+        make: fn(Option<String>, Option<String>, String) -> Command,
+    ) -> Result<Response<NodesReply>, Status> {
+        let _permit = self.enter(&request, Scope::Connections)?;
+        let ChannelControlRequest {
+            user,
+            client,
+            channel,
+        } = request.into_inner();
+        let (user, client) = http_api::target(user, client).map_err(status)?;
+        let channel = http_api::parse_channel(&channel)
+            .map_err(status)?
+            .as_str()
+            .to_owned();
+        self.send(make(user, client, channel)).await
     }
 
     async fn send(&self, command: Command) -> Result<Response<NodesReply>, Status> {
@@ -204,7 +226,10 @@ impl GatewayApi for Service {
         }))
     }
 
-    async fn presence(&self, request: Request<ChannelRequest>) -> Result<Response<PresenceReply>, Status> {
+    async fn presence(
+        &self,
+        request: Request<ChannelRequest>,
+    ) -> Result<Response<pb::PresenceReply>, Status> {
         let _permit = self.enter(&request, Scope::Read)?;
         let channel = http_api::parse_channel(&request.into_inner().channel).map_err(status)?;
         let members = self
@@ -213,14 +238,14 @@ impl GatewayApi for Service {
             .presence(&channel)
             .await
             .map_err(|e| status(e.into()))?;
-        Ok(Response::new(PresenceReply {
+        Ok(Response::new(pb::PresenceReply {
             channel: channel.as_str().to_owned(),
             members: members
                 .into_iter()
-                .map(|m| Member {
+                .map(|m| pb::Member {
                     client: m.client,
                     user: m.user,
-                    info: m.info.and_then(|raw| String::from_utf8(raw.to_vec()).ok()),
+                    info: m.info,
                 })
                 .collect(),
         }))
@@ -229,7 +254,7 @@ impl GatewayApi for Service {
     async fn presence_stats(
         &self,
         request: Request<ChannelRequest>,
-    ) -> Result<Response<PresenceStatsReply>, Status> {
+    ) -> Result<Response<pb::PresenceStatsReply>, Status> {
         let _permit = self.enter(&request, Scope::Read)?;
         let channel = http_api::parse_channel(&request.into_inner().channel).map_err(status)?;
         let stats = self
@@ -238,7 +263,7 @@ impl GatewayApi for Service {
             .presence_stats(&channel)
             .await
             .map_err(|e| status(e.into()))?;
-        Ok(Response::new(PresenceStatsReply {
+        Ok(Response::new(pb::PresenceStatsReply {
             channel: channel.as_str().to_owned(),
             clients: stats.clients,
             users: stats.users,
@@ -323,18 +348,7 @@ impl GatewayApi for Service {
         &self,
         request: Request<ChannelControlRequest>,
     ) -> Result<Response<NodesReply>, Status> {
-        let _permit = self.enter(&request, Scope::Connections)?;
-        let ChannelControlRequest {
-            user,
-            client,
-            channel,
-        } = request.into_inner();
-        let (user, client) = http_api::target(user, client).map_err(status)?;
-        let channel = http_api::parse_channel(&channel)
-            .map_err(status)?
-            .as_str()
-            .to_owned();
-        self.send(Command::Subscribe {
+        self.channel_command(request, |user, client, channel| Command::Subscribe {
             user,
             client,
             channel,
@@ -346,18 +360,7 @@ impl GatewayApi for Service {
         &self,
         request: Request<ChannelControlRequest>,
     ) -> Result<Response<NodesReply>, Status> {
-        let _permit = self.enter(&request, Scope::Connections)?;
-        let ChannelControlRequest {
-            user,
-            client,
-            channel,
-        } = request.into_inner();
-        let (user, client) = http_api::target(user, client).map_err(status)?;
-        let channel = http_api::parse_channel(&channel)
-            .map_err(status)?
-            .as_str()
-            .to_owned();
-        self.send(Command::Unsubscribe {
+        self.channel_command(request, |user, client, channel| Command::Unsubscribe {
             user,
             client,
             channel,

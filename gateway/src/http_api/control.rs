@@ -58,43 +58,39 @@ pub async fn disconnect(node: Arc<Node>, request: Request<Incoming>) -> Response
 /// `client` instead of `user`) → `{"nodes":[…]}`. Each connection of the
 /// user subscribes and is told with a `subscribed` notice marked `server`.
 pub async fn subscribe(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
-    answer(
-        async {
-            let parsed: ChannelRequest = parse(&node, request).await?;
-            let (user, client) = target(parsed.user, parsed.client)?;
-            let channel = parse_channel(&parsed.channel)?.as_str().to_owned();
-            send_to_all(
-                &node,
-                Command::Subscribe {
-                    user,
-                    client,
-                    channel,
-                },
-            )
-            .await
-        }
-        .await,
-    )
+    channel_command(node, request, |user, client, channel| Command::Subscribe {
+        user,
+        client,
+        channel,
+    })
+    .await
 }
 
 /// `POST /api/unsubscribe`: the same body as subscribe; each connection of
 /// the user leaves the channel and is told with an `unsubscribed` notice
 /// marked `server`.
 pub async fn unsubscribe(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
+    channel_command(node, request, |user, client, channel| Command::Unsubscribe {
+        user,
+        client,
+        channel,
+    })
+    .await
+}
+
+/// What subscribe and unsubscribe share: the body, then the command `make`
+/// builds, sent to every node.
+async fn channel_command(
+    node: Arc<Node>,
+    request: Request<Incoming>,
+    make: fn(Option<String>, Option<String>, String) -> Command,
+) -> Response<Body> {
     answer(
         async {
             let parsed: ChannelRequest = parse(&node, request).await?;
             let (user, client) = target(parsed.user, parsed.client)?;
             let channel = parse_channel(&parsed.channel)?.as_str().to_owned();
-            send_to_all(
-                &node,
-                Command::Unsubscribe {
-                    user,
-                    client,
-                    channel,
-                },
-            )
-            .await
+            send_to_all(&node, make(user, client, channel)).await
         }
         .await,
     )
