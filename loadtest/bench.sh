@@ -16,9 +16,16 @@ cd "$(dirname "$0")/.."
 nodes="${1:?nodes}"; scenario="${2:?scenario}"; shift 2
 out="${OUT:-target/bench}"; mkdir -p "$out"
 # GATEWAY_BIN: another gateway binary (an A/B comparison against an older
-# build); the loadtest binary is always this checkout's.
-cargo build --release -q -p gateway -p loadtest
-bin=target/release
+# build); the loadtest binary is always this checkout's. PROFILE=debug uses
+# debug builds (CI's short soak, which has them already); figures come from
+# release builds.
+if [[ "${PROFILE:-release}" == debug ]]; then
+  cargo build -q -p gateway -p loadtest
+  bin=target/debug
+else
+  cargo build --release -q -p gateway -p loadtest
+  bin=target/release
+fi
 gateway_bin="${GATEWAY_BIN:-$bin/gateway}"
 
 work="$(mktemp -d)"
@@ -63,6 +70,12 @@ join() { local IFS=,; echo "$*"; }
 # Cross-node latency: subscribers on the last node, publications via the first
 # (its HTTP API, or with --publish-via ws its WebSocket URL).
 extra=()
+api_arg="${apis[0]}"
+if [[ "$scenario" == soak ]]; then
+  # Publishes round robin over every node; samples each node and Redis.
+  api_arg="$(join "${apis[@]}")"
+  (( ${#redis_pids[@]} )) && [[ -z "${CLUSTER:-}" ]] && extra=(--redis 127.0.0.1:16390)
+fi
 if [[ "$scenario" == latency ]]; then
   extra=(--publish-url "${urls[0]}")
   urls=("${urls[-1]}")
@@ -73,7 +86,7 @@ cpu_of() { local t=0; for p in "$@"; do t=$(awk -v t="$t" '{print t + ($14 + $15
 redis_before=$(cpu_of "${redis_pids[@]}")
 
 report="$out/$scenario-$nodes-node-$(date +%H%M%S).json"
-"$bin/loadtest" "$scenario" --url "$(join "${urls[@]}")" --api "${apis[0]}" \
+"$bin/loadtest" "$scenario" --url "$(join "${urls[@]}")" --api "$api_arg" \
   --pid "$(join "${gw_pids[@]}")" --json "$report" "${extra[@]}" "$@"
 for api in "${apis[@]}"; do
   # What compression did on each node (permessage-deflate), if anything.

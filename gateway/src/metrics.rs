@@ -22,6 +22,9 @@ pub struct Metrics {
     handle: PrometheusHandle,
     /// Open WebSocket connections.
     pub connections: Gauge,
+    /// Tasks alive in the node's runtime (set at each upkeep), for leak
+    /// hunting: a soak's task count must not grow with churn.
+    pub runtime_tasks: Gauge,
     /// WebSocket connections accepted since start.
     pub connections_total: Counter,
     /// (connection, channel) subscriptions.
@@ -158,6 +161,10 @@ impl Metrics {
             .set(1.0);
         Metrics {
             connections: gauge("gateway_connections", "Open WebSocket connections."),
+            runtime_tasks: gauge(
+                "gateway_runtime_tasks",
+                "Tasks alive in the node's async runtime (sampled every 5 s).",
+            ),
             connections_total: counter(
                 "gateway_connections_total",
                 "WebSocket connections accepted since start.",
@@ -265,6 +272,9 @@ impl Metrics {
 
     /// Folds recorded histogram samples into their buckets (call regularly).
     pub fn run_upkeep(&self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.runtime_tasks.set(runtime.metrics().num_alive_tasks() as f64);
+        }
         self.handle.run_upkeep();
     }
 

@@ -15,6 +15,7 @@ pub mod procstat;
 pub mod publisher;
 pub mod report;
 pub mod scenario;
+pub mod soak;
 pub mod sse;
 pub mod wire;
 pub mod worker;

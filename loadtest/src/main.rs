@@ -92,6 +92,41 @@ enum Scenario {
         #[arg(long, default_value_t = 1)]
         subscribers: u64,
     },
+    /// A long churn run looking for leaks and loss: subscribers replaced at a steady rate, RSS,
+    /// descriptors, tasks and Redis memory sampled each minute (docs/benchmarks.md, soak).
+    Soak {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 10_000)]
+        connections: u64,
+        #[arg(long, default_value_t = 1_000)]
+        channels: u64,
+        /// Share of the subscribers on the one broadcast channel.
+        #[arg(long, default_value_t = 0.1)]
+        broadcast_share: f64,
+        /// Share of all subscribers replaced each minute.
+        #[arg(long, default_value_t = 0.2)]
+        replace_per_minute: f64,
+        /// Publications per second over the regular channels.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Publications per second to the broadcast channel.
+        #[arg(long, default_value_t = 2.0)]
+        broadcast_rate: f64,
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        sample: std::time::Duration,
+        /// RSS and descriptors are compared with their first sample after this.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        warmup: std::time::Duration,
+        /// Redis's host:port, to sample its `used_memory`.
+        #[arg(long)]
+        redis: Option<String>,
+        /// Growth of RSS or descriptors from after the warm-up to the end that fails the run.
+        #[arg(long, default_value_t = 0.05)]
+        max_growth: f64,
+    },
     /// Render `--json` reports to SVG charts.
     Plot {
         /// Reports, each optionally named: `name=path.json`.
@@ -110,6 +145,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let report = match cli.scenario {
         Scenario::Worker => return loadtest::worker::main(),
+        Scenario::Soak { .. } => return soak(cli.scenario),
         Scenario::Plot { reports, out } => return plot(&reports, &out),
         scenario => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -215,8 +251,63 @@ async fn run(scenario: Scenario) -> anyhow::Result<Report> {
             )
             .await
         }
-        Scenario::Plot { .. } | Scenario::Worker => unreachable!("handled before the runtime starts"),
+        Scenario::Plot { .. } | Scenario::Worker | Scenario::Soak { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
+}
+
+/// Runs the soak on a multi-threaded runtime (10,000 subscribers and a
+/// publisher are more than one thread keeps up with) and fails unless it
+/// was clean and within its growth bound.
+fn soak(scenario: Scenario) -> anyhow::Result<()> {
+    let Scenario::Soak {
+        target,
+        connections,
+        channels,
+        broadcast_share,
+        replace_per_minute,
+        rate,
+        broadcast_rate,
+        duration,
+        sample,
+        warmup,
+        redis,
+        max_growth,
+    } = scenario
+    else {
+        anyhow::bail!("not a soak");
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(async {
+        let connector = loadtest::clients::Connector::new(target.client_options()?)?;
+        let plan = loadtest::soak::SoakPlan {
+            urls: target.urls.clone(),
+            apis: target.apis.clone(),
+            api_key: target.api_key.clone(),
+            pids: target.pids.clone(),
+            connections,
+            channels,
+            broadcast_share,
+            replace_per_minute,
+            rate,
+            broadcast_rate,
+            duration,
+            sample,
+            warmup,
+            redis,
+            max_growth,
+        };
+        loadtest::soak::soak(plan, connector).await
+    })?;
+    if let Some(path) = &target.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    if !(report.clean && report.within_bounds) {
+        eprintln!("soak failed: lost, duplicated, dropped or grew beyond the bound (see above)");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn plot(reports: &[String], out: &std::path::Path) -> anyhow::Result<()> {

@@ -73,7 +73,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn client_options(&self) -> anyhow::Result<ClientOptions> {
+    pub fn client_options(&self) -> anyhow::Result<ClientOptions> {
         let token = match (&self.token, &self.jwt_secret) {
             (Some(token), _) => Some(token.clone()),
             (None, Some(secret)) => Some(mint_token(secret)?),
