@@ -186,8 +186,8 @@ pub async fn soak(plan: SoakPlan, connector: Connector) -> anyhow::Result<SoakRe
     } else {
         u64::MAX
     };
-    let channel_of = |i: u64| -> usize {
-        if i % broadcast_every == 0 {
+    let channel_of = move |i: u64| -> usize {
+        if i.is_multiple_of(broadcast_every) {
             broadcast
         } else {
             (i % regular) as usize
