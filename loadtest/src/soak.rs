@@ -4,9 +4,9 @@
 //! over `channels` channels, a share on one broadcast channel that gets a
 //! publication every so often. Every second a few subscribers are replaced
 //! (closed, and a new one opened on the same channel), `replace_per_minute`
-//! of all of them each minute. Publications carry per-channel sequence
-//! numbers, so each subscriber checks its own stream: a jump is a loss, a
-//! repeat a duplicate. Once a minute the run samples the gateways' RSS,
+//! of all of them each minute. Each subscriber checks its own stream by
+//! the publications' offsets: a jump is a loss, a repeat (or a step back) a
+//! duplicate. Once a minute the run samples the gateways' RSS,
 //! open file descriptors and runtime tasks (`gateway_runtime_tasks` from
 //! `/metrics`) and Redis's memory; at the end RSS and descriptors must be
 //! within `max_growth` of their level after the warm-up.
@@ -113,17 +113,19 @@ fn spawn_subscriber(
                         counters.dropped.fetch_add(1, Ordering::Relaxed);
                         break;
                     };
-                    if let Frame::Probe { seq, .. } = wire::parse(Protocol::Json, &message) {
+                    if let Frame::Probe { .. } = wire::parse(Protocol::Json, &message)
+                        && let Some(offset) = offset_of(&message)
+                    {
                         counters.received.fetch_add(1, Ordering::Relaxed);
                         match last {
-                            Some(previous) if seq <= previous => {
+                            Some(previous) if offset <= previous => {
                                 counters.duplicates.fetch_add(1, Ordering::Relaxed);
                             }
                             Some(previous) => {
-                                counters.lost.fetch_add(seq - previous - 1, Ordering::Relaxed);
-                                last = Some(seq);
+                                counters.lost.fetch_add(offset - previous - 1, Ordering::Relaxed);
+                                last = Some(offset);
                             }
-                            None => last = Some(seq),
+                            None => last = Some(offset),
                         }
                     }
                 }
@@ -132,6 +134,18 @@ fn spawn_subscriber(
         counters.open.fetch_sub(1, Ordering::Relaxed);
     });
     stop
+}
+
+/// The publication's offset in its channel. The server's order, not the
+/// publisher's: publications sent at once to two nodes may be accepted in
+/// either order, and the offsets say which; a subscriber must see them
+/// one by one.
+fn offset_of(message: &tokio_tungstenite::tungstenite::Message) -> Option<u64> {
+    let text = message.to_text().ok()?;
+    // After the data, which comes first: the last `"offset":` is the frame's.
+    let at = text.rfind("\"offset\":")? + "\"offset\":".len();
+    let digits: String = text[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 fn open_fds(pid: u32) -> u64 {
