@@ -16,6 +16,7 @@
 //! there is exactly one consumer.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Waker;
 
 use futures_util::task::AtomicWaker;
@@ -73,6 +74,9 @@ pub struct Outbox {
     state: Mutex<State>,
     /// The session's task: woken when items or a close request arrive.
     waker: AtomicWaker,
+    /// Set while `State::orders` holds any: the session looks at every
+    /// poll, and must not take the lock for that.
+    orders_waiting: AtomicBool,
     max_bytes: usize,
     max_messages: usize,
 }
@@ -82,6 +86,7 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             waker: AtomicWaker::new(),
+            orders_waiting: AtomicBool::new(false),
             max_bytes,
             max_messages,
         }
@@ -177,6 +182,7 @@ impl Outbox {
             return false;
         }
         state.orders.push(order);
+        self.orders_waiting.store(true, Ordering::Release);
         drop(state);
         self.waker.wake();
         true
@@ -184,6 +190,9 @@ impl Outbox {
 
     /// The oldest order waiting, if any.
     pub fn take_order(&self) -> Option<Order> {
+        if !self.orders_waiting.load(Ordering::Acquire) {
+            return None;
+        }
         let mut state = self.state.lock();
         if state.orders.is_empty() {
             return None;
@@ -192,6 +201,7 @@ impl Outbox {
         if state.orders.is_empty() {
             // Orders are rare: give the memory back.
             state.orders = Vec::new();
+            self.orders_waiting.store(false, Ordering::Release);
         }
         Some(order)
     }

@@ -125,12 +125,7 @@ fn parse_query(request: &Request<Incoming>) -> Result<Query, Failure> {
 
 /// Asks every live node for its first page after the cursor and merges them.
 pub(crate) async fn list_channels(node: &Arc<Node>, query: Query) -> Result<Page, Failure> {
-    let mut nodes: BTreeSet<String> = super::info::live_nodes(node)
-        .await?
-        .iter()
-        .filter_map(|info| info["node"].as_str().map(str::to_owned))
-        .collect();
-    nodes.insert(node.config.node_id.clone());
+    let nodes: BTreeSet<String> = super::info::live_node_ids(node).await?.into_iter().collect();
 
     let mut call = node.calls.open();
     let question = Command::Channels {

@@ -145,15 +145,7 @@ async fn send_to_all(node: &Arc<Node>, command: Command) -> Result<Value, Failur
 /// first announcement); returns their ids, sorted.
 pub(crate) async fn send_everywhere(node: &Arc<Node>, command: Command) -> Result<Vec<String>, Failure> {
     let command = command.encode();
-    let mut nodes: Vec<String> = super::info::live_nodes(node)
-        .await?
-        .iter()
-        .filter_map(|info| info["node"].as_str().map(str::to_owned))
-        .collect();
-    if !nodes.contains(&node.config.node_id) {
-        nodes.push(node.config.node_id.clone());
-    }
-    nodes.sort();
+    let nodes = super::info::live_node_ids(node).await?;
     for target in &nodes {
         node.hub
             .send_to_node(target, &command)

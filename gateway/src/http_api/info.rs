@@ -78,6 +78,22 @@ pub(crate) async fn live_nodes(node: &Node) -> Result<Vec<serde_json::Value>, Fa
     Ok(nodes)
 }
 
+/// The ids of every live node, this one included (even before its first
+/// announcement), sorted: what a command to all nodes needs, without
+/// taking this node's numbers (a walk of its channels).
+pub(crate) async fn live_node_ids(node: &Node) -> Result<Vec<String>, Failure> {
+    let announced = node.hub.nodes().await.map_err(Failure::from)?;
+    let mut ids: Vec<String> = announced
+        .iter()
+        .filter_map(|raw| serde_json::from_slice::<serde_json::Value>(raw).ok())
+        .filter_map(|value| value["node"].as_str().map(str::to_owned))
+        .collect();
+    ids.push(node.config.node_id.clone());
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
 /// `GET /api/info` → `{"nodes":[{"node":"gw-1","version":...}, ...]}`,
 /// sorted by node id.
 pub async fn info(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
