@@ -97,35 +97,8 @@ enum Scenario {
     Soak {
         #[command(flatten)]
         target: Target,
-        #[arg(long, default_value_t = 10_000)]
-        connections: u64,
-        #[arg(long, default_value_t = 1_000)]
-        channels: u64,
-        /// Share of the subscribers on the one broadcast channel.
-        #[arg(long, default_value_t = 0.1)]
-        broadcast_share: f64,
-        /// Share of all subscribers replaced each minute.
-        #[arg(long, default_value_t = 0.2)]
-        replace_per_minute: f64,
-        /// Publications per second over the regular channels.
-        #[arg(long, default_value_t = 200.0)]
-        rate: f64,
-        /// Publications per second to the broadcast channel.
-        #[arg(long, default_value_t = 2.0)]
-        broadcast_rate: f64,
-        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
-        duration: std::time::Duration,
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        sample: std::time::Duration,
-        /// RSS and descriptors are compared with their first sample after this.
-        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-        warmup: std::time::Duration,
-        /// Redis's host:port, to sample its `used_memory`.
-        #[arg(long)]
-        redis: Option<String>,
-        /// Growth of RSS or descriptors from after the warm-up to the end that fails the run.
-        #[arg(long, default_value_t = 0.05)]
-        max_growth: f64,
+        #[command(flatten)]
+        soak: loadtest::soak::SoakArgs,
     },
     /// Render `--json` reports to SVG charts.
     Plot {
@@ -261,21 +234,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<Report> {
 /// publisher are more than one thread keeps up with) and fails unless it
 /// was clean and within its growth bound.
 fn soak(scenario: Scenario) -> anyhow::Result<()> {
-    let Scenario::Soak {
-        target,
-        connections,
-        channels,
-        broadcast_share,
-        replace_per_minute,
-        rate,
-        broadcast_rate,
-        duration,
-        sample,
-        warmup,
-        redis,
-        max_growth,
-    } = scenario
-    else {
+    let Scenario::Soak { target, soak } = scenario else {
         anyhow::bail!("not a soak");
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -286,17 +245,7 @@ fn soak(scenario: Scenario) -> anyhow::Result<()> {
             apis: target.apis.clone(),
             api_key: target.api_key.clone(),
             pids: target.pids.clone(),
-            connections,
-            channels,
-            broadcast_share,
-            replace_per_minute,
-            rate,
-            broadcast_rate,
-            duration,
-            sample,
-            warmup,
-            redis,
-            max_growth,
+            args: soak,
         };
         loadtest::soak::soak(plan, connector).await
     })?;

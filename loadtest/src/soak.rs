@@ -23,23 +23,47 @@ use crate::clients::Connector;
 use crate::publisher::Publisher;
 use crate::wire::{self, Frame, Protocol};
 
-/// What the soak is asked to do.
+/// The soak's own flags.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SoakArgs {
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: u64,
+    #[arg(long, default_value_t = 1_000)]
+    pub channels: u64,
+    /// Share of the subscribers on the one broadcast channel.
+    #[arg(long, default_value_t = 0.1)]
+    pub broadcast_share: f64,
+    /// Share of all subscribers replaced each minute.
+    #[arg(long, default_value_t = 0.2)]
+    pub replace_per_minute: f64,
+    /// Publications per second over the regular channels.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Publications per second to the broadcast channel.
+    #[arg(long, default_value_t = 2.0)]
+    pub broadcast_rate: f64,
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub sample: Duration,
+    /// RSS and descriptors are compared with their first sample after this.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Redis's host:port, to sample its `used_memory`.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Growth of RSS or descriptors from after the warm-up to the end that fails the run.
+    #[arg(long, default_value_t = 0.05)]
+    pub max_growth: f64,
+}
+
+/// What the soak is asked to do: where the nodes are, and its flags.
 pub struct SoakPlan {
     pub urls: Vec<String>,
     pub apis: Vec<String>,
     pub api_key: Option<String>,
     pub pids: Vec<u32>,
-    pub connections: u64,
-    pub channels: u64,
-    pub broadcast_share: f64,
-    pub replace_per_minute: f64,
-    pub rate: f64,
-    pub broadcast_rate: f64,
-    pub duration: Duration,
-    pub sample: Duration,
-    pub warmup: Duration,
-    pub redis: Option<String>,
-    pub max_growth: f64,
+    pub args: SoakArgs,
 }
 
 /// One sample.
@@ -187,7 +211,8 @@ async fn redis_memory(addr: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-pub async fn soak(plan: SoakPlan, connector: Connector) -> anyhow::Result<SoakReport> {
+pub async fn soak(target: SoakPlan, connector: Connector) -> anyhow::Result<SoakReport> {
+    let plan = &target.args;
     let counters = Arc::new(Counters::default());
     let regular = plan.channels.max(1);
     let prefix = format!("soak-{}-", wire::now_micros());
@@ -207,7 +232,7 @@ pub async fn soak(plan: SoakPlan, connector: Connector) -> anyhow::Result<SoakRe
             (i % regular) as usize
         }
     };
-    let url_of = |i: u64| plan.urls[(i as usize) % plan.urls.len()].clone();
+    let url_of = |i: u64| target.urls[(i as usize) % target.urls.len()].clone();
     let mut stops = Vec::with_capacity(plan.connections as usize);
     for i in 0..plan.connections {
         stops.push(spawn_subscriber(
@@ -242,7 +267,7 @@ pub async fn soak(plan: SoakPlan, connector: Connector) -> anyhow::Result<SoakRe
     let per_second = plan.connections as f64 * plan.replace_per_minute / 60.0;
     let replacer = {
         let (connector, counters, names) = (connector.clone(), counters.clone(), names.clone());
-        let urls = plan.urls.clone();
+        let urls = target.urls.clone();
         let total = plan.connections;
         tokio::spawn(async move {
             let mut stops = stops;
@@ -273,8 +298,8 @@ pub async fn soak(plan: SoakPlan, connector: Connector) -> anyhow::Result<SoakRe
     };
 
     let mut publisher = Publisher::http(
-        plan.apis.clone(),
-        plan.api_key.clone(),
+        target.apis.clone(),
+        target.api_key.clone(),
         names.clone(),
         64,
         wire::padding(100, true),
@@ -304,12 +329,12 @@ pub async fn soak(plan: SoakPlan, connector: Connector) -> anyhow::Result<SoakRe
         failed += result.failed;
         let mut sample = Sample {
             elapsed_secs: started.elapsed().as_secs_f64(),
-            rss_bytes: plan
+            rss_bytes: target
                 .pids
                 .iter()
                 .map(|&p| crate::procstat::rss_bytes(p).unwrap_or(0))
                 .collect(),
-            open_fds: plan.pids.iter().map(|&p| open_fds(p)).collect(),
+            open_fds: target.pids.iter().map(|&p| open_fds(p)).collect(),
             redis_used_memory: match &plan.redis {
                 Some(addr) => redis_memory(addr).await,
                 None => None,
@@ -324,7 +349,7 @@ pub async fn soak(plan: SoakPlan, connector: Connector) -> anyhow::Result<SoakRe
             publish_failed: failed,
             ..Sample::default()
         };
-        for api in &plan.apis {
+        for api in &target.apis {
             sample.runtime_tasks.push(runtime_tasks(api).await);
         }
         eprintln!(
