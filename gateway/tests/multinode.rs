@@ -633,10 +633,17 @@ async fn api_info_lists_the_live_nodes_and_drops_a_dead_one() {
         assert_eq!(answer.status, 200, "{}", answer.text());
         answer.json()["nodes"].as_array().cloned().unwrap_or_default()
     };
-    eventually("both nodes announced, with node 2's client", async || {
-        let nodes = listed(first.addr).await;
-        nodes.len() == 2 && nodes[1]["connections"] == 1 && nodes[1]["subscriptions"] == 1
-    })
+    // Node 2 announces itself every 5 s, and its first announcement may
+    // predate the client: wait for the next one, with room to spare.
+    let next_announcement = Duration::from_secs(15);
+    eventually_within(
+        "both nodes announced, with node 2's client",
+        next_announcement,
+        async || {
+            let nodes = listed(first.addr).await;
+            nodes.len() == 2 && nodes[1]["connections"] == 1 && nodes[1]["subscriptions"] == 1
+        },
+    )
     .await;
     let nodes = listed(first.addr).await;
     assert_eq!(nodes[0]["node"], "info-1");
