@@ -327,3 +327,80 @@ async fn a_stream_receives_what_other_nodes_publish_over_redis() {
     let mut resumed = SseClient::open(one.addr, "/sse?channel=live", &[("last-event-id", &last)]).await;
     assert_eq!(resumed.next_message().await["data"]["n"], 4);
 }
+
+/// Reads from `socket` until `text` has arrived; everything read so far.
+async fn read_until(socket: &mut tokio::net::TcpStream, text: &str) -> String {
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    tokio::time::timeout(WAIT, async {
+        while !String::from_utf8_lossy(&seen).contains(text) {
+            let n = socket.read(&mut chunk).await.expect("read");
+            assert!(
+                n > 0,
+                "closed before {text:?}: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {text:?} in: {}", String::from_utf8_lossy(&seen)));
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// A stream as a connection's first request is written by the gateway
+/// itself (chunked, no hyper buffers); one after another request on a
+/// kept-alive connection is hyper's. Both follow the channel, and a client
+/// that closes its side frees its session.
+#[tokio::test]
+async fn a_stream_is_served_first_or_after_other_requests_on_the_connection() {
+    let gw = start(test_config()).await;
+    let addr = gw.local_addr();
+    let head = "GET /sse?channel=raw HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Cut in two writes: the head is read until it is complete.
+    first.write_all(&head.as_bytes()[..11]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    first.write_all(&head.as_bytes()[11..]).await.unwrap();
+    let answer = read_until(&mut first, "\"subscribed\"").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("transfer-encoding: chunked\r\n"), "{answer}");
+    assert!(answer.contains("x-accel-buffering: no\r\n"), "{answer}");
+
+    let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut kept, "\r\n\r\n").await;
+    kept.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until(&mut kept, "\"subscribed\"").await;
+    assert!(answer.contains("HTTP/1.1 200 OK\r\n"), "{answer}");
+
+    publish(addr, "raw", 7).await;
+    read_until(&mut first, "\"n\":7").await;
+    read_until(&mut kept, "\"n\":7").await;
+    eventually("two streams open", async || {
+        metric(&get(addr, "/metrics").await.text(), "gateway_connections") == Some(2.0)
+    })
+    .await;
+    drop(first);
+    drop(kept);
+    eventually("both sessions ended with their connections", async || {
+        metric(&get(addr, "/metrics").await.text(), "gateway_connections") == Some(0.0)
+    })
+    .await;
+    // A refusal on the direct path is a whole answer, then the close.
+    let mut refused = tokio::net::TcpStream::connect(addr).await.unwrap();
+    refused
+        .write_all(b"GET /sse HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = String::new();
+    tokio::time::timeout(WAIT, refused.read_to_string(&mut all))
+        .await
+        .expect("closed after the answer")
+        .unwrap();
+    assert!(all.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{all}");
+    assert!(all.ends_with("}"), "the JSON error body: {all}");
+    assert!(all.contains("\"bad_request\""), "{all}");
+}

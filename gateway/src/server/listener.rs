@@ -1,6 +1,7 @@
 //! Everything before a request is routed: the listening socket, the accept
 //! loop, the PROXY header (from trusted proxies, when enabled), the TLS
-//! handshake, and hyper serving HTTP/1.1 on the connection.
+//! handshake, a first look at the first request (`sniff`), and hyper
+//! serving HTTP/1.1 on the connection.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -15,10 +16,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::router::{Surface, route};
+use super::sniff::{self, First, Prefixed};
 use crate::client_ip;
 use crate::http_connection::HttpConnection;
 use crate::limits::{PendingTicket, Refused};
 use crate::node::Node;
+use crate::transport::sse;
 
 /// Connections the kernel queues for `accept` (capped by
 /// `net.core.somaxconn`). tokio's default, 1,024, overflowed when thousands
@@ -106,14 +109,34 @@ async fn accept_connection(
         }
     }
     match &node.security.tls {
-        None => serve_connection(stream, remote, node, stop, Surface::Public, Some(pending)).await,
+        None => serve_public(stream, remote, node, stop, pending).await,
         Some(tls) => match tokio::time::timeout(deadline, tls.accept(stream)).await {
-            Ok(Ok(stream)) => {
-                serve_connection(stream, remote, node, stop, Surface::Public, Some(pending)).await
-            }
+            Ok(Ok(stream)) => serve_public(stream, remote, node, stop, pending).await,
             Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         },
+    }
+}
+
+/// A public connection: its first request decides whether hyper serves it
+/// or, for a plain `GET /sse`, the event stream is written directly (see
+/// [`sniff`]).
+async fn serve_public<S>(
+    mut stream: S,
+    remote: IpAddr,
+    node: Arc<Node>,
+    stop: watch::Receiver<bool>,
+    pending: PendingTicket,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match sniff::first_request(&mut stream, node.config.handshake_timeout).await {
+        First::Sse(request) => sse::direct::serve(node, stream, request, remote, pending, stop).await,
+        First::Http(read) => {
+            let stream = Prefixed::new(read, stream);
+            serve_connection(stream, remote, node, stop, Surface::Public, Some(pending)).await
+        }
+        First::Gone => tracing::debug!(%remote, "connection closed before its first request"),
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod listener;
 mod router;
+mod sniff;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -12,6 +12,7 @@
 //! channel, with `since` from `Last-Event-ID` ([`resume`]). What the
 //! session queues is written as SSE events by [`stream`].
 
+pub mod direct;
 mod resume;
 mod stream;
 
@@ -26,7 +27,7 @@ use hyper::body::Incoming;
 use pubsub_proto::{ChannelName, Encoding};
 
 use self::resume::Positions;
-use self::stream::EventStream;
+pub(crate) use self::stream::EventStream;
 use crate::access;
 use crate::auth::Identity;
 use crate::handshake;
@@ -35,14 +36,25 @@ use crate::node::Node;
 use crate::response::{Body, error_response};
 use crate::session::Session;
 
-/// Answers `GET /sse`. Refusals, cheapest first: draining (503), Origin
-/// (403), query (400), token (401), permissions (403), `Last-Event-ID`
-/// (400), limits (503).
+/// Answers `GET /sse` served by hyper (a request after the first on a
+/// kept-alive connection, or one with a body). Refusals, cheapest first:
+/// draining (503), Origin (403), query (400), token (401), permissions
+/// (403), `Last-Event-ID` (400), limits (503).
 pub fn handle(node: &Arc<Node>, request: Request<Incoming>, remote: IpAddr) -> Response<Body> {
     match open(node, &request, remote) {
-        Ok(response) => response,
+        Ok(opened) => {
+            let mut response = Response::new(opened.stream.boxed_unsync());
+            *response.headers_mut() = opened.headers;
+            response
+        }
         Err(refusal) => refusal,
     }
+}
+
+/// An accepted stream: its body and the headers of its response.
+pub struct Opened {
+    pub(crate) stream: EventStream,
+    pub headers: HeaderMap,
 }
 
 /// What the query asks for.
@@ -51,12 +63,10 @@ struct Query {
     token: Option<String>,
 }
 
+/// Checks `request` and opens its stream (see [`handle`] for the
+/// refusals). The request's body, if any, is not read.
 #[allow(clippy::result_large_err)]
-fn open(
-    node: &Arc<Node>,
-    request: &Request<Incoming>,
-    remote: IpAddr,
-) -> Result<Response<Body>, Response<Body>> {
+pub fn open<B>(node: &Arc<Node>, request: &Request<B>, remote: IpAddr) -> Result<Opened, Response<Body>> {
     let headers = request.headers();
     handshake::not_draining(node)?;
     handshake::origin(node, headers)?;
@@ -96,8 +106,7 @@ fn open(
         connection.release_pending();
     }
     let stream = EventStream::new(session, positions, connection);
-    let mut response = Response::new(stream.boxed_unsync());
-    let out = response.headers_mut();
+    let mut out = HeaderMap::new();
     out.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
@@ -114,7 +123,7 @@ fn open(
         out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         out.insert(header::VARY, HeaderValue::from_static("Origin"));
     }
-    Ok(response)
+    Ok(Opened { stream, headers: out })
 }
 
 /// `channel` (one or more), `token` (optional); anything else is an error,

@@ -40,7 +40,7 @@ use crate::session::{End, Inbound, Session};
 const BUDGET: usize = 64;
 
 /// The body of a `GET /sse` response.
-pub(super) struct EventStream {
+pub(crate) struct EventStream {
     /// `None` once the stream ended.
     session: Option<Session>,
     /// Subscribe commands not yet handed to the session, in channel order.
@@ -50,7 +50,7 @@ pub(super) struct EventStream {
 }
 
 impl EventStream {
-    pub fn new(
+    pub(super) fn new(
         session: Session,
         positions: Positions,
         connection: Option<Arc<HttpConnection>>,
@@ -147,6 +147,30 @@ impl EventStream {
     }
 }
 
+impl EventStream {
+    /// The next chunk of the stream, `None` once it ended.
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if self.session.is_none() {
+            return Poll::Ready(None);
+        }
+        let waker = self.waker.register(cx.waker());
+        let mut cx = Context::from_waker(&waker);
+        let mut out = BytesMut::new();
+        // A bug in a session must not take the node down.
+        let done = match std::panic::catch_unwind(AssertUnwindSafe(|| self.serve(&mut cx, &mut out))) {
+            Ok(done) => done,
+            Err(_) => self.finish(End::Panicked, &mut out),
+        };
+        if !out.is_empty() {
+            return Poll::Ready(Some(out.freeze()));
+        }
+        match done {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 impl hyper::body::Body for EventStream {
     type Data = Bytes;
     type Error = std::convert::Infallible;
@@ -155,25 +179,9 @@ impl hyper::body::Body for EventStream {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<BodyFrame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        if this.session.is_none() {
-            return Poll::Ready(None);
-        }
-        let waker = this.waker.register(cx.waker());
-        let mut cx = Context::from_waker(&waker);
-        let mut out = BytesMut::new();
-        // A bug in a session must not take the node down.
-        let done = match std::panic::catch_unwind(AssertUnwindSafe(|| this.serve(&mut cx, &mut out))) {
-            Ok(done) => done,
-            Err(_) => this.finish(End::Panicked, &mut out),
-        };
-        if !out.is_empty() {
-            return Poll::Ready(Some(Ok(BodyFrame::data(out.freeze()))));
-        }
-        match done {
-            Poll::Ready(()) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
+        self.get_mut()
+            .poll_next(cx)
+            .map(|chunk| chunk.map(|bytes| Ok(BodyFrame::data(bytes))))
     }
 
     fn is_end_stream(&self) -> bool {
