@@ -41,15 +41,15 @@ pub async fn serve<S>(
     mut request: Request<()>,
     remote: IpAddr,
     pending: PendingTicket,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let connection = Arc::new(HttpConnection::new(Some(pending)));
     request.extensions_mut().insert(connection.clone());
     let opened = super::open(&node, &request, remote);
     drop(request);
-    let Opened { mut stream, headers } = match opened {
+    let Opened { stream, headers } = match opened {
         Ok(opened) => opened,
         Err(refusal) => {
             let write = write_refusal(&mut io, refusal);
@@ -61,12 +61,27 @@ pub async fn serve<S>(
     head.put_slice(b"HTTP/1.1 200 OK\r\n");
     put_headers(&mut head, &headers);
     head.put_slice(b"transfer-encoding: chunked\r\n\r\n");
-    drop(headers);
-    let mut writer = Writer {
+    let writer = Writer {
         out: head.freeze(),
         unflushed: false,
         ended: false,
     };
+    // Its own task, holding the stream's state and nothing else: the
+    // task that read the head (sized for hyper and TLS) ends here.
+    tokio::spawn(run(io, stream, writer, connection, stop));
+}
+
+/// The open stream, until it ends, the connection is aborted, or the
+/// listener stopped and [`STOP_GRACE`] ran out.
+async fn run<S>(
+    mut io: S,
+    mut stream: EventStream,
+    mut writer: Writer,
+    connection: Arc<HttpConnection>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let run = poll_fn(|cx| writer.poll(cx, &mut io, &mut stream));
     tokio::pin!(run);
     tokio::select! {

@@ -85,6 +85,10 @@ impl EventStream {
             };
             if !self.commands.is_empty() && session.ready_for_input(cx) {
                 let command = self.commands.pop_front().unwrap_or_default();
+                if self.commands.is_empty() {
+                    // An open stream keeps none of its start-up state.
+                    self.commands = VecDeque::new();
+                }
                 if let Some(end) = session.on_inbound(Inbound::Text(command)) {
                     return self.finish(end, out);
                 }
