@@ -5,10 +5,11 @@
 # run fails on any 5xx, any response that breaks its schema, and any status,
 # content type or header the document does not list.
 #
-# GET /ws and GET /sse are left out: a valid request is a WebSocket upgrade
-# or an endless event stream, not a request and its response (Autobahn,
-# tests/protocol.rs and tests/sse.rs cover them); their refusals are in the
-# document all the same.
+# GET /ws, GET /sse and GET /stream are left out: a valid request is a
+# WebSocket upgrade or an endless stream, not a request and its response
+# (Autobahn, tests/protocol.rs, tests/sse.rs and tests/http_stream.rs cover
+# them); their refusals are in the document all the same. POST
+# /stream/commands is checked like the API.
 #
 # Bounded: ST_EXAMPLES cases per operation and phase (default 100), fixed seed.
 set -euo pipefail
@@ -64,6 +65,7 @@ check() {
   echo "-- schemathesis: $what (node on port $port)"
   "$venv/bin/schemathesis" --config-file .ci/schemathesis.toml run "http://127.0.0.1:$port/api/openapi.json" \
     --exclude-path /sse \
+    --exclude-path /stream \
     --exclude-path /ws \
     --header "Authorization: Bearer $key" \
     --max-examples "${ST_EXAMPLES:-100}" \

@@ -58,6 +58,18 @@ pub enum Command {
         node: String,
         channels: Vec<(String, usize)>,
     },
+    /// Hand `commands` (JSON texts) to session stream `session` on this
+    /// node, POSTed on node `reply_to`; answer its call `call` with
+    /// [`Command::StreamDelivered`].
+    StreamCommands {
+        reply_to: String,
+        call: u64,
+        session: String,
+        commands: Vec<String>,
+    },
+    /// What became of [`Command::StreamCommands`]: `accepted`,
+    /// `unknown_session` or `queue_full`.
+    StreamDelivered { call: u64, outcome: String },
     /// Remove the connections of `user` (or `client`) from `channel`.
     Unsubscribe {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,7 +137,26 @@ async fn apply(node: &Node, command: Command) -> usize {
             page.len()
         }
         // Answers go to the waiting call as they came (see `run`).
-        Command::ChannelsPage { .. } => 0,
+        Command::ChannelsPage { .. } | Command::StreamDelivered { .. } => 0,
+        Command::StreamCommands {
+            reply_to,
+            call,
+            session,
+            commands,
+        } => {
+            let count = commands.len();
+            let outcome = node
+                .streams
+                .deliver(&session, commands.into_iter().map(Bytes::from).collect());
+            let answer = Command::StreamDelivered {
+                call,
+                outcome: outcome.as_str().to_owned(),
+            };
+            if let Err(error) = node.hub.send_to_node(&reply_to, &answer.encode()).await {
+                tracing::warn!(%error, to = reply_to, "could not answer forwarded stream commands");
+            }
+            count
+        }
         Command::Disconnect { user, client, code } => {
             let Some(reason) = disconnect_reason(code) else {
                 return 0;
@@ -166,10 +197,16 @@ fn order(
 pub async fn run(node: Arc<Node>, mut inbox: mpsc::Receiver<Bytes>) {
     while let Some(message) = inbox.recv().await {
         match serde_json::from_slice::<Command>(&message) {
-            Ok(Command::ChannelsPage { call, .. }) => node.calls.answer(call, message),
+            Ok(Command::ChannelsPage { call, .. } | Command::StreamDelivered { call, .. }) => {
+                node.calls.answer(call, message)
+            }
             Ok(command) => {
+                // Questions and a client's own commands are not operations.
                 let logged = match &command {
-                    Command::Channels { .. } | Command::ChannelsPage { .. } => None,
+                    Command::Channels { .. }
+                    | Command::ChannelsPage { .. }
+                    | Command::StreamCommands { .. }
+                    | Command::StreamDelivered { .. } => None,
                     other => Some(other.clone()),
                 };
                 let reached = apply(&node, command).await;

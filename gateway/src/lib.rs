@@ -50,6 +50,7 @@ mod registry;
 mod response;
 pub mod server;
 mod session;
+mod streams;
 mod tls;
 mod transport;
 

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub published_client: Counter,
     /// Publications written to client sockets.
     pub delivered: Counter,
+    /// `POST /stream/commands` commands forwarded to the node holding
+    /// their session.
+    pub stream_commands_forwarded: Counter,
     /// Clients disconnected because their outbound queue overflowed.
     pub slow_consumer_disconnects: Counter,
     /// 1 while the broker is reachable.
@@ -193,6 +196,11 @@ impl Metrics {
             delivered: counter(
                 "gateway_messages_delivered_total",
                 "Publications written to client sockets.",
+                vec![],
+            ),
+            stream_commands_forwarded: counter(
+                "gateway_stream_commands_forwarded_total",
+                "Commands POSTed for a session stream held by another node, forwarded to it.",
                 vec![],
             ),
             slow_consumer_disconnects: counter(

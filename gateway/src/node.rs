@@ -21,6 +21,7 @@ use crate::limits::{Admission, Concurrency, PendingConnections};
 use crate::metrics::Metrics;
 use crate::origin::OriginRule;
 use crate::registry::Registry;
+use crate::streams::Streams;
 use crate::tls::Tls;
 
 /// How often histogram samples are folded into their buckets.
@@ -44,6 +45,8 @@ pub struct Node {
     pub compression: Option<Arc<Deflater>>,
     /// This node's questions to all nodes that wait for answers.
     pub calls: Calls,
+    /// The session streams of `GET /stream`, by session id.
+    pub streams: Streams,
 }
 
 /// The node's clients: who is connected, who may connect, and their ids.
@@ -202,6 +205,7 @@ impl Node {
             pending,
             compression,
             calls: Calls::default(),
+            streams: Streams::default(),
         });
         // Histograms keep their samples until upkeep folds them in; without
         // it a node nobody scrapes would grow without bound.

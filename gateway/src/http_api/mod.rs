@@ -36,14 +36,14 @@ use crate::hub::HubError;
 use crate::node::Node;
 use crate::response::{Body, error_response};
 
-pub use channels::channels;
+pub use channels::{ANSWER_WITHIN, channels};
 pub(crate) use channels::{Query as ChannelsQuery, list_channels};
 pub use control::{disconnect, subscribe, unsubscribe};
 pub(crate) use control::{disconnect_code, send_everywhere, target};
 pub(crate) use history::{MAX_HISTORY_LIMIT, read_history};
 pub use history::{history, remove_history};
-pub(crate) use info::live_nodes;
 pub use info::{announce_loop, info};
+pub(crate) use info::{live_node_ids, live_nodes};
 pub use presence::{presence, presence_stats};
 pub(crate) use publish::{
     MAX_BATCH, Outcome, batch_item, broadcast_all, broadcast_channels, publish_in_order,
@@ -55,6 +55,7 @@ pub(super) fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&
 }
 
 /// An API failure: status, code and message.
+#[derive(Debug)]
 pub(crate) struct Failure(pub(crate) StatusCode, pub(crate) &'static str, pub(crate) String);
 
 impl Failure {
@@ -62,7 +63,7 @@ impl Failure {
         Failure(StatusCode::BAD_REQUEST, "bad_request", message.into())
     }
 
-    pub(super) fn into_response(self) -> Response<Body> {
+    pub(crate) fn into_response(self) -> Response<Body> {
         let mut response = error_response(self.0, self.1, &self.2);
         if self.0 == StatusCode::UNAUTHORIZED {
             response
@@ -134,7 +135,16 @@ pub(super) async fn read_body(
 ) -> Result<Bytes, Failure> {
     authorize(&node.config.api_keys, request.headers(), scope)?;
     check_content_type(request.headers())?;
-    let limit = node.config.max_body_size;
+    read_limited(request, node.config.max_body_size, node.config.handshake_timeout).await
+}
+
+/// Reads a body of at most `limit` bytes (413 `too_large`) within
+/// `deadline` (408 `timeout`).
+pub(crate) async fn read_limited(
+    request: Request<Incoming>,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<Bytes, Failure> {
     let too_large = || {
         Failure(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -151,7 +161,6 @@ pub(super) async fn read_body(
         return Err(too_large());
     }
     // A body dribbled in slowly must not hold a connection forever.
-    let deadline = node.config.handshake_timeout;
     match tokio::time::timeout(deadline, Limited::new(request.into_body(), limit).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 
 use crate::node::Node;
 use crate::response::{Body, error_response, retry_later};
-use crate::transport::{sse, websocket};
+use crate::transport::{http_stream, sse, websocket};
 use crate::{demo, http_api, openapi, probes};
 
 /// Every path the node serves (besides `/demo` with `--demo`) and its
@@ -20,6 +20,8 @@ use crate::{demo, http_api, openapi, probes};
 pub const ROUTES: &[(&str, &str)] = &[
     ("/ws", "GET"),
     ("/sse", "GET"),
+    ("/stream", "GET"),
+    ("/stream/commands", "POST"),
     ("/healthz", "GET"),
     ("/readyz", "GET"),
     ("/metrics", "GET"),
@@ -37,6 +39,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/api/subscribe", "POST"),
     ("/api/unsubscribe", "POST"),
 ];
+
+/// Paths that answer a CORS preflight (`OPTIONS`) from an allowed
+/// origin, with the methods a page may use: the ones a browser calls with
+/// headers or bodies that are not CORS-simple.
+pub const PREFLIGHT: &[(&str, &str)] = &[("/stream", "GET"), ("/stream/commands", "POST")];
 
 /// Which listener a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +88,11 @@ pub(super) async fn route(
             );
         }
     };
+    if request.method() == Method::OPTIONS
+        && let Some((_, methods)) = PREFLIGHT.iter().find(|(p, _)| *p == path)
+    {
+        return http_stream::commands::preflight(&node, &request, methods);
+    }
     let method_ok =
         request.method().as_str() == allowed || (allowed == "GET" && request.method() == Method::HEAD);
     if !method_ok {
@@ -116,6 +128,8 @@ pub(super) async fn route(
     match path {
         "/ws" => websocket::handle(&node, request, remote),
         "/sse" => sse::handle(&node, request, remote),
+        "/stream" => http_stream::handle(&node, request, remote),
+        "/stream/commands" => http_stream::commands::handle(node, request).await,
         "/healthz" => probes::healthz(),
         "/readyz" => probes::readyz(&node),
         "/metrics" => probes::metrics(&node),
@@ -140,7 +154,7 @@ pub(super) async fn route(
 mod tests {
     use std::collections::BTreeSet;
 
-    use super::ROUTES;
+    use super::{PREFLIGHT, ROUTES};
 
     /// The OpenAPI document names exactly the routes the router serves,
     /// each with its method (and HEAD beside every GET).
@@ -171,6 +185,11 @@ mod tests {
                 }
                 both
             })
+            .chain(
+                PREFLIGHT
+                    .iter()
+                    .map(|(path, _)| (path.to_string(), "options".to_string())),
+            )
             .collect();
         let undocumented: Vec<_> = served.difference(&documented).collect();
         let unserved: Vec<_> = documented.difference(&served).collect();

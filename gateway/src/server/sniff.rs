@@ -1,6 +1,6 @@
 //! A public connection's first request head, looked at before hyper sees
-//! it: a plain `GET /sse` is served straight on the socket
-//! (`transport::sse::direct`), every other request is handed to hyper with
+//! it: a plain `GET /sse` or `GET /stream` is served straight on the
+//! socket (`transport::sse::direct`), every other request is handed to hyper with
 //! the bytes read so far put back in front of the stream ([`Prefixed`]).
 //!
 //! Why: hyper keeps an 8 KiB read buffer and an 8 KiB header buffer for as
@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 /// What the first bytes of a connection are.
 pub(super) enum First {
-    /// A `GET /sse` to serve directly.
+    /// A `GET /sse` or `GET /stream` to serve directly.
     Sse(Request<()>),
     /// Anything else: hyper's, with these bytes read already.
     Http(Bytes),
@@ -33,8 +33,8 @@ pub(super) enum First {
     Gone,
 }
 
-/// The request line that may go direct.
-const SSE: &[u8] = b"GET /sse";
+/// The request lines that may go direct (then a space or `?`).
+const DIRECT: [&[u8]; 2] = [b"GET /sse", b"GET /stream"];
 /// The largest head read here; a larger one is hyper's to refuse.
 const MAX_HEAD: usize = 64 * 1024;
 /// Headers parsed here; a request with more is hyper's.
@@ -79,11 +79,17 @@ where
 /// `None`: more bytes are needed to tell. `Some(None)`: hyper's.
 /// `Some(Some(request))`: a direct `GET /sse`.
 fn classify(bytes: &[u8]) -> Option<Option<Request<()>>> {
-    if bytes.len() <= SSE.len() {
-        return if SSE.starts_with(bytes) { None } else { Some(None) };
+    let mut undecided = false;
+    let mut matched = false;
+    for line in DIRECT {
+        if bytes.len() <= line.len() {
+            undecided |= line.starts_with(bytes);
+        } else {
+            matched |= bytes.starts_with(line) && matches!(bytes[line.len()], b' ' | b'?');
+        }
     }
-    if !bytes.starts_with(SSE) || !matches!(bytes[SSE.len()], b' ' | b'?') {
-        return Some(None);
+    if !matched {
+        return if undecided { None } else { Some(None) };
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
@@ -116,7 +122,8 @@ fn direct(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
         || headers
             .get(http::header::CONTENT_LENGTH)
             .is_some_and(|length| length.as_bytes() != b"0");
-    (!body && request.uri().path() == "/sse").then_some(request)
+    let path = request.uri().path();
+    (!body && (path == "/sse" || path == "/stream")).then_some(request)
 }
 
 /// A stream with bytes already read from it put back in front.
@@ -191,6 +198,8 @@ mod tests {
         ));
         assert!(hypers("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n"));
         assert!(hypers("GET /sset HTTP/1.1\r\n\r\n"));
+        assert!(direct("GET /stream HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(hypers("GET /stream/commands HTTP/1.1\r\n\r\n"));
         assert!(hypers("POST /api/publish HTTP/1.1\r\n\r\n"));
         assert!(hypers("HEAD /sse HTTP/1.1\r\n\r\n"));
         assert!(hypers("GET /sse HTTP/1.0\r\n\r\n"));
@@ -204,6 +213,8 @@ mod tests {
     fn a_head_cut_short_needs_more_bytes() {
         assert!(classify(b"GE").is_none());
         assert!(classify(b"GET /sse").is_none());
+        assert!(classify(b"GET /s").is_none());
+        assert!(classify(b"GET /stre").is_none());
         assert!(classify(b"GET /sse?channel=a HTTP/1.1\r\nHost:").is_none());
         assert!(matches!(classify(b"GEX"), Some(None)));
     }

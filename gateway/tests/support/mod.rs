@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod haproxy;
+pub mod http_stream;
 pub mod netns;
 pub mod pki;
 pub mod proxy;

@@ -1,5 +1,6 @@
-//! `GET /sse` served straight on the socket, without hyper, when it is a
-//! connection's first request (`server::sniff` decides). The stream is the
+//! `GET /sse` and `GET /stream` served straight on the socket, without
+//! hyper, when they are a connection's first request (`server::sniff`
+//! decides). The stream is the
 //! same [`EventStream`] hyper would poll as a body; this module writes its
 //! chunks with HTTP/1.1 chunked framing itself, so an open stream holds its
 //! session, the socket and the bytes being written, and none of hyper's
@@ -34,7 +35,7 @@ use crate::response::Body;
 /// graceful shutdown gets the same).
 const STOP_GRACE: Duration = Duration::from_secs(1);
 
-/// Serves `request` (a complete `GET /sse` head) on `io`.
+/// Serves `request` (a complete `GET /sse` or `GET /stream` head) on `io`.
 pub async fn serve<S>(
     node: Arc<Node>,
     mut io: S,
@@ -47,7 +48,11 @@ pub async fn serve<S>(
 {
     let connection = Arc::new(HttpConnection::new(Some(pending)));
     request.extensions_mut().insert(connection.clone());
-    let opened = super::open(&node, &request, remote);
+    let opened = if request.uri().path() == "/stream" {
+        crate::transport::http_stream::open(&node, &request, remote)
+    } else {
+        super::open(&node, &request, remote)
+    };
     drop(request);
     let Opened { stream, headers } = match opened {
         Ok(opened) => opened,

@@ -20,14 +20,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pubsub_proto::{ChannelName, Encoding};
 
 use self::resume::Positions;
-pub(crate) use self::stream::EventStream;
+pub(crate) use self::stream::{EventStream, Listed};
 use crate::access;
 use crate::auth::Identity;
 use crate::handshake;
@@ -106,24 +106,10 @@ pub fn open<B>(node: &Arc<Node>, request: &Request<B>, remote: IpAddr) -> Result
         connection.release_pending();
     }
     let stream = EventStream::new(session, positions, connection);
-    let mut out = HeaderMap::new();
-    out.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    out.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-transform"),
-    );
-    // nginx (and proxies that follow its convention) would otherwise
-    // buffer the stream and hold events back.
-    out.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        // It passed the Origin check: a cross-origin EventSource may read.
-        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        out.insert(header::VARY, HeaderValue::from_static("Origin"));
-    }
-    Ok(Opened { stream, headers: out })
+    Ok(Opened {
+        stream,
+        headers: super::http_stream::response_headers(headers, "text/event-stream"),
+    })
 }
 
 /// `channel` (one or more), `token` (optional); anything else is an error,

@@ -1,8 +1,12 @@
-//! One `GET /sse` stream: the response body *is* the connection's state
-//! machine, polled by hyper's connection task (no task of its own). Each
-//! poll moves the session (its command in flight, its timers, a close that
-//! must not wait), hands it the next subscribe command, and turns what the
-//! outbox holds into SSE events, returned as one chunk:
+//! One `GET /sse` or `GET /stream` stream: it *is* the connection's state
+//! machine, polled by a task of its own (`direct`) or by hyper's
+//! connection task as the response body. Each poll moves the session (its
+//! command in flight, its timers, a close that must not wait), hands it
+//! the next command (a subscribe the `/sse` request named, or a command a
+//! `/stream` client POSTed, from its [`Inbox`]), and turns what the outbox
+//! holds into one chunk.
+//!
+//! On `/sse` (`Framing::Sse`), SSE events:
 //! - a publication or gap: `id: <positions>` (see `resume`) and
 //!   `data: <the protocol v1 JSON message>`;
 //! - a reply (`subscribed`, an `error`): `data:` (with an `id:` when it
@@ -13,10 +17,14 @@
 //!   `reconnect_after_ms` and a matching `retry:` so `EventSource` waits
 //!   that long), then the response ends.
 //!
+//! On `/stream` (`Framing::Lines`), one protocol v1 JSON message per line,
+//! `{"type":"ping"}` as the heartbeat and `{"type":"close",…}` as the end.
+//!
 //! A client that stops reading fills its outbox and is closed as a slow
-//! consumer (4008) like any other; since hyper no longer polls a body it
-//! cannot write, the outbox wakes the stream through [`KillWaker`], which
-//! aborts the HTTP connection instead of waiting for the client.
+//! consumer (4008) like any other; since nothing polls a stream whose
+//! socket cannot be written, the outbox wakes the stream through
+//! [`KillWaker`], which aborts the HTTP connection instead of waiting for
+//! the client.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -32,21 +40,47 @@ use pubsub_proto::{ChannelName, Encoding, close};
 use super::resume::Positions;
 use crate::frame::Frame;
 use crate::http_connection::HttpConnection;
+use crate::node::Node;
 use crate::outbox::{FULL_WRITE, Taken};
 use crate::peer::Peer;
 use crate::session::{End, Inbound, Session};
+use crate::streams::Inbox;
 
 /// Rounds of work in one poll before yielding to other tasks.
 const BUDGET: usize = 64;
 
-/// The body of a `GET /sse` response.
+/// The body of a `GET /sse` or `GET /stream` response.
 pub(crate) struct EventStream {
     /// `None` once the stream ended.
     session: Option<Session>,
     /// Subscribe commands not yet handed to the session, in channel order.
     commands: VecDeque<Bytes>,
-    positions: Positions,
+    framing: Framing,
     waker: Arc<KillWaker>,
+}
+
+/// How the stream's frames are written.
+enum Framing {
+    /// `GET /sse`: SSE events, publications with the stream's positions
+    /// as their ids.
+    Sse(Positions),
+    /// `GET /stream`: one protocol v1 JSON message per line; the client's
+    /// commands come from its POSTs, through the inbox.
+    Lines(Listed),
+}
+
+/// A session stream's place in the node's [`Streams`](crate::streams::Streams),
+/// given up when the stream is dropped.
+pub(crate) struct Listed {
+    pub node: Arc<Node>,
+    pub id: Box<str>,
+    pub inbox: Arc<Inbox>,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.node.streams.close(&self.id);
+    }
 }
 
 impl EventStream {
@@ -68,7 +102,27 @@ impl EventStream {
         EventStream {
             session: Some(session),
             commands,
-            positions,
+            framing: Framing::Sse(positions),
+            waker,
+        }
+    }
+
+    /// A session stream (`GET /stream`), listed as `listed`; the client's
+    /// commands come from its inbox.
+    pub(crate) fn lines(
+        session: Session,
+        listed: Listed,
+        connection: Option<Arc<HttpConnection>>,
+    ) -> EventStream {
+        let waker = Arc::new(KillWaker {
+            task: Mutex::new(None),
+            peer: Arc::downgrade(session.peer()),
+            connection,
+        });
+        EventStream {
+            session: Some(session),
+            commands: VecDeque::new(),
+            framing: Framing::Lines(listed),
             waker,
         }
     }
@@ -83,12 +137,19 @@ impl EventStream {
                 Ok(progress) => progress,
                 Err(end) => return self.finish(end, out),
             };
-            if !self.commands.is_empty() && session.ready_for_input(cx) {
-                let command = self.commands.pop_front().unwrap_or_default();
-                if self.commands.is_empty() {
-                    // An open stream keeps none of its start-up state.
-                    self.commands = VecDeque::new();
-                }
+            let next = match &self.framing {
+                _ if !self.commands.is_empty() => session.ready_for_input(cx).then(|| {
+                    let command = self.commands.pop_front().unwrap_or_default();
+                    if self.commands.is_empty() {
+                        // An open stream keeps none of its start-up state.
+                        self.commands = VecDeque::new();
+                    }
+                    command
+                }),
+                Framing::Lines(listed) if session.ready_for_input(cx) => listed.inbox.take(cx.waker()),
+                _ => None,
+            };
+            if let Some(command) = next {
                 if let Some(end) = session.on_inbound(Inbound::Text(command)) {
                     return self.finish(end, out);
                 }
@@ -101,7 +162,7 @@ impl EventStream {
                     for frame in items {
                         queued += frame.queued_size();
                         publications += u64::from(frame.is_publication());
-                        write_frame(&mut self.positions, session.peer(), frame, out);
+                        self.framing.write(session.peer(), frame, out);
                     }
                     session.peer().outbox.sent(queued);
                     if publications > 0 {
@@ -132,15 +193,23 @@ impl EventStream {
             End::Panicked => (close::INTERNAL_ERROR, "internal error", None),
             End::ClientClosed | End::Gone(_) => return Poll::Ready(()),
         };
-        if let Some(ms) = retry {
-            out.put_slice(format!("retry: {ms}\n").as_bytes());
-        }
         let mut data = serde_json::json!({"code": code, "reason": reason});
         if let Some(ms) = retry {
             data["reconnect_after_ms"] = ms.into();
         }
-        out.put_slice(b"event: close\n");
-        put_data(out, data.to_string().as_bytes());
+        match &self.framing {
+            Framing::Sse(_) => {
+                if let Some(ms) = retry {
+                    out.put_slice(format!("retry: {ms}\n").as_bytes());
+                }
+                out.put_slice(b"event: close\n");
+                put_data(out, data.to_string().as_bytes());
+            }
+            Framing::Lines(_) => {
+                data["type"] = "close".into();
+                put_line(out, data.to_string().as_bytes());
+            }
+        }
         if matches!(end, End::Killed(_))
             && let Some(connection) = &self.waker.connection
         {
@@ -206,8 +275,47 @@ impl Drop for EventStream {
     }
 }
 
+impl Framing {
+    /// Appends one frame of the outbox.
+    fn write(&mut self, peer: &Peer, frame: Frame, out: &mut BytesMut) {
+        match self {
+            Framing::Sse(positions) => write_event(positions, peer, frame, out),
+            Framing::Lines(_) => write_line(peer, frame, out),
+        }
+    }
+}
+
+/// One frame as a line of a session stream.
+fn write_line(peer: &Peer, frame: Frame, out: &mut BytesMut) {
+    match frame {
+        Frame::Ping => {
+            // The heartbeat keeps proxies from timing the stream out; as
+            // over SSE, a heartbeat written is the sign of life.
+            peer.touch();
+            out.put_slice(b"{\"type\":\"ping\"}\n");
+        }
+        Frame::Publication(delivery) => put_line(out, &delivery.encoded(Encoding::Json)),
+        Frame::Message(message) => put_line(out, &message),
+    }
+}
+
+/// A JSON message as one line. Publication data is embedded as it was
+/// published and may span lines (pretty-printed JSON): a line break can
+/// only be JSON whitespace there, so it becomes a space.
+fn put_line(out: &mut BytesMut, json: &[u8]) {
+    if json.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+        out.extend(
+            json.iter()
+                .map(|b| if matches!(b, b'\n' | b'\r') { b' ' } else { *b }),
+        );
+    } else {
+        out.put_slice(json);
+    }
+    out.put_u8(b'\n');
+}
+
 /// Appends one frame of the outbox as an SSE event.
-fn write_frame(positions: &mut Positions, peer: &Peer, frame: Frame, out: &mut BytesMut) {
+fn write_event(positions: &mut Positions, peer: &Peer, frame: Frame, out: &mut BytesMut) {
     match frame {
         Frame::Ping => {
             // No pong comes back over a one-way stream: a heartbeat hyper
@@ -344,6 +452,14 @@ mod tests {
         let mut out = BytesMut::new();
         put_data(&mut out, b"{\"a\":\r\n 1}");
         assert_eq!(&out[..], b"data: {\"a\":\ndata:  1}\n\n");
+    }
+
+    #[test]
+    fn lines_are_one_message_each() {
+        let mut out = BytesMut::new();
+        put_line(&mut out, b"{\"a\":\r\n 1}");
+        put_line(&mut out, b"{}");
+        assert_eq!(&out[..], b"{\"a\":   1}\n{}\n");
     }
 
     #[test]

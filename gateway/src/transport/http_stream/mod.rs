@@ -1,0 +1,114 @@
+//! HTTP streaming with bidirectional emulation, for clients whose
+//! WebSocket upgrade is blocked: `GET /stream` opens a session whose
+//! server-to-client messages are a chunked response, one protocol v1 JSON
+//! message per line (NDJSON), and whose client sends its commands as
+//! `POST /stream/commands?session=<id>` requests ([`commands`]), to any
+//! node: a node that does not own the session forwards them through the
+//! broker to the one that does. No sticky sessions needed.
+//!
+//! The request makes the same checks as a WebSocket upgrade
+//! (`crate::handshake`: draining, Origin, token, admission limits). The
+//! session is an ordinary [`Session`] (same outbox and slow-consumer
+//! policy, same command rate, same `connect`/`subscribe`/`since`), carried
+//! by the same [`EventStream`] as `/sse` with line framing; its first line
+//! names the session id: `{"type":"session","session":"<id>"}`.
+
+pub mod commands;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use pubsub_proto::Encoding;
+
+use super::sse::{EventStream, Listed, Opened};
+use crate::frame::Frame;
+use crate::handshake;
+use crate::http_connection::HttpConnection;
+use crate::node::Node;
+use crate::response::{Body, error_response};
+use crate::session::Session;
+
+/// Answers `GET /stream` served by hyper (see [`open`]).
+pub fn handle(node: &Arc<Node>, request: Request<Incoming>, remote: IpAddr) -> Response<Body> {
+    match open(node, &request, remote) {
+        Ok(opened) => {
+            let mut response = Response::new(opened.stream.boxed_unsync());
+            *response.headers_mut() = opened.headers;
+            response
+        }
+        Err(refusal) => refusal,
+    }
+}
+
+/// Checks `request` and opens its session. Refusals, cheapest first:
+/// draining (503), Origin (403), query (400), token (401), limits (503).
+#[allow(clippy::result_large_err)]
+pub fn open<B>(node: &Arc<Node>, request: &Request<B>, remote: IpAddr) -> Result<Opened, Response<Body>> {
+    let headers = request.headers();
+    handshake::not_draining(node)?;
+    handshake::origin(node, headers)?;
+    if let Some(query) = request.uri().query().filter(|q| !q.is_empty()) {
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            if key != "encoding" || value != "json" {
+                let shown: String = format!("{key}={value}").chars().take(64).collect();
+                return Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("unknown query parameter {shown:?}; /stream takes encoding=json"),
+                ));
+            }
+        }
+    }
+    // With authentication on, the token may come here or in `connect`.
+    let identity = handshake::token(node, headers)?;
+    let ticket = handshake::admit(node, headers, remote)?;
+    let Some((id, inbox)) = node.streams.open(&node.config.node_id) else {
+        return Err(error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "no randomness for a session id",
+        ));
+    };
+    let session = Session::new(node.clone(), Encoding::Json, ticket, identity);
+    let hello = serde_json::json!({"type": "session", "session": &*id}).to_string();
+    session.peer().outbox.push(Frame::Message(Bytes::from(hello)));
+    let connection = request.extensions().get::<Arc<HttpConnection>>().cloned();
+    if let Some(connection) = &connection {
+        connection.release_pending();
+    }
+    let listed = Listed {
+        node: node.clone(),
+        id,
+        inbox,
+    };
+    let stream = EventStream::lines(session, listed, connection);
+    Ok(Opened {
+        stream,
+        headers: response_headers(headers, "application/x-ndjson"),
+    })
+}
+
+/// The headers of a stream's response: no caching, no buffering proxies,
+/// and the CORS answer for an allowed cross-origin page.
+pub(crate) fn response_headers(request: &HeaderMap, content_type: &'static str) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    out.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    out.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    // nginx (and proxies that follow its convention) would otherwise
+    // buffer the stream and hold messages back.
+    out.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(origin) = request.get(header::ORIGIN) {
+        // It passed the Origin check: a cross-origin page may read.
+        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        out.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    out
+}
