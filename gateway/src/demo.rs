@@ -39,6 +39,10 @@ const SDK: &[(&str, &str)] = &[
     ("tokens.js", include_str!("../../clients/js/src/tokens.js")),
     ("transport.js", include_str!("../../clients/js/src/transport.js")),
     (
+        "transports/http-stream.js",
+        include_str!("../../clients/js/src/transports/http-stream.js"),
+    ),
+    (
         "transports/websocket.js",
         include_str!("../../clients/js/src/transports/websocket.js"),
     ),

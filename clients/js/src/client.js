@@ -21,7 +21,7 @@ import { Tokens } from './tokens.js';
 /**
  * A connection to a pubsub-gateway, kept up until close().
  *
- * Events: state({state, previous}), connecting({attempt, url}), connected({client, node,
+ * Events: state({state, previous}), connecting({attempt, url, transport}), connected({client, node,
  * pingIntervalMs}), disconnected({code, reason, wasClean, willReconnect, delay, attempt, hint}),
  * tokenRefreshed({expiresInMs}), serverSubscribed(Subscription), serverUnsubscribed(Subscription),
  * error(PubSubError).
@@ -76,6 +76,11 @@ export class Client extends Emitter {
   /** The gateway URL. */
   get url() {
     return this.#url;
+  }
+
+  /** The transport of the current (or next) attempt: 'websocket' or 'http_stream'. */
+  get transport() {
+    return this.#openTransport.current?.() ?? 'websocket';
   }
 
   /** 'idle' | 'connecting' | 'connected' | 'disconnected' | 'closed' | 'failed' */
@@ -252,7 +257,7 @@ export class Client extends Emitter {
     const gen = ++this.#gen;
     this.#reconnect.opening();
     this.#setState('connecting');
-    this._emit('connecting', { attempt: this.#reconnect.attempt, url: this.#url });
+    this._emit('connecting', { attempt: this.#reconnect.attempt, url: this.#url, transport: this.transport });
     if (this.#tokens.missing) {
       let token;
       try {

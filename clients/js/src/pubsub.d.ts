@@ -5,6 +5,9 @@
 export const PROTOCOL: 'pubsub.v1.json';
 
 export type ClientState = 'idle' | 'connecting' | 'connected' | 'disconnected' | 'closed' | 'failed';
+
+/** `websocket`: GET /ws. `http_stream`: GET /stream with commands POSTed (docs/protocol.md, HTTP streaming). */
+export type TransportName = 'websocket' | 'http_stream';
 export type SubscriptionState = 'pending' | 'subscribing' | 'subscribed' | 'unsubscribed' | 'failed';
 
 export const STATES: readonly ClientState[];
@@ -32,6 +35,7 @@ export type ClientErrorCode =
   | 'token_failed'
   | 'token_expiring'
   | 'invalid_url'
+  | 'no_transport'
   | 'no_websocket'
   | 'unsupported_protocol'
   | 'listener_error';
@@ -107,8 +111,17 @@ export interface ClientOptions {
   getToken?: (request: TokenRequest) => string | Promise<string>;
   /** Only 'json' (the `pubsub.v1.json` subprotocol) is supported. */
   protocol?: 'json';
-  /** WebSocket implementation; default the global one (browsers, Node 22+). */
+  /** WebSocket implementation; default the global one (browsers, Node 22+). Passing one makes `transports` default to `['websocket']`. */
   WebSocket?: WebSocketConstructor;
+  /**
+   * Transports to try, in order (default `['websocket', 'http_stream']`, or `['websocket']` when
+   * `WebSocket` is given): an attempt that never opens (a proxy refusing the upgrade, or holding it
+   * until `connectTimeout`) moves the next attempt to the next transport; one that opened keeps it.
+   * Recovery with `since` works across transports.
+   */
+  transports?: TransportName[];
+  /** fetch implementation for `http_stream`; default the global one. */
+  fetch?: typeof fetch;
   /** Backoff: first cap in ms (default 500). */
   minReconnectDelay?: number;
   /** Backoff: largest delay in ms (default 20000). */
@@ -166,7 +179,7 @@ export interface DisconnectedEvent {
 
 export interface ClientEvents {
   state: { state: ClientState; previous: ClientState };
-  connecting: { attempt: number; url: string };
+  connecting: { attempt: number; url: string; transport: TransportName };
   connected: Session;
   disconnected: DisconnectedEvent;
   tokenRefreshed: { expiresInMs: number };
@@ -314,6 +327,8 @@ export interface Published extends Position {
 export class Client {
   constructor(url: string, options?: ClientOptions);
   readonly url: string;
+  /** The transport of the current (or next) attempt. */
+  readonly transport: TransportName;
   readonly state: ClientState;
   readonly session: Session | null;
   readonly subscriptions: Map<string, Subscription>;

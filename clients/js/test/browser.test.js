@@ -13,7 +13,7 @@ import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join, sep } from 'node:path';
 
-import { Gateway, JS_ROOT, Redis, gatewayHas, stopAll, waitFor } from './support/processes.js';
+import { Gateway, HaProxy, JS_ROOT, Redis, gatewayHas, stopAll, waitFor } from './support/processes.js';
 import { range } from './support/recorder.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
@@ -250,4 +250,67 @@ test('the browser negotiates permessage-deflate, receives compressed publication
   assert.equal((await page.evaluate(() => window.replies)).find((r) => r.id === 9)?.type, 'published');
   const history = await fetch(`${node.httpUrl}/api/history?channel=deflate:feed`).then((r) => r.json());
   assert.deepEqual(history.publications.at(-1).data, event(4), 'stored as published');
+});
+
+test('behind a proxy that refuses WebSocket upgrades and is not sticky, the page falls back to HTTP streaming and loses nothing when its node is killed', { skip: !gatewayHas('--demo') && 'this gateway binary has no --demo' }, async () => {
+  const { chromium } = await import('playwright-core');
+  const redis = await Redis.start();
+  const nodes = await Promise.all([1, 2].map((i) => Gateway.start(['--redis-url', redis.url, '--demo', '--node-id', `stream-${i}`])));
+  const haproxy = await HaProxy.startBlockingUpgrades(nodes);
+  await waitFor(async () => (await fetch(`${haproxy.httpUrl}/readyz`).catch(() => null))?.status === 200, { message: 'HAProxy forwards' });
+  const profile = mkdtempSync(join(tmpdir(), 'js-client-chromium-'));
+  cleanups.push(async () => rmSync(profile, { recursive: true, force: true }));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  cleanups.push(() => context.close());
+  const page = await context.newPage();
+  const pageErrors = [];
+  page.on('pageerror', (err) => pageErrors.push(err.message));
+  const channel = 'demo:fallback';
+  const offsets = () => page.$$eval('#messages tr.message', (trs) => trs.reverse().map((tr) => Number(tr.dataset.offset)));
+  const state = () => page.getAttribute('#state', 'data-state');
+  const transport = () => page.getAttribute('#state', 'data-transport');
+  try {
+    // The page itself comes through the proxy, and so does its ws://<host>/ws.
+    await page.goto(`${haproxy.httpUrl}/demo/`);
+    await waitFor(async () => (await state()) === 'connected', { timeout: 30000, message: 'the page to connect' });
+    assert.equal(await transport(), 'http_stream', 'the refused upgrade made the page fall back');
+    await page.fill('#channel', channel);
+    await page.click('#subscribe');
+    await page.waitForSelector(`#subscriptions li[data-channel="${channel}"][data-state="subscribed"]`);
+    // The page's own publishes are POSTs; round-robin lands some on the other node.
+    for (const n of range(1, 4)) {
+      await page.fill('#pub-channel', channel);
+      await page.fill('#pub-data', JSON.stringify({ n }));
+      await page.click('#publish');
+      await waitFor(async () => (await offsets()).length >= n, { message: `the page to show its publish ${n}` });
+    }
+    const counts = await Promise.all(
+      nodes.map(async (node) => metric(await fetch(`${node.httpUrl}/metrics`).then((r) => r.text()), 'gateway_stream_commands_forwarded_total') ?? 0),
+    );
+    assert.ok(counts.some((n) => n > 0), `some POSTs were forwarded between the nodes: ${counts}`);
+
+    // The page's node dies while a backend keeps publishing through the other one.
+    const sessionNode = await page.evaluate(() => document.querySelector('#events').textContent.match(/connected to node (stream-\d)/)?.[1]);
+    const victim = nodes.find((n) => n.nodeId === sessionNode);
+    const survivor = nodes.find((n) => n !== victim);
+    assert.ok(victim, `the page's node is known (${sessionNode})`);
+    await victim.kill('SIGKILL');
+    for (const n of range(5, 9)) await survivor.publish(channel, { n });
+    await waitFor(async () => (await state()) === 'connected' && (await offsets()).length >= 9, {
+      timeout: 30000,
+      message: 'the page to reconnect and recover',
+    });
+    assert.equal(await transport(), 'http_stream');
+    for (const n of range(10, 11)) await survivor.publish(channel, { n });
+    await waitFor(async () => (await offsets()).length >= 11, { message: 'the page to receive live messages again' });
+    assert.deepEqual(await offsets(), range(1, 11), 'every message exactly once, in order');
+    assert.deepEqual(pageErrors, []);
+  } finally {
+    mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: join(ARTIFACTS, 'browser-http-stream.png'), fullPage: true }).catch(() => {});
+  }
 });

@@ -321,6 +321,43 @@ export class HaProxy {
     return haproxy;
   }
 
+  /**
+   * HAProxy standing for the proxies the HTTP-streaming transport is for: it refuses every
+   * WebSocket upgrade (403) and spreads requests round-robin over `nodes`, with no sticky
+   * sessions, so a client's POSTs land on every node. Unhealthy nodes (/readyz) are skipped,
+   * and a request a dead node refused is sent to another one.
+   */
+  static async startBlockingUpgrades(nodes) {
+    const servers = nodes.map((n, i) => `    server gw${i + 1} ${n.addr} check inter 300ms fall 2 rise 1`).join('\n');
+    const haproxy = new HaProxy();
+    haproxy.port = await freePort();
+    const config = tempFile(
+      'haproxy-no-upgrade.cfg',
+      `global
+    log stdout format raw local0 info
+defaults
+    mode http
+    option redispatch
+    retries 3
+    timeout connect 2s
+    timeout http-request 10s
+    timeout client 60s
+    timeout server 60s
+frontend web
+    bind 127.0.0.1:${haproxy.port}
+    http-request deny deny_status 403 if { hdr(upgrade) -i websocket }
+    default_backend gateways
+backend gateways
+    balance roundrobin
+    option httpchk GET /readyz
+${servers}
+`,
+    );
+    haproxy.child = track(spawn('haproxy', ['-db', '-f', config], { stdio: 'ignore' }));
+    await waitFor(() => canConnect(haproxy.port), { timeout: 10000, message: 'haproxy listening' });
+    return haproxy;
+  }
+
   get wsUrl() {
     return `ws://127.0.0.1:${this.port}/ws`;
   }
