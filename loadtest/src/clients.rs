@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::sse::Framing;
 use crate::wire::{self, Frame, Protocol};
 
 /// A plain or TLS client socket.
@@ -87,9 +88,15 @@ pub enum Transport {
     Websocket,
     /// `GET /sse?channel=...` on the URL's host (its path replaced).
     Sse,
+    /// `GET /stream` on the URL's host, the subscribe POSTed to
+    /// `/stream/commands` (HTTP streaming).
+    #[value(name = "http-stream")]
+    #[serde(rename = "http_stream")]
+    HttpStream,
 }
 
-/// A subscribed client over either transport.
+/// A subscribed client over any transport (`Sse` carries both streaming
+/// HTTP transports).
 pub enum Subscription {
     Ws(Box<Ws>),
     Sse(Box<crate::sse::SseStream>),
@@ -136,13 +143,13 @@ impl Connector {
     pub fn protocol(&self) -> Protocol {
         match self.options.transport {
             Transport::Websocket => self.options.protocol,
-            Transport::Sse => Protocol::Json,
+            Transport::Sse | Transport::HttpStream => Protocol::Json,
         }
     }
 
     /// A socket to `url`'s host from `source` (port chosen by the kernel),
     /// TLS for `wss://` and `https://`; and the host's name.
-    async fn open(&self, url: &str, source: Option<IpAddr>) -> anyhow::Result<(Io, String)> {
+    pub async fn open(&self, url: &str, source: Option<IpAddr>) -> anyhow::Result<(Io, String)> {
         let uri: http::Uri = url.parse()?;
         let secure = matches!(uri.scheme_str(), Some("wss" | "https"));
         let host = uri.host().unwrap_or("127.0.0.1").to_owned();
@@ -201,8 +208,27 @@ impl Connector {
             Transport::Sse => {
                 let (io, host) = self.open(url, source).await?;
                 let authorization = self.options.token.as_ref().map(|t| format!("Bearer {t}"));
+                let channel: String = form_urlencoded::byte_serialize(channel.as_bytes()).collect();
+                let target = format!("/sse?channel={channel}");
                 let stream =
-                    crate::sse::SseStream::open(io, &host, "/sse", channel, authorization.as_deref()).await?;
+                    crate::sse::SseStream::open(io, &host, &target, authorization.as_deref(), Framing::Events)
+                        .await?;
+                Subscription::Sse(Box::new(stream))
+            }
+            Transport::HttpStream => {
+                let (io, host) = self.open(url, source).await?;
+                let authorization = self.options.token.as_ref().map(|t| format!("Bearer {t}"));
+                let mut stream =
+                    crate::sse::SseStream::open(io, &host, "/stream", authorization.as_deref(), Framing::Lines)
+                        .await?;
+                let first = stream
+                    .next_message()
+                    .await
+                    .ok_or_else(|| anyhow::anyhow!("the stream ended before its session line"))?;
+                let session = crate::sse::session_of(&first)?;
+                let command = String::from_utf8(wire::subscribe(Protocol::Json, 1, channel).into_data().to_vec())?;
+                let (post, _) = self.open(url, source).await?;
+                crate::sse::post_commands(post, &host, &session, &format!("{command}\n")).await?;
                 Subscription::Sse(Box::new(stream))
             }
         };

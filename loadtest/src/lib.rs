@@ -9,6 +9,7 @@
 
 pub mod clients;
 pub mod fleet;
+pub mod forward;
 pub mod plot;
 pub mod presence;
 pub mod procstat;

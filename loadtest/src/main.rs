@@ -100,6 +100,12 @@ enum Scenario {
         #[command(flatten)]
         soak: loadtest::soak::SoakArgs,
     },
+    /// Latency of commands POSTed for an HTTP-streaming session, to its own node and to
+    /// others (forwarded through the broker): from the POST to the reply on the stream.
+    Forward {
+        #[command(flatten)]
+        args: loadtest::forward::ForwardArgs,
+    },
     /// Render `--json` reports to SVG charts.
     Plot {
         /// Reports, each optionally named: `name=path.json`.
@@ -119,6 +125,7 @@ fn main() -> anyhow::Result<()> {
     let report = match cli.scenario {
         Scenario::Worker => return loadtest::worker::main(),
         Scenario::Soak { .. } => return soak(cli.scenario),
+        Scenario::Forward { args } => return forward(args),
         Scenario::Plot { reports, out } => return plot(&reports, &out),
         scenario => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -224,7 +231,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<Report> {
             )
             .await
         }
-        Scenario::Plot { .. } | Scenario::Worker | Scenario::Soak { .. } => {
+        Scenario::Plot { .. } | Scenario::Worker | Scenario::Soak { .. } | Scenario::Forward { .. } => {
             unreachable!("handled before the runtime starts")
         }
     }
@@ -255,6 +262,25 @@ fn soak(scenario: Scenario) -> anyhow::Result<()> {
     if !(report.clean && report.within_bounds) {
         eprintln!("soak failed: lost, duplicated, dropped or grew beyond the bound (see above)");
         std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Prints, per POST target, the latency from a POSTed command to its reply.
+fn forward(args: loadtest::forward::ForwardArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let stream = args.stream.clone();
+    let forwarded = runtime.block_on(loadtest::forward::run(args))?;
+    println!("session on {stream}; POST /stream/commands (ping) to each node, time to the pong on the stream:");
+    println!(
+        "{:>28} {:>7} {:>8} {:>8} {:>8} {:>8} | POST answer: {:>8} {:>8}",
+        "POST to", "count", "p50 ms", "p90 ms", "p99 ms", "max ms", "p50 ms", "p99 ms"
+    );
+    for (target, p, answer) in &forwarded.results {
+        println!(
+            "{target:>28} {:>7} {:>8.3} {:>8.3} {:>8.3} {:>8.3} | {:>21.3} {:>8.3}",
+            p.count, p.p50, p.p90, p.p99, p.max, answer.p50, answer.p99
+        );
     }
     Ok(())
 }

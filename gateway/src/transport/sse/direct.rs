@@ -67,7 +67,7 @@ pub async fn serve<S>(
     put_headers(&mut head, &headers);
     head.put_slice(b"transfer-encoding: chunked\r\n\r\n");
     let writer = Writer {
-        out: head.freeze(),
+        out: [head.freeze(), Bytes::new(), Bytes::new()],
         unflushed: false,
         ended: false,
     };
@@ -106,8 +106,10 @@ async fn run<S>(
 /// The writing side of a stream: the bytes being written and where the
 /// stream is.
 struct Writer {
-    /// Written from the front; empty when nothing is waiting.
-    out: Bytes,
+    /// Written from the front, in order (a chunk: its size line, its data,
+    /// its CRLF, written with one vectored write without copying the data);
+    /// all empty when nothing is waiting.
+    out: [Bytes; 3],
     /// Bytes written since the last flush (TLS buffers them).
     unflushed: bool,
     /// The last chunk was taken.
@@ -137,16 +139,25 @@ impl Writer {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         loop {
-            while !self.out.is_empty() {
-                let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.out))?;
+            while self.out.iter().any(|part| !part.is_empty()) {
+                let slices = [
+                    io::IoSlice::new(&self.out[0]),
+                    io::IoSlice::new(&self.out[1]),
+                    io::IoSlice::new(&self.out[2]),
+                ];
+                let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
-                self.out.advance(n);
+                for part in &mut self.out {
+                    let taken = n.min(part.len());
+                    part.advance(taken);
+                    n -= taken;
+                }
                 self.unflushed = true;
             }
             // Give the chunk's memory back: an idle stream holds none.
-            self.out = Bytes::new();
+            self.out = Default::default();
             if self.unflushed {
                 ready!(Pin::new(&mut *io).poll_flush(cx))?;
                 self.unflushed = false;
@@ -158,10 +169,10 @@ impl Writer {
                 return Poll::Ready(Ok(()));
             }
             self.out = match ready!(stream.poll_next(cx)) {
-                Some(chunk) => chunked(&chunk),
+                Some(chunk) => chunked(chunk),
                 None => {
                     self.ended = true;
-                    Bytes::from_static(b"0\r\n\r\n")
+                    [Bytes::from_static(b"0\r\n\r\n"), Bytes::new(), Bytes::new()]
                 }
             };
         }
@@ -186,13 +197,10 @@ fn client_gone<S: AsyncRead + Unpin>(cx: &mut Context<'_>, io: &mut S) -> bool {
     false
 }
 
-/// One chunk of HTTP/1.1 chunked framing.
-fn chunked(data: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(data.len() + 12);
-    out.put_slice(format!("{:X}\r\n", data.len()).as_bytes());
-    out.put_slice(data);
-    out.put_slice(b"\r\n");
-    out.freeze()
+/// One chunk of HTTP/1.1 chunked framing: size line, data, CRLF.
+fn chunked(data: Bytes) -> [Bytes; 3] {
+    let size = Bytes::from(format!("{:X}\r\n", data.len()));
+    [size, data, Bytes::from_static(b"\r\n")]
 }
 
 fn put_headers(out: &mut BytesMut, headers: &http::HeaderMap) {
@@ -234,7 +242,8 @@ mod tests {
 
     #[test]
     fn chunks_are_framed_with_their_hex_length() {
-        assert_eq!(&chunked(b"data: x\n\n")[..], b"9\r\ndata: x\n\n\r\n");
-        assert_eq!(&chunked(&[b'a'; 26])[..4], b"1A\r\n");
+        let parts = chunked(Bytes::from_static(b"data: x\n\n"));
+        assert_eq!(parts.concat(), b"9\r\ndata: x\n\n\r\n");
+        assert_eq!(&chunked(Bytes::from(vec![b'a'; 26]))[0][..], b"1A\r\n");
     }
 }

@@ -157,6 +157,9 @@ impl EventStream {
             }
             match session.peer().outbox.take() {
                 Taken::Items(items) => {
+                    // Room for the batch at once, not a regrowth per frame
+                    // (a frame's framing adds some bytes to its own).
+                    out.reserve(items.iter().map(|f| f.queued_size() + 32).sum());
                     let mut queued = 0;
                     let mut publications = 0;
                     for frame in items {
