@@ -14,14 +14,29 @@ use crate::limits::PendingTicket;
 pub struct HttpConnection {
     pending: Mutex<Option<PendingTicket>>,
     abort: Notify,
+    /// HTTP/2: the connection carries other requests too, so one stream's
+    /// end must not abort it.
+    multiplexed: bool,
 }
 
 impl HttpConnection {
-    /// A connection holding `pending`, its place among the pending ones.
+    /// An HTTP/1.1 connection holding `pending`, its place among the
+    /// pending ones.
     pub fn new(pending: Option<PendingTicket>) -> HttpConnection {
         HttpConnection {
             pending: Mutex::new(pending),
             abort: Notify::new(),
+            multiplexed: false,
+        }
+    }
+
+    /// An HTTP/2 connection: [`HttpConnection::abort`] does nothing (a
+    /// stalled stream's client is found by HTTP/2 keep-alive pings instead,
+    /// or when it reads again).
+    pub fn multiplexed(pending: Option<PendingTicket>) -> HttpConnection {
+        HttpConnection {
+            multiplexed: true,
+            ..HttpConnection::new(pending)
         }
     }
 
@@ -36,8 +51,10 @@ impl HttpConnection {
         drop(self.pending.lock().take());
     }
 
-    /// Ends the connection at once, whatever it is doing.
+    /// Ends the connection at once, whatever it is doing (HTTP/1.1 only).
     pub fn abort(&self) {
-        self.abort.notify_one();
+        if !self.multiplexed {
+            self.abort.notify_one();
+        }
     }
 }

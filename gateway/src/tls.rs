@@ -50,7 +50,10 @@ impl Tls {
             .map_err(|e| format!("TLS configuration: {e}"))?
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/2 first: an event stream then shares its connection with
+        // the page's other requests (a browser holds at most six HTTP/1.1
+        // connections per host). WebSocket clients ask for http/1.1.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Tls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             resolver,

@@ -35,11 +35,7 @@ async fn wss_and_https_with_a_client_that_trusts_only_the_ca() {
         .await
         .unwrap();
     let (_, session) = tls.get_ref();
-    assert_eq!(
-        session.alpn_protocol(),
-        Some(&b"http/1.1"[..]),
-        "ALPN settles on http/1.1"
-    );
+    assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]), "ALPN prefers HTTP/2");
     let version = session.protocol_version();
     assert!(matches!(
         version,
@@ -203,4 +199,83 @@ async fn at_the_connection_cap_every_wss_attempt_gets_a_prompt_503() {
         assert!(started.elapsed() < std::time::Duration::from_secs(3));
     }
     drop(held);
+}
+
+/// Over TLS with ALPN `h2`, requests are HTTP/2: an event stream and the
+/// page's other requests share one connection (a publish and a probe go
+/// over it while the stream is open), and WebSockets still come over
+/// HTTP/1.1 connections beside it.
+#[tokio::test]
+async fn http2_carries_an_event_stream_beside_other_requests_on_one_connection() {
+    use http_body_util::{BodyExt, Full};
+    let pki = TestPki::generate("h2");
+    let gw = start(tls_config(&pki)).await;
+    let addr = gw.local_addr();
+    let tls = tls_connect(addr, &pki.ca_cert, &[b"h2"]).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let request = |method: Method, path: &str, body: &'static str| {
+        http::Request::builder()
+            .method(method)
+            .uri(format!("https://localhost:{}{path}", addr.port()))
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    let stream = sender
+        .send_request(request(Method::GET, "/sse?channel=h2", ""))
+        .await
+        .expect("GET /sse over HTTP/2");
+    assert_eq!(stream.status(), 200);
+    assert_eq!(stream.version(), http::Version::HTTP_2);
+    let mut body = stream.into_body();
+    let mut seen = String::new();
+    let mut read_until = async |text: &str| {
+        tokio::time::timeout(WAIT, async {
+            while !seen.contains(text) {
+                let frame = body.frame().await.expect("the stream goes on").expect("a frame");
+                if let Ok(data) = frame.into_data() {
+                    seen.push_str(&String::from_utf8_lossy(&data));
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {text:?} on the stream"));
+    };
+    read_until("\"subscribed\"").await;
+    let answer = sender
+        .send_request(request(
+            Method::POST,
+            "/api/publish",
+            r#"{"channel":"h2","data":{"n":1}}"#,
+        ))
+        .await
+        .expect("POST over the same connection");
+    assert_eq!(answer.status(), 200);
+    read_until("{\"n\":1}").await;
+    let ready = sender
+        .send_request(request(Method::GET, "/readyz", ""))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    // WebSockets over their own (HTTP/1.1) TLS connection, as browsers open them.
+    let mut client = wss(addr, &pki).await;
+    client.subscribe("h2").await;
+    let answer = sender
+        .send_request(request(
+            Method::POST,
+            "/api/publish",
+            r#"{"channel":"h2","data":{"n":2}}"#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(client.recv_json().await["data"]["n"], 2);
+    read_until("{\"n\":2}").await;
 }

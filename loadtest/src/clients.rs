@@ -210,23 +210,34 @@ impl Connector {
                 let authorization = self.options.token.as_ref().map(|t| format!("Bearer {t}"));
                 let channel: String = form_urlencoded::byte_serialize(channel.as_bytes()).collect();
                 let target = format!("/sse?channel={channel}");
-                let stream =
-                    crate::sse::SseStream::open(io, &host, &target, authorization.as_deref(), Framing::Events)
-                        .await?;
+                let stream = crate::sse::SseStream::open(
+                    io,
+                    &host,
+                    &target,
+                    authorization.as_deref(),
+                    Framing::Events,
+                )
+                .await?;
                 Subscription::Sse(Box::new(stream))
             }
             Transport::HttpStream => {
                 let (io, host) = self.open(url, source).await?;
                 let authorization = self.options.token.as_ref().map(|t| format!("Bearer {t}"));
-                let mut stream =
-                    crate::sse::SseStream::open(io, &host, "/stream", authorization.as_deref(), Framing::Lines)
-                        .await?;
+                let mut stream = crate::sse::SseStream::open(
+                    io,
+                    &host,
+                    "/stream",
+                    authorization.as_deref(),
+                    Framing::Lines,
+                )
+                .await?;
                 let first = stream
                     .next_message()
                     .await
                     .ok_or_else(|| anyhow::anyhow!("the stream ended before its session line"))?;
                 let session = crate::sse::session_of(&first)?;
-                let command = String::from_utf8(wire::subscribe(Protocol::Json, 1, channel).into_data().to_vec())?;
+                let command =
+                    String::from_utf8(wire::subscribe(Protocol::Json, 1, channel).into_data().to_vec())?;
                 let (post, _) = self.open(url, source).await?;
                 crate::sse::post_commands(post, &host, &session, &format!("{command}\n")).await?;
                 Subscription::Sse(Box::new(stream))

@@ -24,7 +24,11 @@ pub struct ForwardArgs {
     pub stream: String,
     /// Nodes to POST the commands to, in turn (the stream's own node among them for the
     /// local figure).
-    #[arg(long = "post", value_delimiter = ',', default_value = "http://127.0.0.1:8080,http://127.0.0.1:8081")]
+    #[arg(
+        long = "post",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080,http://127.0.0.1:8081"
+    )]
     pub posts: Vec<String>,
     /// Commands timed per node.
     #[arg(long, default_value_t = 2000)]
@@ -57,7 +61,10 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<Forwarded> {
     let mut results = Vec::new();
     let mut id = 0u64;
     for base in &args.posts {
-        let url = format!("{}/stream/commands?session={session_query}", base.trim_end_matches('/'));
+        let url = format!(
+            "{}/stream/commands?session={session_query}",
+            base.trim_end_matches('/')
+        );
         let mut latency = Latency::default();
         let mut answered = Latency::default();
         // A few untimed rounds first: connections opened, caches warm.
@@ -69,7 +76,9 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<Forwarded> {
             id += 1;
             let request = http::Request::post(&url)
                 .header("content-type", "text/plain")
-                .body(Full::new(Bytes::from(format!("{{\"type\":\"ping\",\"id\":{id}}}\n"))))?;
+                .body(Full::new(Bytes::from(format!(
+                    "{{\"type\":\"ping\",\"id\":{id}}}\n"
+                ))))?;
             let sent = Instant::now();
             let post = async {
                 let response = client.request(request).await?;

@@ -268,10 +268,14 @@ fn soak(scenario: Scenario) -> anyhow::Result<()> {
 
 /// Prints, per POST target, the latency from a POSTed command to its reply.
 fn forward(args: loadtest::forward::ForwardArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let stream = args.stream.clone();
     let forwarded = runtime.block_on(loadtest::forward::run(args))?;
-    println!("session on {stream}; POST /stream/commands (ping) to each node, time to the pong on the stream:");
+    println!(
+        "session on {stream}; POST /stream/commands (ping) to each node, time to the pong on the stream:"
+    );
     println!(
         "{:>28} {:>7} {:>8} {:>8} {:>8} {:>8} | POST answer: {:>8} {:>8}",
         "POST to", "count", "p50 ms", "p90 ms", "p99 ms", "max ms", "p50 ms", "p99 ms"

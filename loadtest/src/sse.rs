@@ -169,7 +169,10 @@ pub fn session_of(line: &[u8]) -> anyhow::Result<String> {
     }
     let first: Session = serde_json::from_slice(line)
         .map_err(|e| anyhow::anyhow!("the stream's first line is not its session ({e})"))?;
-    anyhow::ensure!(first.kind == "session", "the stream's first line is not its session");
+    anyhow::ensure!(
+        first.kind == "session",
+        "the stream's first line is not its session"
+    );
     Ok(first.session)
 }
 
@@ -190,8 +193,12 @@ pub async fn post_commands(mut io: Io, host: &str, session: &str, commands: &str
             break;
         }
     }
-    let status = String::from_utf8_lossy(answer[..].split(|b| *b == b'\r').next().unwrap_or(b"")).into_owned();
-    anyhow::ensure!(status.starts_with("HTTP/1.1 202"), "POST /stream/commands refused: {status}");
+    let status =
+        String::from_utf8_lossy(answer[..].split(|b| *b == b'\r').next().unwrap_or(b"")).into_owned();
+    anyhow::ensure!(
+        status.starts_with("HTTP/1.1 202"),
+        "POST /stream/commands refused: {status}"
+    );
     Ok(())
 }
 

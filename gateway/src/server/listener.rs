@@ -8,9 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -111,6 +111,9 @@ async fn accept_connection(
     match &node.security.tls {
         None => serve_public(stream, remote, node, stop, pending).await,
         Some(tls) => match tokio::time::timeout(deadline, tls.accept(stream)).await {
+            Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                serve_http2(stream, remote, node, stop, pending).await
+            }
             Ok(Ok(stream)) => serve_public(stream, remote, node, stop, pending).await,
             Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -137,6 +140,45 @@ async fn serve_public<S>(
             serve_connection(stream, remote, node, stop, Surface::Public, Some(pending)).await
         }
         First::Gone => tracing::debug!(%remote, "connection closed before its first request"),
+    }
+}
+
+/// An HTTP/2 connection (TLS with ALPN `h2`): every request, event streams
+/// included, multiplexed on it by hyper. No WebSocket upgrades (RFC 8441 is
+/// not offered, so browsers open their WebSockets on HTTP/1.1 connections).
+/// HTTP/2 pings at the ping interval find clients that vanished.
+async fn serve_http2<S>(
+    stream: S,
+    remote: IpAddr,
+    node: Arc<Node>,
+    mut stop: watch::Receiver<bool>,
+    pending: PendingTicket,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let scope = Arc::new(HttpConnection::multiplexed(Some(pending)));
+    let service_node = node.clone();
+    let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        let node = service_node.clone();
+        request.extensions_mut().insert(scope.clone());
+        async move { Ok::<_, Infallible>(route(node, request, remote, Surface::Public).await) }
+    });
+    let connection = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(node.config.ping_interval)
+        .keep_alive_timeout(node.config.ping_interval)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "HTTP/2 connection ended with an error");
+            }
+        }
+        _ = stop.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+        }
     }
 }
 
