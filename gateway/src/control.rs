@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use base64::Engine;
 use bytes::Bytes;
 use pubsub_proto::{ChannelName, close};
 use serde::{Deserialize, Serialize};
@@ -65,7 +66,10 @@ pub enum Command {
         reply_to: String,
         call: u64,
         session: String,
+        /// JSON texts, or (with `binary`) base64 of protobuf commands.
         commands: Vec<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        binary: bool,
     },
     /// What became of [`Command::StreamCommands`]: `accepted`,
     /// `unknown_session` or `queue_full`.
@@ -143,11 +147,24 @@ async fn apply(node: &Node, command: Command) -> usize {
             call,
             session,
             commands,
+            binary,
         } => {
             let count = commands.len();
-            let outcome = node
-                .streams
-                .deliver(&session, commands.into_iter().map(Bytes::from).collect());
+            let decoded: Option<Vec<Bytes>> = commands
+                .into_iter()
+                .map(|c| match binary {
+                    false => Some(Bytes::from(c)),
+                    true => base64::engine::general_purpose::STANDARD
+                        .decode(c)
+                        .ok()
+                        .map(Bytes::from),
+                })
+                .collect();
+            let outcome = match decoded {
+                Some(commands) => node.streams.deliver(&session, commands, binary),
+                // No node sends that: treated as for a session that is not here.
+                None => crate::streams::Delivered::Unknown,
+            };
             let answer = Command::StreamDelivered {
                 call,
                 outcome: outcome.as_str().to_owned(),

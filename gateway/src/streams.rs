@@ -40,6 +40,8 @@ pub enum Delivered {
     Unknown,
     /// The session has [`MAX_QUEUED`] commands waiting already.
     Full,
+    /// JSON commands for a protobuf session, or the other way round.
+    WrongEncoding,
 }
 
 impl Delivered {
@@ -48,21 +50,28 @@ impl Delivered {
             Delivered::Accepted => "accepted",
             Delivered::Unknown => "unknown_session",
             Delivered::Full => "queue_full",
+            Delivered::WrongEncoding => "wrong_encoding",
         }
     }
 
     pub fn parse(text: &str) -> Option<Delivered> {
-        [Delivered::Accepted, Delivered::Unknown, Delivered::Full]
-            .into_iter()
-            .find(|d| d.as_str() == text)
+        [
+            Delivered::Accepted,
+            Delivered::Unknown,
+            Delivered::Full,
+            Delivered::WrongEncoding,
+        ]
+        .into_iter()
+        .find(|d| d.as_str() == text)
     }
 }
 
 /// Commands POSTed for one session, waiting for its task.
-#[derive(Default)]
 pub struct Inbox {
     queue: Mutex<VecDeque<Bytes>>,
     waker: AtomicWaker,
+    /// Whether its commands are protobuf (else JSON).
+    binary: bool,
 }
 
 impl Inbox {
@@ -84,7 +93,7 @@ impl Streams {
     /// stream is listed until [`Streams::close`] (or its inbox is dropped).
     /// `None` when the OS has no randomness to give: a guessable id would
     /// let anyone speak for the session.
-    pub fn open(&self, node_id: &str) -> Option<(Box<str>, Arc<Inbox>)> {
+    pub fn open(&self, node_id: &str, binary: bool) -> Option<(Box<str>, Arc<Inbox>)> {
         let mut secret = [0u8; SECRET_DIGITS / 2];
         getrandom::fill(&mut secret).ok()?;
         let mut id = String::with_capacity(SECRET_DIGITS + 1 + node_id.len());
@@ -94,7 +103,11 @@ impl Streams {
         id.push('.');
         id.push_str(node_id);
         let id: Box<str> = id.into();
-        let inbox = Arc::new(Inbox::default());
+        let inbox = Arc::new(Inbox {
+            queue: Mutex::default(),
+            waker: AtomicWaker::new(),
+            binary,
+        });
         let mut open = self.open.lock();
         open.insert(id.clone(), Arc::downgrade(&inbox));
         drop(open);
@@ -106,11 +119,15 @@ impl Streams {
         self.open.lock().remove(id);
     }
 
-    /// Hands `commands` to session `id`, all or none.
-    pub fn deliver(&self, id: &str, commands: Vec<Bytes>) -> Delivered {
+    /// Hands `commands` (protobuf when `binary`, else JSON) to session
+    /// `id`, all or none.
+    pub fn deliver(&self, id: &str, commands: Vec<Bytes>, binary: bool) -> Delivered {
         let Some(inbox) = self.open.lock().get(id).and_then(Weak::upgrade) else {
             return Delivered::Unknown;
         };
+        if inbox.binary != binary {
+            return Delivered::WrongEncoding;
+        }
         let mut queue = inbox.queue.lock();
         if queue.len() + commands.len() > MAX_QUEUED {
             return Delivered::Full;
@@ -158,8 +175,8 @@ mod tests {
     #[test]
     fn ids_are_random_and_name_their_node() {
         let streams = Streams::default();
-        let (a, _ia) = streams.open("gw-1").unwrap();
-        let (b, _ib) = streams.open("gw-1").unwrap();
+        let (a, _ia) = streams.open("gw-1", false).unwrap();
+        let (b, _ib) = streams.open("gw-1", false).unwrap();
         assert_ne!(a, b);
         assert_eq!(owner(&a), Some("gw-1"));
         assert_eq!(owner("nothex.gw-1"), None);
@@ -170,18 +187,19 @@ mod tests {
     #[test]
     fn commands_reach_an_open_stream_in_order_and_are_bounded() {
         let streams = Streams::default();
-        let (id, inbox) = streams.open("gw-1").unwrap();
+        let (id, inbox) = streams.open("gw-1", false).unwrap();
         let waker = futures_util::task::noop_waker();
         let commands = |n: usize| (0..n).map(|i| Bytes::from(i.to_string())).collect::<Vec<_>>();
-        assert_eq!(streams.deliver(&id, commands(2)), Delivered::Accepted);
-        assert_eq!(streams.deliver(&id, commands(MAX_QUEUED)), Delivered::Full);
+        assert_eq!(streams.deliver(&id, commands(2), false), Delivered::Accepted);
+        assert_eq!(streams.deliver(&id, commands(MAX_QUEUED), false), Delivered::Full);
+        assert_eq!(streams.deliver(&id, commands(1), true), Delivered::WrongEncoding);
         assert_eq!(inbox.take(&waker).as_deref(), Some(&b"0"[..]));
         assert_eq!(inbox.take(&waker).as_deref(), Some(&b"1"[..]));
         assert_eq!(inbox.take(&waker), None);
         streams.close(&id);
-        assert_eq!(streams.deliver(&id, commands(1)), Delivered::Unknown);
-        let (other, inbox) = streams.open("gw-1").unwrap();
+        assert_eq!(streams.deliver(&id, commands(1), false), Delivered::Unknown);
+        let (other, inbox) = streams.open("gw-1", false).unwrap();
         drop(inbox);
-        assert_eq!(streams.deliver(&other, commands(1)), Delivered::Unknown);
+        assert_eq!(streams.deliver(&other, commands(1), false), Delivered::Unknown);
     }
 }

@@ -1,5 +1,6 @@
 //! `POST /stream/commands?session=<id>`: a `GET /stream` client's
-//! commands, one JSON object per line (the same commands as over a
+//! commands, one JSON object per line, or length-prefixed protobuf
+//! `ClientCommand`s for a protobuf stream (the same commands as over a
 //! WebSocket). Their replies come on the session's stream, not in this
 //! answer, which says only whether the session took them (202).
 //!
@@ -19,6 +20,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -101,19 +103,23 @@ async fn accept(node: &Arc<Node>, request: Request<Incoming>) -> Result<usize, F
             "session is not a session id (the `session` line of GET /stream)",
         ));
     };
-    check_content_type(request.headers())?;
+    let binary = check_content_type(request.headers())?;
     let body = read_limited(
         request,
         node.config.max_message_size,
         node.config.handshake_timeout,
     )
     .await?;
-    let commands = split(&body)?;
+    let commands = if binary {
+        split_frames(body)?
+    } else {
+        split(&body)?
+    };
     let count = commands.len();
     let delivered = if owner == node.config.node_id {
-        node.streams.deliver(&session, commands)
+        node.streams.deliver(&session, commands, binary)
     } else {
-        forward(node, &owner, &session, commands).await?
+        forward(node, &owner, &session, commands, binary).await?
     };
     match delivered {
         Delivered::Accepted => Ok(count),
@@ -126,6 +132,11 @@ async fn accept(node: &Arc<Node>, request: Request<Incoming>) -> Result<usize, F
             StatusCode::TOO_MANY_REQUESTS,
             "queue_full",
             format!("the session has {MAX_QUEUED} commands waiting; retry when its replies came"),
+        )),
+        Delivered::WrongEncoding => Err(Failure(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the session's stream has the other encoding: JSON to a JSON stream, application/x-protobuf to a protobuf one".into(),
         )),
     }
 }
@@ -148,24 +159,67 @@ fn session_of(query: &str) -> Result<String, Failure> {
     session.ok_or_else(|| Failure::bad_request("name the session: ?session=<id>"))
 }
 
-/// JSON, NDJSON or plain text (see the module's comment).
-fn check_content_type(headers: &HeaderMap) -> Result<(), Failure> {
+/// JSON, NDJSON or plain text (see the module's comment), or protobuf:
+/// whether the commands are protobuf.
+fn check_content_type(headers: &HeaderMap) -> Result<bool, Failure> {
     let mime = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map(|v| v.trim().to_ascii_lowercase());
     match mime.as_deref() {
-        Some("application/json" | "application/x-ndjson" | "text/plain") => Ok(()),
+        Some("application/json" | "application/x-ndjson" | "text/plain") => Ok(false),
+        Some("application/x-protobuf") => Ok(true),
         other => Err(Failure(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             format!(
-                "send Content-Type: application/json, application/x-ndjson or text/plain (got {:?})",
+                "send Content-Type: application/json, application/x-ndjson, text/plain or application/x-protobuf (got {:?})",
                 other.unwrap_or("nothing")
             ),
         )),
     }
+}
+
+/// A protobuf body's commands: each a big-endian u32 length and a
+/// `ClientCommand` of that many bytes, at most [`MAX_QUEUED`]; all must
+/// decode or none is taken.
+fn split_frames(mut body: Bytes) -> Result<Vec<Bytes>, Failure> {
+    use prost::Message;
+    let mut commands = Vec::new();
+    while !body.is_empty() {
+        if body.len() < 4 {
+            return Err(Failure::bad_request(
+                "a frame is cut short: each is a u32 length, then the command",
+            ));
+        }
+        let length = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+        if body.len() - 4 < length {
+            return Err(Failure::bad_request(format!(
+                "frame {} says {length} bytes, {} follow",
+                commands.len() + 1,
+                body.len() - 4
+            )));
+        }
+        let command = body.slice(4..4 + length);
+        body = body.slice(4 + length..);
+        if pubsub_proto::pb::ClientCommand::decode(command.clone()).is_err() {
+            return Err(Failure::bad_request(format!(
+                "frame {} is not a ClientCommand",
+                commands.len() + 1
+            )));
+        }
+        commands.push(command);
+        if commands.len() > MAX_QUEUED {
+            return Err(Failure::bad_request(format!(
+                "more than {MAX_QUEUED} commands per request"
+            )));
+        }
+    }
+    if commands.is_empty() {
+        return Err(Failure::bad_request("no commands in the body"));
+    }
+    Ok(commands)
 }
 
 /// The body's commands: one JSON object per non-empty line, at most
@@ -204,6 +258,7 @@ async fn forward(
     owner: &str,
     session: &str,
     commands: Vec<Bytes>,
+    binary: bool,
 ) -> Result<Delivered, Failure> {
     if !is_live(node, owner).await? {
         return Ok(Delivered::Unknown);
@@ -213,11 +268,15 @@ async fn forward(
         reply_to: node.config.node_id.clone(),
         call: call.id,
         session: session.to_owned(),
-        // Checked JSON above: text.
+        // Checked JSON above: text; protobuf travels as base64.
         commands: commands
             .iter()
-            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .map(|c| match binary {
+                false => String::from_utf8_lossy(c).into_owned(),
+                true => base64::engine::general_purpose::STANDARD.encode(c),
+            })
             .collect(),
+        binary,
     };
     node.hub
         .send_to_node(owner, &question.encode())
@@ -274,6 +333,27 @@ mod tests {
         assert!(split(b"\n\n").is_err());
         let many = "{}\n".repeat(MAX_QUEUED + 1);
         assert!(split(many.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_protobuf_body_is_length_prefixed_commands() {
+        use prost::Message;
+        let ping = pubsub_proto::pb::ClientCommand {
+            id: Some(7),
+            command: Some(pubsub_proto::pb::client_command::Command::Ping(Default::default())),
+        }
+        .encode_to_vec();
+        let mut body = Vec::new();
+        for _ in 0..2 {
+            body.extend_from_slice(&(ping.len() as u32).to_be_bytes());
+            body.extend_from_slice(&ping);
+        }
+        let commands = split_frames(Bytes::from(body.clone())).unwrap();
+        assert_eq!(commands.len(), 2);
+        assert_eq!(&commands[1][..], &ping[..]);
+        assert!(split_frames(Bytes::from(body[..body.len() - 1].to_vec())).is_err());
+        assert!(split_frames(Bytes::from_static(&[0, 0, 0, 2, 0xff, 0xff])).is_err());
+        assert!(split_frames(Bytes::new()).is_err());
     }
 
     #[test]

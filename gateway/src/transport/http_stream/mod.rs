@@ -10,8 +10,11 @@
 //! (`crate::handshake`: draining, Origin, token, admission limits). The
 //! session is an ordinary [`Session`] (same outbox and slow-consumer
 //! policy, same command rate, same `connect`/`subscribe`/`since`), carried
-//! by the same [`EventStream`] as `/sse` with line framing; its first line
-//! names the session id: `{"type":"session","session":"<id>"}`.
+//! by the same [`EventStream`] as `/sse` with the session framing: JSON
+//! lines, whose first names the session id
+//! (`{"type":"session","session":"<id>"}`), or with `?encoding=protobuf`
+//! length-prefixed protobuf frames; the `X-Stream-Session` header names it
+//! for both.
 
 pub mod commands;
 
@@ -52,31 +55,24 @@ pub fn open<B>(node: &Arc<Node>, request: &Request<B>, remote: IpAddr) -> Result
     let headers = request.headers();
     handshake::not_draining(node)?;
     handshake::origin(node, headers)?;
-    if let Some(query) = request.uri().query().filter(|q| !q.is_empty()) {
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-            if key != "encoding" || value != "json" {
-                let shown: String = format!("{key}={value}").chars().take(64).collect();
-                return Err(error_response(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    &format!("unknown query parameter {shown:?}; /stream takes encoding=json"),
-                ));
-            }
-        }
-    }
+    let encoding = encoding_of(request.uri().query().unwrap_or(""))?;
     // With authentication on, the token may come here or in `connect`.
     let identity = handshake::token(node, headers)?;
     let ticket = handshake::admit(node, headers, remote)?;
-    let Some((id, inbox)) = node.streams.open(&node.config.node_id) else {
+    let binary = encoding == Encoding::Protobuf;
+    let Some((id, inbox)) = node.streams.open(&node.config.node_id, binary) else {
         return Err(error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "no randomness for a session id",
         ));
     };
-    let session = Session::new(node.clone(), Encoding::Json, ticket, identity);
-    let hello = serde_json::json!({"type": "session", "session": &*id}).to_string();
-    session.peer().outbox.push(Frame::Message(Bytes::from(hello)));
+    let session = Session::new(node.clone(), encoding, ticket, identity);
+    if !binary {
+        let hello = serde_json::json!({"type": "session", "session": &*id}).to_string();
+        session.peer().outbox.push(Frame::Message(Bytes::from(hello)));
+    }
+    let session_header = HeaderValue::from_str(&id).ok();
     let connection = request.extensions().get::<Arc<HttpConnection>>().cloned();
     if let Some(connection) = &connection {
         connection.release_pending();
@@ -87,10 +83,45 @@ pub fn open<B>(node: &Arc<Node>, request: &Request<B>, remote: IpAddr) -> Result
         inbox,
     };
     let stream = EventStream::lines(session, listed, connection);
-    Ok(Opened {
-        stream,
-        headers: response_headers(headers, "application/x-ndjson"),
-    })
+    let content_type = match encoding {
+        Encoding::Json => "application/x-ndjson",
+        Encoding::Protobuf => "application/x-protobuf",
+    };
+    let mut headers = response_headers(headers, content_type);
+    if let Some(value) = session_header {
+        headers.insert(SESSION_HEADER, value);
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(SESSION_HEADER),
+        );
+    }
+    Ok(Opened { stream, headers })
+}
+
+/// The response header that names the session (for either encoding).
+pub const SESSION_HEADER: &str = "x-stream-session";
+
+/// `encoding=json` (the default) or `encoding=protobuf`, and nothing else.
+#[allow(clippy::result_large_err)]
+fn encoding_of(query: &str) -> Result<Encoding, Response<Body>> {
+    let mut encoding = Encoding::Json;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        encoding = match (&*key, &*value) {
+            ("encoding", "json") => Encoding::Json,
+            ("encoding", "protobuf") => Encoding::Protobuf,
+            _ => {
+                let shown: String = format!("{key}={value}").chars().take(64).collect();
+                return Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!(
+                        "unknown query parameter {shown:?}; /stream takes encoding=json or encoding=protobuf"
+                    ),
+                ));
+            }
+        };
+    }
+    Ok(encoding)
 }
 
 /// The headers of a stream's response: no caching, no buffering proxies,

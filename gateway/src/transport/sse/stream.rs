@@ -17,8 +17,10 @@
 //!   `reconnect_after_ms` and a matching `retry:` so `EventSource` waits
 //!   that long), then the response ends.
 //!
-//! On `/stream` (`Framing::Lines`), one protocol v1 JSON message per line,
-//! `{"type":"ping"}` as the heartbeat and `{"type":"close",…}` as the end.
+//! On `/stream` (`Framing::Session`), one protocol v1 JSON message per
+//! line, `{"type":"ping"}` as the heartbeat and `{"type":"close",…}` as the
+//! end; or, for protobuf, frames of a kind byte (1 message, 2 heartbeat,
+//! 3 close), a big-endian u32 length and the bytes.
 //!
 //! A client that stops reading fills its outbox and is closed as a slow
 //! consumer (4008) like any other; since nothing polls a stream whose
@@ -64,9 +66,10 @@ enum Framing {
     /// `GET /sse`: SSE events, publications with the stream's positions
     /// as their ids.
     Sse(Positions),
-    /// `GET /stream`: one protocol v1 JSON message per line; the client's
-    /// commands come from its POSTs, through the inbox.
-    Lines(Listed),
+    /// `GET /stream`: one protocol v1 message per line (JSON) or per
+    /// length-prefixed frame (protobuf); the client's commands come from
+    /// its POSTs, through the inbox.
+    Session(Listed),
 }
 
 /// A session stream's place in the node's [`Streams`](crate::streams::Streams),
@@ -122,7 +125,7 @@ impl EventStream {
         EventStream {
             session: Some(session),
             commands: VecDeque::new(),
-            framing: Framing::Lines(listed),
+            framing: Framing::Session(listed),
             waker,
         }
     }
@@ -146,11 +149,15 @@ impl EventStream {
                     }
                     command
                 }),
-                Framing::Lines(listed) if session.ready_for_input(cx) => listed.inbox.take(cx.waker()),
+                Framing::Session(listed) if session.ready_for_input(cx) => listed.inbox.take(cx.waker()),
                 _ => None,
             };
             if let Some(command) = next {
-                if let Some(end) = session.on_inbound(Inbound::Text(command)) {
+                let inbound = match session.peer().encoding {
+                    Encoding::Json => Inbound::Text(command),
+                    Encoding::Protobuf => Inbound::Binary(command),
+                };
+                if let Some(end) = session.on_inbound(inbound) {
                     return self.finish(end, out);
                 }
                 progress = true;
@@ -208,7 +215,18 @@ impl EventStream {
                 out.put_slice(b"event: close\n");
                 put_data(out, data.to_string().as_bytes());
             }
-            Framing::Lines(_) => {
+            Framing::Session(_) if session.peer().encoding == Encoding::Protobuf => {
+                // The payload of a WebSocket close frame: the code, then the
+                // reason (the JSON hint on drain, as over a WebSocket).
+                let reason = match retry {
+                    Some(ms) => format!(r#"{{"reason":"{reason}","reconnect_after_ms":{ms}}}"#),
+                    None => reason.to_owned(),
+                };
+                let mut payload = code.to_be_bytes().to_vec();
+                payload.extend_from_slice(reason.as_bytes());
+                put_frame(out, FRAME_CLOSE, &payload);
+            }
+            Framing::Session(_) => {
                 data["type"] = "close".into();
                 put_line(out, data.to_string().as_bytes());
             }
@@ -283,8 +301,34 @@ impl Framing {
     fn write(&mut self, peer: &Peer, frame: Frame, out: &mut BytesMut) {
         match self {
             Framing::Sse(positions) => write_event(positions, peer, frame, out),
-            Framing::Lines(_) => write_line(peer, frame, out),
+            Framing::Session(_) if peer.encoding == Encoding::Protobuf => write_binary(peer, frame, out),
+            Framing::Session(_) => write_line(peer, frame, out),
         }
+    }
+}
+
+/// Protobuf session streams: each frame is a kind byte, a big-endian u32
+/// length and that many bytes.
+const FRAME_MESSAGE: u8 = 1;
+const FRAME_PING: u8 = 2;
+const FRAME_CLOSE: u8 = 3;
+
+fn put_frame(out: &mut BytesMut, kind: u8, payload: &[u8]) {
+    out.put_u8(kind);
+    out.put_u32(payload.len() as u32);
+    out.put_slice(payload);
+}
+
+/// One frame as a frame of a protobuf session stream: a `ServerMessage`
+/// (the bytes of a WebSocket binary frame), or a heartbeat.
+fn write_binary(peer: &Peer, frame: Frame, out: &mut BytesMut) {
+    match frame {
+        Frame::Ping => {
+            peer.touch();
+            put_frame(out, FRAME_PING, &[]);
+        }
+        Frame::Publication(delivery) => put_frame(out, FRAME_MESSAGE, &delivery.encoded(Encoding::Protobuf)),
+        Frame::Message(message) => put_frame(out, FRAME_MESSAGE, &message),
     }
 }
 
