@@ -516,3 +516,118 @@ async fn a_protobuf_stream_carries_length_prefixed_frames() {
 async fn post_commands_json(addr: std::net::SocketAddr, session: &str) -> HttpAnswer {
     post_commands(addr, session, "application/json", "{\"type\":\"ping\"}".into()).await
 }
+
+/// `format=sse`: the same session as Server-Sent Events (for EventSource
+/// behind proxies that buffer other streamed responses): the session event
+/// first, each reply and publication an event, commands POSTed the same way.
+#[tokio::test]
+async fn the_session_as_server_sent_events() {
+    let gw = start(test_config()).await;
+    let addr = gw.local_addr();
+    let mut events = support::sse::SseClient::open(addr, "/stream?format=sse", &[]).await;
+    assert_eq!(events.status, 200);
+    assert_eq!(events.headers["content-type"], "text/event-stream");
+    let first = events.next().await.expect("the session event").json();
+    assert_eq!(first["type"], "session", "{first}");
+    let session = first["session"].as_str().unwrap().to_string();
+    assert_eq!(events.headers["x-stream-session"], session.as_str());
+    let body = "{\"type\":\"subscribe\",\"id\":1,\"channel\":\"ev\"}\n";
+    let answer = post_commands(addr, &session, "text/plain", body.into()).await;
+    assert_eq!(answer.status, 202, "{}", answer.text());
+    let subscribed = events.next().await.expect("subscribed").json();
+    assert_eq!(
+        (subscribed["type"].as_str(), subscribed["id"].as_u64()),
+        (Some("subscribed"), Some(1))
+    );
+    post_json(addr, "/api/publish", json!({"channel":"ev","data":{"n":1}})).await;
+    assert_eq!(events.next_message().await["data"]["n"], 1);
+    let answer = http(addr, Method::GET, "/stream?format=sse&encoding=protobuf", &[], "").await;
+    assert_eq!(answer.status, 400);
+}
+
+/// A session stream that is never read is closed as a slow consumer
+/// (4008) like a WebSocket, its connection dropped without waiting for it;
+/// a healthy stream on the same channel loses nothing.
+#[tokio::test]
+async fn a_stream_that_is_never_read_is_closed_as_a_slow_consumer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = test_config();
+    config.outbound_queue_bytes = 64 * 1024;
+    let gw = start(config).await;
+    let addr = gw.local_addr();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    stalled
+        .write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 1024];
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("\"session\":\"")
+        || !String::from_utf8_lossy(&seen).contains("}\n")
+    {
+        let n = tokio::time::timeout(WAIT, stalled.read(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early");
+        seen.extend_from_slice(&head[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    let session = text
+        .split("\"session\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    let answer = post_commands(
+        addr,
+        &session,
+        "text/plain",
+        "{\"type\":\"subscribe\",\"id\":1,\"channel\":\"flood\"}\n".into(),
+    )
+    .await;
+    assert_eq!(answer.status, 202);
+
+    let mut healthy = StreamClient::open(addr, &[]).await;
+    healthy
+        .send(addr, &[json!({"type":"subscribe","id":1,"channel":"flood"})])
+        .await;
+    healthy.next_of("subscribed").await;
+    let big = "x".repeat(30_000);
+    let mut sent = 0;
+    loop {
+        let answer = post_json(addr, "/api/publish", json!({"channel": "flood", "data": big})).await;
+        assert_eq!(answer.status, 200);
+        sent += 1;
+        assert_eq!(
+            healthy.next_of("message").await["data"].as_str().map(str::len),
+            Some(30_000)
+        );
+        let metrics = get(addr, "/metrics").await.text();
+        if metric(&metrics, "gateway_slow_consumer_disconnects_total").unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        assert!(sent < 2_000, "the stalled stream was never closed");
+    }
+    eventually("the stalled session ended", async || {
+        metric(&get(addr, "/metrics").await.text(), "gateway_connections") == Some(1.0)
+    })
+    .await;
+    let answer = post_commands(addr, &session, "text/plain", "{\"type\":\"ping\"}".into()).await;
+    assert_eq!(answer.status, 404, "its session is gone");
+    let mut sink = vec![0u8; 64 * 1024];
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match stalled.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled connection was not closed");
+    post_json(addr, "/api/publish", json!({"channel": "flood", "data": 1})).await;
+    assert_eq!(healthy.next_of("message").await["data"], 1);
+}

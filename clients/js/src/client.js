@@ -78,7 +78,7 @@ export class Client extends Emitter {
     return this.#url;
   }
 
-  /** The transport of the current (or next) attempt: 'websocket' or 'http_stream'. */
+  /** The transport of the current (or next) attempt: 'websocket', 'http_stream' or 'sse'. */
   get transport() {
     return this.#openTransport.current?.() ?? 'websocket';
   }

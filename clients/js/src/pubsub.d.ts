@@ -6,8 +6,8 @@ export const PROTOCOL: 'pubsub.v1.json';
 
 export type ClientState = 'idle' | 'connecting' | 'connected' | 'disconnected' | 'closed' | 'failed';
 
-/** `websocket`: GET /ws. `http_stream`: GET /stream with commands POSTed (docs/protocol.md, HTTP streaming). */
-export type TransportName = 'websocket' | 'http_stream';
+/** `websocket`: GET /ws. `http_stream`: GET /stream with commands POSTed; `sse`: the same as Server-Sent Events (docs/protocol.md, HTTP streaming). */
+export type TransportName = 'websocket' | 'http_stream' | 'sse';
 export type SubscriptionState = 'pending' | 'subscribing' | 'subscribed' | 'unsubscribed' | 'failed';
 
 export const STATES: readonly ClientState[];
@@ -114,14 +114,16 @@ export interface ClientOptions {
   /** WebSocket implementation; default the global one (browsers, Node 22+). Passing one makes `transports` default to `['websocket']`. */
   WebSocket?: WebSocketConstructor;
   /**
-   * Transports to try, in order (default `['websocket', 'http_stream']`, or `['websocket']` when
+   * Transports to try, in order (default `['websocket', 'http_stream', 'sse']`, or `['websocket']` when
    * `WebSocket` is given): an attempt that never opens (a proxy refusing the upgrade, or holding it
    * until `connectTimeout`) moves the next attempt to the next transport; one that opened keeps it.
    * Recovery with `since` works across transports.
    */
   transports?: TransportName[];
-  /** fetch implementation for `http_stream`; default the global one. */
+  /** fetch implementation for `http_stream` and `sse`; default the global one. */
   fetch?: typeof fetch;
+  /** EventSource implementation for `sse`; default the global one (browsers). */
+  EventSource?: new (url: string) => EventSource;
   /** Backoff: first cap in ms (default 500). */
   minReconnectDelay?: number;
   /** Backoff: largest delay in ms (default 20000). */

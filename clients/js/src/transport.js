@@ -1,13 +1,14 @@
 // The seam between the Client and the wire: the Transport interface every transport
 // implements, and the choice of transport for a client's options: a list tried in order
-// (default: WebSocket, then HTTP streaming), falling back to the next one when an attempt never
+// (default: WebSocket, then HTTP streaming, then SSE), falling back to the next one when an attempt never
 // opened (a proxy that refuses the upgrade, or one that holds it until connectTimeout).
 //
 // A transport carries protocol v1 JSON text both ways over one connection attempt. The Client
 // creates one per attempt through a TransportFactory and never touches the underlying socket
 // or request; everything above it (connect/connected, requests, heartbeat, reconnection and
 // recovery with `since`) stays the same whatever the transport. Implementations live in
-// ./transports/: websocket.js, and http-stream.js (GET /stream with commands POSTed).
+// ./transports/: websocket.js, and http-stream.js (GET /stream, as chunked lines or as SSE,
+// with commands POSTed).
 //
 // The contract, which transports/websocket.js implements:
 // - The factory starts connecting at once and returns the transport; it may throw (bad URL).
@@ -53,7 +54,7 @@ import { WebSocketTransport } from './transports/websocket.js';
  */
 
 /** The transports a client tries, in order, unless options.transports says otherwise. */
-export const DEFAULT_TRANSPORTS = Object.freeze(['websocket', 'http_stream']);
+export const DEFAULT_TRANSPORTS = Object.freeze(['websocket', 'http_stream', 'sse']);
 
 /**
  * The transport factory for a client's options. options.transports (default
@@ -124,5 +125,11 @@ const MAKERS = {
     const fetchImpl = options.fetch ?? globalThis.fetch?.bind(globalThis);
     if (typeof fetchImpl !== 'function' || typeof TextDecoder !== 'function') return null;
     return (url, handlers, timers) => new HttpStreamTransport(fetchImpl, url, handlers, timers);
+  },
+  sse(options) {
+    const fetchImpl = options.fetch ?? globalThis.fetch?.bind(globalThis);
+    const EventSource = options.EventSource ?? globalThis.EventSource;
+    if (typeof fetchImpl !== 'function' || typeof EventSource !== 'function') return null;
+    return (url, handlers, timers) => new HttpStreamTransport(fetchImpl, url, handlers, timers, EventSource);
   },
 };

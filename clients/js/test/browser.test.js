@@ -308,6 +308,19 @@ test('behind a proxy that refuses WebSocket upgrades and is not sticky, the page
     for (const n of range(10, 11)) await survivor.publish(channel, { n });
     await waitFor(async () => (await offsets()).length >= 11, { message: 'the page to receive live messages again' });
     assert.deepEqual(await offsets(), range(1, 11), 'every message exactly once, in order');
+
+    // The third transport: the same session as Server-Sent Events through EventSource.
+    await victim.spawn();
+    const sse = await context.newPage();
+    sse.on('pageerror', (err) => pageErrors.push(err.message));
+    await sse.goto(`${haproxy.httpUrl}/demo/?transports=sse`);
+    await waitFor(async () => (await sse.getAttribute('#state', 'data-state')) === 'connected', { timeout: 30000, message: 'the sse page to connect' });
+    assert.equal(await sse.getAttribute('#state', 'data-transport'), 'sse');
+    await sse.fill('#channel', channel);
+    await sse.click('#subscribe');
+    await sse.waitForSelector(`#subscriptions li[data-channel="${channel}"][data-state="subscribed"]`);
+    await survivor.publish(channel, { n: 12 });
+    await waitFor(async () => (await sse.$$('#messages tr.message')).length >= 1, { message: 'the sse page to receive' });
     assert.deepEqual(pageErrors, []);
   } finally {
     mkdirSync(ARTIFACTS, { recursive: true });

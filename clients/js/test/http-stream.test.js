@@ -157,6 +157,54 @@ describe('HttpStreamTransport', () => {
   });
 });
 
+describe('the sse transport', () => {
+  class FakeEventSource {
+    static last = null;
+    constructor(url) {
+      this.url = url;
+      this.listeners = {};
+      this.closed = false;
+      FakeEventSource.last = this;
+    }
+    addEventListener(name, fn) {
+      this.listeners[name] = fn;
+    }
+    close() {
+      this.closed = true;
+    }
+  }
+
+  test('GET /stream?format=sse: events are messages, POSTs carry commands, the close event ends it', async () => {
+    const net = fakeFetch();
+    const factory = transportFor({ transports: ['sse'], fetch: net.fetch, EventSource: FakeEventSource });
+    const h = handlers();
+    const t = factory('wss://gw/ws', h, timers());
+    await tick();
+    const es = FakeEventSource.last;
+    assert.equal(es.url, 'https://gw/stream?format=sse');
+    es.onmessage({ data: '{"type":"session","session":"s.gw"}' });
+    assert.equal(h.seen.opened, 1);
+    es.onmessage({ data: '{"type":"pong","id":1}' });
+    assert.deepEqual(h.seen.messages, ['{"type":"pong","id":1}']);
+    t.send('{"type":"ping","id":2}');
+    await tick();
+    assert.equal(net.posts[0].url, 'https://gw/stream/commands?session=s.gw');
+    es.listeners.close({ data: '{"code":1012,"reason":"draining","reconnect_after_ms":5}' });
+    assert.deepEqual(h.seen.closes, [{ code: 1012, reason: '{"reason":"draining","reconnect_after_ms":5}', wasClean: true }]);
+    assert.equal(es.closed, true, 'no reconnect of its own into a new session');
+  });
+
+  test('an error ends the connection (1006) instead of letting EventSource reconnect', async () => {
+    const factory = transportFor({ transports: ['sse'], fetch: fakeFetch().fetch, EventSource: FakeEventSource });
+    const h = handlers();
+    factory('ws://gw/ws', h, timers());
+    await tick();
+    FakeEventSource.last.onerror();
+    assert.equal(h.seen.closes[0].code, 1006);
+    assert.equal(FakeEventSource.last.closed, true);
+  });
+});
+
 describe('transport fallback', () => {
   /** A WebSocket class whose sockets never open: each fails at once. */
   class RefusedWebSocket {
@@ -191,7 +239,7 @@ describe('transport fallback', () => {
     assert.equal(factory.current(), 'websocket');
   });
 
-  test('defaults: websocket then http_stream; only websocket when a WebSocket is passed', () => {
+  test('defaults: websocket, http_stream, sse; only websocket when a WebSocket is passed', () => {
     assert.equal(transportFor({ fetch: fakeFetch().fetch, WebSocket: RefusedWebSocket }).current(), 'websocket');
     assert.throws(() => transportFor({ transports: ['carrier_pigeon'] }), TypeError);
     assert.throws(() => transportFor({ transports: ['websocket'], WebSocket: 'nope' }), { code: 'no_websocket' });

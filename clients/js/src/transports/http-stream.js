@@ -1,8 +1,11 @@
 // HttpStreamTransport: the Transport (see ../transport.js) over plain HTTP, for networks whose
 // proxies break WebSocket upgrades (docs/protocol.md, "HTTP streaming"). `GET /stream` is a
 // chunked response of protocol v1 JSON messages, one per line, whose first line names the
-// session; commands go out as `POST /stream/commands?session=<id>`, to whichever node the load
-// balancer picks (the gateway forwards them to the session's node: no sticky sessions).
+// session (transport `http_stream`); or, given an EventSource (transport `sse`),
+// `GET /stream?format=sse`, the same messages as Server-Sent Events, for proxies that buffer
+// other responses but pass event streams. Commands go out as
+// `POST /stream/commands?session=<id>`, to whichever node the load balancer picks (the gateway
+// forwards them to the session's node: no sticky sessions).
 //
 // Commands keep their order: one POST is in flight at a time, and what is sent meanwhile goes
 // out together in the next one (at most 64 per POST). A POST the gateway refuses, or that
@@ -37,16 +40,20 @@ export class HttpStreamTransport {
   #queue = [];
   #posting = false;
   #retry = null;
+  #events = null;
   #done = false;
 
-  /** Starts `GET /stream` (throws TypeError for a bad URL). */
-  constructor(fetchImpl, url, handlers, timers) {
+  /**
+   * Starts `GET /stream`, or with `EventSource` `GET /stream?format=sse` (throws TypeError for a
+   * bad URL).
+   */
+  constructor(fetchImpl, url, handlers, timers, EventSource = null) {
     this.#fetch = fetchImpl;
     this.#base = httpBase(url);
     this.#handlers = handlers;
     this.#timers = timers;
     // Never call a handler from inside the factory: the read starts after it returned.
-    Promise.resolve().then(() => this.#read());
+    Promise.resolve().then(() => (EventSource ? this.#listen(EventSource) : this.#read()));
   }
 
   /** Queues one command for the next POST; false when the stream is not open. */
@@ -95,6 +102,32 @@ export class HttpStreamTransport {
         if (this.#done) return;
       }
     }
+  }
+
+  /** The stream as Server-Sent Events: each event's data is one message. */
+  #listen(EventSource) {
+    if (this.#done) return;
+    let events;
+    try {
+      events = new EventSource(`${this.#base}/stream?format=sse`);
+    } catch {
+      return this.#closed(CLOSE_ABNORMAL, '');
+    }
+    this.#events = events;
+    events.onmessage = (event) => !this.#done && this.#line(String(event.data));
+    events.addEventListener('close', (event) => {
+      if (this.#done) return;
+      let msg = {};
+      try {
+        msg = JSON.parse(String(event.data));
+      } catch {
+        // a close without a readable payload: still the end
+      }
+      this.#line(JSON.stringify({ ...msg, type: 'close' }));
+    });
+    // EventSource would reconnect by itself, into a new session nobody knows: the connection
+    // ends here instead, and the Client reconnects and recovers as after any other drop.
+    events.onerror = () => !this.#done && this.#closed(CLOSE_ABNORMAL, '');
   }
 
   #line(line) {
@@ -164,6 +197,10 @@ export class HttpStreamTransport {
 
   #finish() {
     this.#done = true;
+    if (this.#events) {
+      this.#events.onmessage = this.#events.onerror = null;
+      this.#events.close();
+    }
     if (this.#retry !== null) this.#timers.clearTimer(this.#retry);
     this.#retry = null;
     this.#queue = [];

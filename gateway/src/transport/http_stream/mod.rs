@@ -55,7 +55,7 @@ pub fn open<B>(node: &Arc<Node>, request: &Request<B>, remote: IpAddr) -> Result
     let headers = request.headers();
     handshake::not_draining(node)?;
     handshake::origin(node, headers)?;
-    let encoding = encoding_of(request.uri().query().unwrap_or(""))?;
+    let (encoding, events) = format_of(request.uri().query().unwrap_or(""))?;
     // With authentication on, the token may come here or in `connect`.
     let identity = handshake::token(node, headers)?;
     let ticket = handshake::admit(node, headers, remote)?;
@@ -82,10 +82,11 @@ pub fn open<B>(node: &Arc<Node>, request: &Request<B>, remote: IpAddr) -> Result
         id,
         inbox,
     };
-    let stream = EventStream::lines(session, listed, connection);
-    let content_type = match encoding {
-        Encoding::Json => "application/x-ndjson",
-        Encoding::Protobuf => "application/x-protobuf",
+    let stream = EventStream::session(session, listed, events, connection);
+    let content_type = match (encoding, events) {
+        (_, true) => "text/event-stream",
+        (Encoding::Json, false) => "application/x-ndjson",
+        (Encoding::Protobuf, false) => "application/x-protobuf",
     };
     let mut headers = response_headers(headers, content_type);
     if let Some(value) = session_header {
@@ -101,27 +102,31 @@ pub fn open<B>(node: &Arc<Node>, request: &Request<B>, remote: IpAddr) -> Result
 /// The response header that names the session (for either encoding).
 pub const SESSION_HEADER: &str = "x-stream-session";
 
-/// `encoding=json` (the default) or `encoding=protobuf`, and nothing else.
+/// `encoding=json` (the default) or `encoding=protobuf`, and
+/// `format=chunked` (the default) or `format=sse` (JSON only): the
+/// encoding, and whether messages are SSE events.
 #[allow(clippy::result_large_err)]
-fn encoding_of(query: &str) -> Result<Encoding, Response<Body>> {
-    let mut encoding = Encoding::Json;
+fn format_of(query: &str) -> Result<(Encoding, bool), Response<Body>> {
+    let bad = |message: String| error_response(StatusCode::BAD_REQUEST, "bad_request", &message);
+    let (mut encoding, mut events) = (Encoding::Json, false);
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        encoding = match (&*key, &*value) {
-            ("encoding", "json") => Encoding::Json,
-            ("encoding", "protobuf") => Encoding::Protobuf,
+        match (&*key, &*value) {
+            ("encoding", "json") => encoding = Encoding::Json,
+            ("encoding", "protobuf") => encoding = Encoding::Protobuf,
+            ("format", "chunked") => events = false,
+            ("format", "sse") => events = true,
             _ => {
                 let shown: String = format!("{key}={value}").chars().take(64).collect();
-                return Err(error_response(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    &format!(
-                        "unknown query parameter {shown:?}; /stream takes encoding=json or encoding=protobuf"
-                    ),
-                ));
+                return Err(bad(format!(
+                    "unknown query parameter {shown:?}; /stream takes encoding=json|protobuf and format=chunked|sse"
+                )));
             }
-        };
+        }
     }
-    Ok(encoding)
+    if events && encoding == Encoding::Protobuf {
+        return Err(bad("format=sse carries JSON only".into()));
+    }
+    Ok((encoding, events))
 }
 
 /// The headers of a stream's response: no caching, no buffering proxies,

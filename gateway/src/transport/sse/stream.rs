@@ -19,7 +19,8 @@
 //!
 //! On `/stream` (`Framing::Session`), one protocol v1 JSON message per
 //! line, `{"type":"ping"}` as the heartbeat and `{"type":"close",…}` as the
-//! end; or, for protobuf, frames of a kind byte (1 message, 2 heartbeat,
+//! end; with `format=sse`, each message a `data:` event, `: ping` and
+//! `event: close` as on `/sse`; or, for protobuf, frames of a kind byte (1 message, 2 heartbeat,
 //! 3 close), a big-endian u32 length and the bytes.
 //!
 //! A client that stops reading fills its outbox and is closed as a slow
@@ -66,10 +67,10 @@ enum Framing {
     /// `GET /sse`: SSE events, publications with the stream's positions
     /// as their ids.
     Sse(Positions),
-    /// `GET /stream`: one protocol v1 message per line (JSON) or per
-    /// length-prefixed frame (protobuf); the client's commands come from
-    /// its POSTs, through the inbox.
-    Session(Listed),
+    /// `GET /stream`: one protocol v1 message per line (JSON), per
+    /// length-prefixed frame (protobuf), or (`events`, JSON) per SSE event;
+    /// the client's commands come from its POSTs, through the inbox.
+    Session { listed: Listed, events: bool },
 }
 
 /// A session stream's place in the node's [`Streams`](crate::streams::Streams),
@@ -110,11 +111,12 @@ impl EventStream {
         }
     }
 
-    /// A session stream (`GET /stream`), listed as `listed`; the client's
-    /// commands come from its inbox.
-    pub(crate) fn lines(
+    /// A session stream (`GET /stream`), listed as `listed`, written as
+    /// SSE events when `events`; the client's commands come from its inbox.
+    pub(crate) fn session(
         session: Session,
         listed: Listed,
+        events: bool,
         connection: Option<Arc<HttpConnection>>,
     ) -> EventStream {
         let waker = Arc::new(KillWaker {
@@ -125,7 +127,7 @@ impl EventStream {
         EventStream {
             session: Some(session),
             commands: VecDeque::new(),
-            framing: Framing::Session(listed),
+            framing: Framing::Session { listed, events },
             waker,
         }
     }
@@ -149,7 +151,9 @@ impl EventStream {
                     }
                     command
                 }),
-                Framing::Session(listed) if session.ready_for_input(cx) => listed.inbox.take(cx.waker()),
+                Framing::Session { listed, .. } if session.ready_for_input(cx) => {
+                    listed.inbox.take(cx.waker())
+                }
                 _ => None,
             };
             if let Some(command) = next {
@@ -208,14 +212,14 @@ impl EventStream {
             data["reconnect_after_ms"] = ms.into();
         }
         match &self.framing {
-            Framing::Sse(_) => {
+            Framing::Sse(_) | Framing::Session { events: true, .. } => {
                 if let Some(ms) = retry {
                     out.put_slice(format!("retry: {ms}\n").as_bytes());
                 }
                 out.put_slice(b"event: close\n");
                 put_data(out, data.to_string().as_bytes());
             }
-            Framing::Session(_) if session.peer().encoding == Encoding::Protobuf => {
+            Framing::Session { .. } if session.peer().encoding == Encoding::Protobuf => {
                 // The payload of a WebSocket close frame: the code, then the
                 // reason (the JSON hint on drain, as over a WebSocket).
                 let reason = match retry {
@@ -226,7 +230,7 @@ impl EventStream {
                 payload.extend_from_slice(reason.as_bytes());
                 put_frame(out, FRAME_CLOSE, &payload);
             }
-            Framing::Session(_) => {
+            Framing::Session { .. } => {
                 data["type"] = "close".into();
                 put_line(out, data.to_string().as_bytes());
             }
@@ -301,8 +305,9 @@ impl Framing {
     fn write(&mut self, peer: &Peer, frame: Frame, out: &mut BytesMut) {
         match self {
             Framing::Sse(positions) => write_event(positions, peer, frame, out),
-            Framing::Session(_) if peer.encoding == Encoding::Protobuf => write_binary(peer, frame, out),
-            Framing::Session(_) => write_line(peer, frame, out),
+            Framing::Session { events: true, .. } => write_session_event(peer, frame, out),
+            Framing::Session { .. } if peer.encoding == Encoding::Protobuf => write_binary(peer, frame, out),
+            Framing::Session { .. } => write_line(peer, frame, out),
         }
     }
 }
@@ -329,6 +334,19 @@ fn write_binary(peer: &Peer, frame: Frame, out: &mut BytesMut) {
         }
         Frame::Publication(delivery) => put_frame(out, FRAME_MESSAGE, &delivery.encoded(Encoding::Protobuf)),
         Frame::Message(message) => put_frame(out, FRAME_MESSAGE, &message),
+    }
+}
+
+/// One frame as an SSE event of a session stream: every message a `data`
+/// event without an id (the client resubscribes with `since` itself).
+fn write_session_event(peer: &Peer, frame: Frame, out: &mut BytesMut) {
+    match frame {
+        Frame::Ping => {
+            peer.touch();
+            out.put_slice(b": ping\n\n");
+        }
+        Frame::Publication(delivery) => put_data(out, &delivery.encoded(Encoding::Json)),
+        Frame::Message(message) => put_data(out, &message),
     }
 }
 
