@@ -70,6 +70,21 @@ async fn commands_go_by_post_and_their_replies_come_on_the_stream() {
     .await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(stream.next_of("message").await["data"]["n"], 2);
+
+    // The session in a header instead of the URL.
+    let answer = http(
+        addr,
+        Method::POST,
+        "/stream/commands",
+        &[
+            ("content-type", "text/plain"),
+            ("x-stream-session", &stream.session),
+        ],
+        "{\"type\":\"ping\",\"id\":8}",
+    )
+    .await;
+    assert_eq!(answer.status, 202, "{}", answer.text());
+    assert_eq!(stream.next_of("pong").await["id"], 8);
 }
 
 #[tokio::test]

@@ -80,7 +80,7 @@ pub fn preflight(node: &Node, request: &Request<Incoming>, methods: &'static str
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("authorization, content-type"),
+        HeaderValue::from_static("authorization, content-type, x-stream-session"),
     );
     headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
     response
@@ -97,7 +97,7 @@ fn cors(request: &HeaderMap) -> HeaderMap {
 }
 
 async fn accept(node: &Arc<Node>, request: Request<Incoming>) -> Result<usize, Failure> {
-    let session = session_of(request.uri().query().unwrap_or(""))?;
+    let session = session_of(request.uri().query().unwrap_or(""), request.headers())?;
     let Some(owner) = streams::owner(&session).map(str::to_owned) else {
         return Err(Failure::bad_request(
             "session is not a session id (the `session` line of GET /stream)",
@@ -141,8 +141,9 @@ async fn accept(node: &Arc<Node>, request: Request<Incoming>) -> Result<usize, F
     }
 }
 
-/// `session=<id>`, and nothing else.
-fn session_of(query: &str) -> Result<String, Failure> {
+/// `session=<id>` and nothing else in the query, or the session in the
+/// `X-Stream-Session` header (which proxies do not log with the URL).
+fn session_of(query: &str, headers: &HeaderMap) -> Result<String, Failure> {
     let mut session = None;
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*key {
@@ -156,7 +157,18 @@ fn session_of(query: &str) -> Result<String, Failure> {
             }
         }
     }
-    session.ok_or_else(|| Failure::bad_request("name the session: ?session=<id>"))
+    let header = headers
+        .get(super::SESSION_HEADER)
+        .map(|v| v.to_str().map(str::to_owned).unwrap_or_default());
+    match (session, header) {
+        (Some(query), Some(header)) if query != header => Err(Failure::bad_request(
+            "?session and X-Stream-Session name different sessions",
+        )),
+        (Some(session), _) | (None, Some(session)) => Ok(session),
+        (None, None) => Err(Failure::bad_request(
+            "name the session: ?session=<id> or X-Stream-Session: <id>",
+        )),
+    }
 }
 
 /// JSON, NDJSON or plain text (see the module's comment), or protobuf:
@@ -358,9 +370,15 @@ mod tests {
 
     #[test]
     fn the_query_names_the_session_once() {
-        assert_eq!(session_of("session=a.b").unwrap(), "a.b");
-        assert!(session_of("").is_err());
-        assert!(session_of("session=a&session=b").is_err());
-        assert!(session_of("session=a&x=1").is_err());
+        let none = HeaderMap::new();
+        assert_eq!(session_of("session=a.b", &none).unwrap(), "a.b");
+        assert!(session_of("", &none).is_err());
+        assert!(session_of("session=a&session=b", &none).is_err());
+        assert!(session_of("session=a&x=1", &none).is_err());
+        let mut named = HeaderMap::new();
+        named.insert(super::super::SESSION_HEADER, HeaderValue::from_static("a.b"));
+        assert_eq!(session_of("", &named).unwrap(), "a.b");
+        assert_eq!(session_of("session=a.b", &named).unwrap(), "a.b");
+        assert!(session_of("session=c.d", &named).is_err());
     }
 }
