@@ -114,7 +114,7 @@ pub const MAX_PAGE: usize = 1000;
 
 /// Applies one command to this node's sessions; returns how many it
 /// reached.
-async fn apply(node: &Node, command: Command) -> usize {
+async fn apply(node: &Arc<Node>, command: Command) -> usize {
     let registry = &node.clients.registry;
     match command {
         Command::Channels {
@@ -168,10 +168,16 @@ async fn apply(node: &Node, command: Command) -> usize {
             let answer = Command::StreamDelivered {
                 call,
                 outcome: outcome.as_str().to_owned(),
-            };
-            if let Err(error) = node.hub.send_to_node(&reply_to, &answer.encode()).await {
-                tracing::warn!(%error, to = reply_to, "could not answer forwarded stream commands");
             }
+            .encode();
+            // Answered off this loop: a client's POST waits on it, and the
+            // next node message should not wait for this one's round trip.
+            let node = node.clone();
+            tokio::spawn(async move {
+                if let Err(error) = node.hub.send_to_node(&reply_to, &answer).await {
+                    tracing::warn!(%error, to = reply_to, "could not answer forwarded stream commands");
+                }
+            });
             count
         }
         Command::Disconnect { user, client, code } => {
