@@ -39,6 +39,21 @@ after(async () => {
   await stopAll();
 });
 
+/** Headless Chromium in a throwaway profile, closed (and the profile removed) when the file ends. */
+async function launchChromium(options = {}) {
+  const { chromium } = await import('playwright-core');
+  const profile = mkdtempSync(join(tmpdir(), 'js-client-chromium-'));
+  cleanups.push(async () => rmSync(profile, { recursive: true, force: true }));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    ...options,
+  });
+  cleanups.push(() => context.close());
+  return context;
+}
+
 /**
  * Only for gateway binaries without --demo: serves the same files the gateway would, at the
  * same paths.
@@ -58,7 +73,6 @@ async function staticDemoServer() {
 }
 
 test('the demo page subscribes, shows publications, and recovers every message after its node is killed and restarted', async () => {
-  const { chromium } = await import('playwright-core');
   const demoBuiltIn = gatewayHas('--demo');
   const redis = await Redis.start();
   const common = ['--redis-url', redis.url, ...(demoBuiltIn ? ['--demo'] : [])];
@@ -78,15 +92,7 @@ test('the demo page subscribes, shows publications, and recovers every message a
     pageUrl = `${await staticDemoServer()}/demo/?url=${encodeURIComponent(pageNode.wsUrl)}`;
   }
 
-  const profile = mkdtempSync(join(tmpdir(), 'js-client-chromium-'));
-  cleanups.push(async () => rmSync(profile, { recursive: true, force: true }));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    viewport: { width: 1280, height: 900 },
-  });
-  cleanups.push(() => context.close());
+  const context = await launchChromium({ viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
   const pageErrors = [];
   page.on('pageerror', (err) => pageErrors.push(err.message));
@@ -183,16 +189,8 @@ function metric(text, name) {
 }
 
 test('the browser negotiates permessage-deflate, receives compressed publications, and its own compressed publishes arrive intact', async () => {
-  const { chromium } = await import('playwright-core');
   const node = await Gateway.start(['--node-id', 'deflate-node']);
-  const profile = mkdtempSync(join(tmpdir(), 'js-client-chromium-'));
-  cleanups.push(async () => rmSync(profile, { recursive: true, force: true }));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-  cleanups.push(() => context.close());
+  const context = await launchChromium();
   const page = await context.newPage();
   await page.goto(`${node.httpUrl}/healthz`);
   // A JSON event of about 1 KiB, the kind an app receives.
@@ -253,19 +251,11 @@ test('the browser negotiates permessage-deflate, receives compressed publication
 });
 
 test('behind a proxy that refuses WebSocket upgrades and is not sticky, the page falls back to HTTP streaming and loses nothing when its node is killed', { skip: !gatewayHas('--demo') && 'this gateway binary has no --demo' }, async () => {
-  const { chromium } = await import('playwright-core');
   const redis = await Redis.start();
   const nodes = await Promise.all([1, 2].map((i) => Gateway.start(['--redis-url', redis.url, '--demo', '--node-id', `stream-${i}`])));
   const haproxy = await HaProxy.startBlockingUpgrades(nodes);
   await waitFor(async () => (await fetch(`${haproxy.httpUrl}/readyz`).catch(() => null))?.status === 200, { message: 'HAProxy forwards' });
-  const profile = mkdtempSync(join(tmpdir(), 'js-client-chromium-'));
-  cleanups.push(async () => rmSync(profile, { recursive: true, force: true }));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-  cleanups.push(() => context.close());
+  const context = await launchChromium();
   const page = await context.newPage();
   const pageErrors = [];
   page.on('pageerror', (err) => pageErrors.push(err.message));

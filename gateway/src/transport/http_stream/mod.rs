@@ -24,7 +24,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pubsub_proto::Encoding;
 
@@ -39,11 +38,7 @@ use crate::session::Session;
 /// Answers `GET /stream` served by hyper (see [`open`]).
 pub fn handle(node: &Arc<Node>, request: Request<Incoming>, remote: IpAddr) -> Response<Body> {
     match open(node, &request, remote) {
-        Ok(opened) => {
-            let mut response = Response::new(opened.stream.boxed_unsync());
-            *response.headers_mut() = opened.headers;
-            response
-        }
+        Ok(opened) => opened.into_response(),
         Err(refusal) => refusal,
     }
 }

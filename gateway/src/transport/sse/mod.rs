@@ -42,11 +42,7 @@ use crate::session::Session;
 /// (403), `Last-Event-ID` (400), limits (503).
 pub fn handle(node: &Arc<Node>, request: Request<Incoming>, remote: IpAddr) -> Response<Body> {
     match open(node, &request, remote) {
-        Ok(opened) => {
-            let mut response = Response::new(opened.stream.boxed_unsync());
-            *response.headers_mut() = opened.headers;
-            response
-        }
+        Ok(opened) => opened.into_response(),
         Err(refusal) => refusal,
     }
 }
@@ -55,6 +51,15 @@ pub fn handle(node: &Arc<Node>, request: Request<Incoming>, remote: IpAddr) -> R
 pub struct Opened {
     pub(crate) stream: EventStream,
     pub headers: HeaderMap,
+}
+
+impl Opened {
+    /// The response hyper serves: the headers, and the stream as its body.
+    pub fn into_response(self) -> Response<Body> {
+        let mut response = Response::new(self.stream.boxed_unsync());
+        *response.headers_mut() = self.headers;
+        response
+    }
 }
 
 /// What the query asks for.
