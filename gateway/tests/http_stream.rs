@@ -1,16 +1,18 @@
 //! `GET /stream` and `POST /stream/commands`: a session over a chunked
 //! response with its commands POSTed, with real HTTP clients: commands and
-//! replies, refusals, CORS and Origin, tokens, drain, and three real nodes
-//! on a real Redis forwarding POSTs to the node that holds the session,
-//! with recovery across nodes.
+//! replies, refusals, CORS and Origin, tokens, drain, a stream never read,
+//! and three real nodes on a real Redis forwarding POSTs to the node that
+//! holds the session, with recovery across nodes. The protobuf and SSE
+//! formats: `http_stream_formats.rs`.
 
 mod support;
 
 use std::time::Duration;
 
 use http::Method;
+use pubsub_proto::pb;
 use serde_json::json;
-use support::http_stream::{StreamClient, post_commands};
+use support::http_stream::{ProtoStream, StreamClient, post_commands};
 use support::redis::RedisServer;
 use support::tokens::{SECRET, hs256};
 use support::*;
@@ -377,187 +379,23 @@ async fn posts_to_any_node_reach_the_session_and_recovery_works_across_nodes() {
     );
 
     // Protobuf commands are forwarded too (as base64 between the nodes).
-    use http_body_util::BodyExt;
-    use prost::Message;
-    let response = request(three.addr, Method::GET, "/stream?encoding=protobuf", &[], "").await;
-    let session = response.headers()["x-stream-session"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let ping = pubsub_proto::pb::ClientCommand {
-        id: Some(9),
-        command: Some(pubsub_proto::pb::client_command::Command::Ping(Default::default())),
-    }
-    .encode_to_vec();
-    let mut body = (ping.len() as u32).to_be_bytes().to_vec();
-    body.extend_from_slice(&ping);
-    let path = format!("/stream/commands?session={session}");
-    let answer = http(
-        one.addr,
-        Method::POST,
-        &path,
-        &[("content-type", "application/x-protobuf")],
-        body,
-    )
-    .await;
+    let mut binary = ProtoStream::open(three.addr).await;
+    let answer = binary
+        .send(
+            one.addr,
+            &[pb::ClientCommand {
+                id: Some(9),
+                command: Some(pb::client_command::Command::Ping(Default::default())),
+            }],
+        )
+        .await;
     assert_eq!(answer.status, 202, "{}", answer.text());
-    let mut stream = response.into_body();
-    let mut got = Vec::new();
-    while got.len() < 5 || got.len() < 5 + u32::from_be_bytes([got[1], got[2], got[3], got[4]]) as usize {
-        let frame = tokio::time::timeout(WAIT, stream.frame())
-            .await
-            .expect("a frame")
-            .unwrap()
-            .unwrap();
-        got.extend_from_slice(&frame.into_data().unwrap_or_default());
-    }
-    let pong = pubsub_proto::pb::ServerMessage::decode(&got[5..]).unwrap();
+    let pong = binary.next_message().await;
     assert_eq!(pong.id, Some(9));
     assert!(
-        matches!(pong.kind, Some(pubsub_proto::pb::server_message::Kind::Pong(_))),
+        matches!(pong.kind, Some(pb::server_message::Kind::Pong(_))),
         "{pong:?}"
     );
-}
-
-/// `?encoding=protobuf`: frames of a kind byte, a u32 length and a
-/// `ServerMessage`; commands POSTed as length-prefixed `ClientCommand`s;
-/// the session named by the `X-Stream-Session` header; JSON for it is
-/// refused (415), and its drain close is a close frame with the hint.
-#[tokio::test]
-async fn a_protobuf_stream_carries_length_prefixed_frames() {
-    use http_body_util::BodyExt;
-    use prost::Message;
-    use pubsub_proto::pb;
-    let mut config = test_config();
-    config.drain = Duration::from_millis(50);
-    let gw = start(config).await;
-    let addr = gw.local_addr();
-    let response = request(addr, Method::GET, "/stream?encoding=protobuf", &[], "").await;
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "application/x-protobuf");
-    let session = response.headers()["x-stream-session"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let mut body = response.into_body();
-    let mut buffer: Vec<u8> = Vec::new();
-    // The next frame: (kind, payload).
-    let mut next = async || -> (u8, Vec<u8>) {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                if buffer.len() >= 5 {
-                    let length = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
-                    if buffer.len() >= 5 + length {
-                        let frame: Vec<u8> = buffer.drain(..5 + length).collect();
-                        return (frame[0], frame[5..].to_vec());
-                    }
-                }
-                let frame = body.frame().await.expect("the stream goes on").expect("a frame");
-                if let Ok(data) = frame.into_data() {
-                    buffer.extend_from_slice(&data);
-                }
-            }
-        })
-        .await
-        .expect("a frame within the wait")
-    };
-    let framed = |commands: &[pb::ClientCommand]| {
-        let mut out = Vec::new();
-        for command in commands {
-            let bytes = command.encode_to_vec();
-            out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-            out.extend_from_slice(&bytes);
-        }
-        out
-    };
-    let subscribe = pb::ClientCommand {
-        id: Some(1),
-        command: Some(pb::client_command::Command::Subscribe(pb::Subscribe {
-            channel: "bin".into(),
-            since: None,
-        })),
-    };
-    let answer = http(
-        addr,
-        Method::POST,
-        &format!("/stream/commands?session={session}"),
-        &[("content-type", "application/x-protobuf")],
-        framed(&[subscribe]),
-    )
-    .await;
-    assert_eq!(answer.status, 202, "{}", answer.text());
-    let (kind, payload) = next().await;
-    assert_eq!(kind, 1, "a message frame");
-    let reply = pb::ServerMessage::decode(&payload[..]).unwrap();
-    assert_eq!(reply.id, Some(1));
-    assert!(
-        matches!(reply.kind, Some(pb::server_message::Kind::Subscribed(_))),
-        "{reply:?}"
-    );
-    let answer = post_commands_json(addr, &session).await;
-    assert_eq!(
-        answer.status,
-        415,
-        "JSON for a protobuf session: {}",
-        answer.text()
-    );
-    post_json(addr, "/api/publish", json!({"channel":"bin","data":{"n":1}})).await;
-    let (kind, payload) = next().await;
-    assert_eq!(kind, 1);
-    let Some(pb::server_message::Kind::Message(message)) =
-        pb::ServerMessage::decode(&payload[..]).unwrap().kind
-    else {
-        panic!("a publication");
-    };
-    assert_eq!(&message.data[..], br#"{"n":1}"#);
-    let garbage = http(
-        addr,
-        Method::POST,
-        &format!("/stream/commands?session={session}"),
-        &[("content-type", "application/x-protobuf")],
-        vec![0u8, 0, 0, 9, 1],
-    )
-    .await;
-    assert_eq!(garbage.status, 400, "{}", garbage.text());
-    let drained = tokio::spawn(gw.drain());
-    let (kind, payload) = next().await;
-    assert_eq!(kind, 3, "a close frame");
-    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1012);
-    let reason: serde_json::Value = serde_json::from_slice(&payload[2..]).expect("the JSON hint");
-    assert!(reason["reconnect_after_ms"].is_u64(), "{reason}");
-    drained.await.unwrap();
-}
-
-async fn post_commands_json(addr: std::net::SocketAddr, session: &str) -> HttpAnswer {
-    post_commands(addr, session, "application/json", "{\"type\":\"ping\"}".into()).await
-}
-
-/// `format=sse`: the same session as Server-Sent Events (for EventSource
-/// behind proxies that buffer other streamed responses): the session event
-/// first, each reply and publication an event, commands POSTed the same way.
-#[tokio::test]
-async fn the_session_as_server_sent_events() {
-    let gw = start(test_config()).await;
-    let addr = gw.local_addr();
-    let mut events = support::sse::SseClient::open(addr, "/stream?format=sse", &[]).await;
-    assert_eq!(events.status, 200);
-    assert_eq!(events.headers["content-type"], "text/event-stream");
-    let first = events.next().await.expect("the session event").json();
-    assert_eq!(first["type"], "session", "{first}");
-    let session = first["session"].as_str().unwrap().to_string();
-    assert_eq!(events.headers["x-stream-session"], session.as_str());
-    let body = "{\"type\":\"subscribe\",\"id\":1,\"channel\":\"ev\"}\n";
-    let answer = post_commands(addr, &session, "text/plain", body.into()).await;
-    assert_eq!(answer.status, 202, "{}", answer.text());
-    let subscribed = events.next().await.expect("subscribed").json();
-    assert_eq!(
-        (subscribed["type"].as_str(), subscribed["id"].as_u64()),
-        (Some("subscribed"), Some(1))
-    );
-    post_json(addr, "/api/publish", json!({"channel":"ev","data":{"n":1}})).await;
-    assert_eq!(events.next_message().await["data"]["n"], 1);
-    let answer = http(addr, Method::GET, "/stream?format=sse&encoding=protobuf", &[], "").await;
-    assert_eq!(answer.status, 400);
 }
 
 /// A session stream that is never read is closed as a slow consumer
