@@ -147,14 +147,6 @@ impl Streams {
         *self.live.lock() = Some((Instant::now(), nodes.into()));
     }
 
-    /// Streams open on this node.
-    pub fn len(&self) -> usize {
-        self.open.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The node a session id names, if it is one.
