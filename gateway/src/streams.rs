@@ -146,7 +146,6 @@ impl Streams {
     pub fn remember_live_nodes(&self, nodes: Vec<String>) {
         *self.live.lock() = Some((Instant::now(), nodes.into()));
     }
-
 }
 
 /// The node a session id names, if it is one.
