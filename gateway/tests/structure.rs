@@ -1,8 +1,14 @@
 //! The layout rules of `gateway/src`, checked on the source text:
 //! - no cycles between its top-level modules (each `crate::<module>` a
 //!   file names is an edge), so data flows one way;
-//! - the WebSocket library is named only inside `transport/websocket/`,
-//!   so a new transport never has to cut through another's types.
+//! - no cycles between the transports in `transport/` either (`sse`,
+//!   `http_stream`, `websocket`: each `super::<t>` or `transport::<t>` a
+//!   transport's file names is an edge);
+//! - the WebSocket library (tungstenite, a dev-dependency for the tests'
+//!   clients) and the gateway's own WebSocket stack are named only inside
+//!   `transport/websocket/`, by the router that hands `/ws` to it, and by
+//!   the crate root's re-export for the Autobahn echo example, so a new
+//!   transport never has to cut through another's types.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -135,23 +141,103 @@ fn top_level_modules_have_no_cycles() {
     );
 }
 
+/// The transports (folders of `src/transport/`) and, for each, the other
+/// transports its files name.
+fn transport_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let root = src().join("transport");
+    let names: Vec<String> = std::fs::read_dir(&root)
+        .expect("readable transport/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .map(|p| p.file_name().expect("named").to_string_lossy().into_owned())
+        .collect();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for name in &names {
+        let mut files = Vec::new();
+        sources(&root.join(name), &mut files);
+        let edges = graph.entry(name.clone()).or_default();
+        for file in files {
+            let text = code(&std::fs::read_to_string(&file).expect("readable source"));
+            for other in names.iter().filter(|o| *o != name) {
+                let named = [format!("super::{other}"), format!("transport::{other}")]
+                    .iter()
+                    .any(|path| {
+                        text.match_indices(path.as_str()).any(|(at, _)| {
+                            !text[at + path.len()..]
+                                .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                        })
+                    });
+                if named {
+                    edges.insert(other.clone());
+                }
+            }
+        }
+    }
+    graph
+}
+
+#[test]
+fn transports_have_no_cycles() {
+    let graph = transport_graph();
+    assert!(
+        ["http_stream", "sse", "websocket"]
+            .iter()
+            .all(|t| graph.contains_key(*t)),
+        "the transports were read: {graph:?}"
+    );
+    assert!(
+        graph["http_stream"].contains("sse"),
+        "edges are found (HTTP streaming builds on the SSE stream): {graph:?}"
+    );
+    let cycles: Vec<String> = graph
+        .keys()
+        .filter_map(|t| cycle_from(&graph, t))
+        .map(|cycle| cycle.join(" -> "))
+        .collect();
+    assert!(
+        cycles.is_empty(),
+        "cycles between transports:\n{}",
+        cycles.join("\n")
+    );
+}
+
 #[test]
 fn only_the_websocket_transport_names_the_websocket_library() {
     let mut files = Vec::new();
     sources(&src(), &mut files);
-    let allowed = src().join("transport").join("websocket");
-    let offenders: Vec<String> = files
-        .iter()
-        .filter(|f| !f.starts_with(&allowed))
-        .filter(|f| {
-            std::fs::read_to_string(f)
-                .expect("readable source")
-                .contains("tungstenite")
-        })
-        .map(|f| f.display().to_string())
-        .collect();
+    let inside = src().join("transport").join("websocket");
+    // Who may hand work to the WebSocket stack: the router (`/ws`), the
+    // crate root (re-exported for the Autobahn echo example) and the
+    // transport folder's own `mod.rs`, which declares it.
+    let callers = [
+        src().join("server").join("router.rs"),
+        src().join("lib.rs"),
+        src().join("transport").join("mod.rs"),
+    ];
+    let mut offenders = Vec::new();
+    let mut seen_in_router = false;
+    for file in files.iter().filter(|f| !f.starts_with(&inside)) {
+        let text = code(&std::fs::read_to_string(file).expect("readable source"));
+        if text.contains("tungstenite") {
+            offenders.push(format!("{}: tungstenite", file.display()));
+        }
+        let names_stack = text.contains("transport::websocket")
+            || text.contains("websocket::")
+            || text.contains("transport::{") && text.contains("websocket}");
+        if names_stack {
+            if callers.contains(file) {
+                seen_in_router |= file.ends_with("router.rs");
+            } else {
+                offenders.push(format!("{}: the WebSocket transport", file.display()));
+            }
+        }
+    }
+    assert!(
+        seen_in_router,
+        "the check reads the router's use of the WebSocket transport"
+    );
     assert!(
         offenders.is_empty(),
-        "tungstenite outside transport/websocket: {offenders:?}"
+        "the WebSocket library or stack named outside transport/websocket: {offenders:?}"
     );
 }

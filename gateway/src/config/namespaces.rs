@@ -38,7 +38,7 @@ pub struct FileNamespace {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Namespace {
     pub history_size: usize,
-    #[serde(serialize_with = "super::print_duration")]
+    #[serde(serialize_with = "super::values::print::duration")]
     pub history_ttl: Duration,
     /// Any connected client may subscribe, without a `channels` claim.
     pub allow_anonymous_subscribe: bool,
@@ -176,7 +176,7 @@ mod tests {
                 ..FileNamespace::default()
             },
         );
-        let ns = Namespaces::resolve(global, file, super::super::parse_duration).unwrap();
+        let ns = Namespaces::resolve(global, file, super::super::values::parse_duration).unwrap();
         let of = |c: &str| *ns.of(&ChannelName::parse(c).unwrap());
         assert_eq!(of("chat:room-1").history_size, 0);
         assert!(
@@ -191,6 +191,6 @@ mod tests {
 
         let mut bad = BTreeMap::new();
         bad.insert("a b".to_string(), FileNamespace::default());
-        assert!(Namespaces::resolve(global, bad, super::super::parse_duration).is_err());
+        assert!(Namespaces::resolve(global, bad, super::super::values::parse_duration).is_err());
     }
 }

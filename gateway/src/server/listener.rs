@@ -21,7 +21,7 @@ use crate::client_ip;
 use crate::http_connection::HttpConnection;
 use crate::limits::{PendingTicket, Refused};
 use crate::node::Node;
-use crate::transport::sse;
+use crate::transport::{http_stream, sse};
 
 /// Connections the kernel queues for `accept` (capped by
 /// `net.core.somaxconn`). tokio's default, 1,024, overflowed when thousands
@@ -55,7 +55,10 @@ pub(super) async fn accept_loop(
                 Ok((stream, peer)) => match surface {
                     Surface::Public => {
                         let trusted = client_ip::is_trusted(peer.ip(), &node.config.trusted_proxies);
-                        match node.pending.try_enter(peer.ip(), trusted) {
+                        // IPv6 clients are counted per prefix, as by the
+                        // admission limits (one host holds a whole /64).
+                        let key = client_ip::limit_key(peer.ip(), node.config.ipv6_limit_prefix);
+                        match node.pending.try_enter(key, trusted) {
                             Ok(ticket) => {
                                 tokio::spawn(accept_connection(stream, peer.ip(), node.clone(), stop.clone(), ticket));
                             }
@@ -134,7 +137,14 @@ async fn serve_public<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     match sniff::first_request(&mut stream, node.config.handshake_timeout).await {
-        First::Sse(request) => sse::direct::serve(node, stream, request, remote, pending, stop).await,
+        First::Sse(request) => {
+            let open: sse::direct::Open = if request.uri().path() == "/stream" {
+                http_stream::open
+            } else {
+                sse::open
+            };
+            sse::direct::serve(node, stream, request, remote, pending, stop, open).await
+        }
         First::Http(read) => {
             let stream = Prefixed::new(read, stream);
             serve_connection(stream, remote, node, stop, Surface::Public, Some(pending)).await

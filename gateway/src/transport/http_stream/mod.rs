@@ -22,12 +22,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use pubsub_proto::Encoding;
 
-use super::sse::{EventStream, Listed, Opened};
+use super::sse::{EventStream, Listed, Opened, response_headers};
 use crate::frame::Frame;
 use crate::handshake;
 use crate::http_connection::HttpConnection;
@@ -122,24 +122,4 @@ fn format_of(query: &str) -> Result<(Encoding, bool), Response<Body>> {
         return Err(bad("format=sse carries JSON only".into()));
     }
     Ok((encoding, events))
-}
-
-/// The headers of a stream's response: no caching, no buffering proxies,
-/// and the CORS answer for an allowed cross-origin page.
-pub(crate) fn response_headers(request: &HeaderMap, content_type: &'static str) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    out.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    out.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-transform"),
-    );
-    // nginx (and proxies that follow its convention) would otherwise
-    // buffer the stream and hold messages back.
-    out.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if let Some(origin) = request.get(header::ORIGIN) {
-        // It passed the Origin check: a cross-origin page may read.
-        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        out.insert(header::VARY, HeaderValue::from_static("Origin"));
-    }
-    out
 }

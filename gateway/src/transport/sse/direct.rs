@@ -35,7 +35,13 @@ use crate::response::Body;
 /// graceful shutdown gets the same).
 const STOP_GRACE: Duration = Duration::from_secs(1);
 
-/// Serves `request` (a complete `GET /sse` or `GET /stream` head) on `io`.
+/// How a transport checks a request and opens its stream: `sse::open` or
+/// `http_stream::open` (the caller picks by path, so this module names
+/// neither transport above it).
+pub type Open = fn(&Arc<Node>, &Request<()>, IpAddr) -> Result<Opened, Response<Body>>;
+
+/// Serves `request` (a complete `GET /sse` or `GET /stream` head) on `io`,
+/// opening its stream with `open`.
 pub async fn serve<S>(
     node: Arc<Node>,
     mut io: S,
@@ -43,16 +49,13 @@ pub async fn serve<S>(
     remote: IpAddr,
     pending: PendingTicket,
     stop: watch::Receiver<bool>,
+    open: Open,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let connection = Arc::new(HttpConnection::new(Some(pending)));
     request.extensions_mut().insert(connection.clone());
-    let opened = if request.uri().path() == "/stream" {
-        crate::transport::http_stream::open(&node, &request, remote)
-    } else {
-        super::open(&node, &request, remote)
-    };
+    let opened = open(&node, &request, remote);
     drop(request);
     let Opened { stream, headers } = match opened {
         Ok(opened) => opened,

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -113,7 +113,7 @@ pub fn open<B>(node: &Arc<Node>, request: &Request<B>, remote: IpAddr) -> Result
     let stream = EventStream::new(session, positions, connection);
     Ok(Opened {
         stream,
-        headers: super::http_stream::response_headers(headers, "text/event-stream"),
+        headers: response_headers(headers, "text/event-stream"),
     })
 }
 
@@ -195,4 +195,24 @@ fn subscribe_command(id: u64, channel: &ChannelName, since: Option<&pubsub_proto
         command["since"] = serde_json::json!({"epoch": since.epoch, "offset": since.offset});
     }
     Bytes::from(command.to_string())
+}
+
+/// The headers of a stream's response: no caching, no buffering proxies,
+/// and the CORS answer for an allowed cross-origin page.
+pub(crate) fn response_headers(request: &HeaderMap, content_type: &'static str) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    out.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    out.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    // nginx (and proxies that follow its convention) would otherwise
+    // buffer the stream and hold messages back.
+    out.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(origin) = request.get(header::ORIGIN) {
+        // It passed the Origin check: a cross-origin page may read.
+        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        out.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    out
 }
