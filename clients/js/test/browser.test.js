@@ -112,7 +112,10 @@ test('the demo page subscribes, shows publications, and recovers every message a
   const events = () => page.$$eval('#events li', (lis) => lis.map((li) => li.textContent));
 
   try {
-    await page.goto(pageUrl);
+    // A token in the URL would land in history, logs and Referer headers:
+    // the page must not take it from there.
+    await page.goto(`${pageUrl}${pageUrl.includes('?') ? '&' : '?'}token=leaked.in.url`);
+    assert.equal(await page.inputValue('#token'), '', 'the page never reads a token from its URL');
     assert.equal(await page.inputValue('#url'), pageNode.wsUrl, 'the page connects to ws://<its host>/ws by default');
     await waitFor(async () => (await state()) === 'connected', { message: 'the page to connect' });
 

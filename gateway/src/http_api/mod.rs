@@ -215,7 +215,6 @@ pub(crate) fn authorize(keys: &[ApiKey], headers: &HeaderMap, scope: Scope) -> R
     }
 }
 
-/// A body must be JSON; a request without a content type is read as JSON.
 /// A body must say it is JSON: a browser can send a cross-origin POST with
 /// no Content-Type (or `text/plain`) without a CORS preflight, so accepting
 /// those would let any web page a visitor opens publish through a gateway

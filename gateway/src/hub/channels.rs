@@ -511,3 +511,69 @@ impl Listener for Channels {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Outbox;
+
+    fn subscriber(id: u64) -> Subscriber {
+        let peer = Peer::new(
+            id,
+            Arc::from("test"),
+            pubsub_proto::Encoding::Json,
+            Outbox::new(1 << 20, 100),
+            std::time::Instant::now(),
+        );
+        Subscriber {
+            peer: Arc::new(peer),
+            syncing: None,
+            floor: 0,
+        }
+    }
+
+    /// The index by peer id stays true through joins and leaves in any
+    /// order (a leave moves the last subscriber into the gap).
+    #[test]
+    fn the_subscriber_index_follows_joins_and_leaves() {
+        let mut entry = Entry {
+            subscribers: Vec::new(),
+            index: HashMap::new(),
+            waiting: Vec::new(),
+            stream: Stream::default(),
+            options: StreamOptions::default(),
+        };
+        let mut expected = std::collections::BTreeSet::new();
+        let mut state = 7u64;
+        for step in 0..5_000u64 {
+            // A cheap deterministic mix of joins and leaves over 300 ids.
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let id = (state >> 33) % 300;
+            if step % 3 == 0 || !expected.contains(&id) {
+                if expected.insert(id) {
+                    entry.add(subscriber(id));
+                }
+            } else {
+                assert!(entry.remove(id), "{id} was subscribed");
+                expected.remove(&id);
+                assert!(!entry.remove(id), "{id} leaves once");
+            }
+            assert_eq!(entry.subscribers.len(), expected.len());
+            assert_eq!(entry.index.len(), expected.len());
+        }
+        for (i, subscriber) in entry.subscribers.iter().enumerate() {
+            assert_eq!(
+                entry.index[&subscriber.peer.id], i,
+                "the index points at its subscriber"
+            );
+        }
+        for id in 0..300 {
+            assert_eq!(entry.find_mut(id).is_some(), expected.contains(&id));
+            if let Some(found) = entry.find_mut(id) {
+                assert_eq!(found.peer.id, id);
+            }
+        }
+    }
+}

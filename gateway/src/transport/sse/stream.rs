@@ -60,6 +60,12 @@ pub(crate) struct EventStream {
     commands: VecDeque<Bytes>,
     framing: Framing,
     waker: Arc<KillWaker>,
+    /// The outbox size of the frames in the chunk last handed to the
+    /// writer: they count against the outbox's bound until the writer asks
+    /// for the next chunk, which it does once that one is written (so a
+    /// stalled client holds one bound, not a bound queued and another in
+    /// the chunk being written).
+    unsent: usize,
 }
 
 /// How the stream's frames are written.
@@ -108,6 +114,7 @@ impl EventStream {
             commands,
             framing: Framing::Sse(positions),
             waker,
+            unsent: 0,
         }
     }
 
@@ -129,6 +136,7 @@ impl EventStream {
             commands: VecDeque::new(),
             framing: Framing::Session { listed, events },
             waker,
+            unsent: 0,
         }
     }
 
@@ -178,7 +186,7 @@ impl EventStream {
                         publications += u64::from(frame.is_publication());
                         self.framing.write(session.peer(), frame, out);
                     }
-                    session.peer().outbox.sent(queued);
+                    self.unsent += queued;
                     if publications > 0 {
                         session.node().metrics.delivered.increment(publications);
                     }
@@ -248,8 +256,12 @@ impl EventStream {
 impl EventStream {
     /// The next chunk of the stream, `None` once it ended.
     pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        if self.session.is_none() {
+        let Some(session) = self.session.as_ref() else {
             return Poll::Ready(None);
+        };
+        if self.unsent > 0 {
+            // Asked for more: the last chunk was written.
+            session.peer().outbox.sent(std::mem::take(&mut self.unsent));
         }
         let waker = self.waker.register(cx.waker());
         let mut cx = Context::from_waker(&waker);
