@@ -8,6 +8,7 @@ pub mod haproxy;
 pub mod http_stream;
 pub mod netns;
 pub mod pki;
+pub mod presence;
 pub mod proxy;
 pub mod redis;
 pub mod sentinel;
