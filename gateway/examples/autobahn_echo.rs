@@ -36,7 +36,7 @@ async fn main() -> std::io::Result<()> {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9001)));
     let listener = TcpListener::bind(addr).await?;
-    let deflater = Deflater::new(LEVEL);
+    let deflater = Deflater::new(LEVEL, metrics::Counter::noop());
     eprintln!("autobahn echo listening on {}", listener.local_addr()?);
     loop {
         let (stream, _) = listener.accept().await?;

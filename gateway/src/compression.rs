@@ -36,15 +36,20 @@ pub struct Deflater {
     /// Per window bits 9..=15.
     compressors: [Mutex<Vec<Compress>>; 7],
     decompressors: Mutex<Vec<Decompress>>,
+    /// Messages compressed (`gateway_compressions_total`): a publication
+    /// shared by its subscribers counts once.
+    compressions: metrics::Counter,
 }
 
 impl Deflater {
-    /// Compression at `level` (0-9).
-    pub fn new(level: u32) -> Arc<Deflater> {
+    /// Compression at `level` (0-9), counting each message compressed in
+    /// `compressions`.
+    pub fn new(level: u32, compressions: metrics::Counter) -> Arc<Deflater> {
         Arc::new(Deflater {
             level: Compression::new(level.min(9)),
             compressors: Default::default(),
             decompressors: Mutex::new(Vec::new()),
+            compressions,
         })
     }
 
@@ -53,6 +58,7 @@ impl Deflater {
     /// not make it smaller.
     pub fn compress(&self, data: &[u8], window_bits: u8) -> Option<Bytes> {
         let bits = window_bits.clamp(9, 15);
+        self.compressions.increment(1);
         let pool = &self.compressors[usize::from(bits - 9)];
         let mut compressor = pool
             .lock()
@@ -161,7 +167,7 @@ mod tests {
 
     #[test]
     fn messages_round_trip_and_identical_input_compresses_identically() {
-        let deflater = Deflater::new(6);
+        let deflater = Deflater::new(6, metrics::Counter::noop());
         let text =
             br#"{"type":"message","channel":"news","data":{"headline":"hello hello hello hello"}}"#.repeat(8);
         let a = deflater.compress(&text, 15).expect("compresses");
@@ -176,7 +182,7 @@ mod tests {
 
     #[test]
     fn bombs_stop_at_the_limit_and_garbage_is_refused() {
-        let deflater = Deflater::new(9);
+        let deflater = Deflater::new(9, metrics::Counter::noop());
         let zeros = vec![0u8; 10 << 20];
         let bomb = deflater.compress(&zeros, 15).expect("compresses");
         assert!(bomb.len() < 20_000, "{}", bomb.len());

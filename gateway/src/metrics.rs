@@ -61,6 +61,9 @@ pub struct Metrics {
     /// after compression.
     pub compression_bytes_in: Counter,
     pub compression_bytes_out: Counter,
+    /// Messages the node compressed: once per publication for all the
+    /// subscribers that share its compressed bytes.
+    pub compressions: Counter,
     /// Open WebSocket connections that negotiated permessage-deflate.
     pub compressed_connections: Gauge,
     /// Handles the broker records into.
@@ -239,6 +242,11 @@ impl Metrics {
             compression_bytes_out: counter(
                 "gateway_compression_bytes_out_total",
                 "Payload bytes of WebSocket messages sent compressed (permessage-deflate), after compression.",
+                vec![],
+            ),
+            compressions: counter(
+                "gateway_compressions_total",
+                "Messages the node compressed (permessage-deflate): a publication once for every subscriber that shares its compressed bytes, a reply or a subscriber with a smaller window once each.",
                 vec![],
             ),
             compressed_connections: gauge(

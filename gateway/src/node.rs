@@ -187,7 +187,7 @@ impl Node {
         let client_prefix = Arc::from(format!("{}-{boot}-", config.node_id));
         let compression = config
             .compression
-            .then(|| Deflater::new(config.compression_level));
+            .then(|| Deflater::new(config.compression_level, metrics.compressions.clone()));
         let node = Arc::new(Node {
             config,
             hub,

@@ -163,6 +163,16 @@ async fn every_offer_gets_the_same_payloads_and_compressed_ones_share_the_work()
         metric(&metrics, "gateway_compression_bytes_out_total").unwrap_or(0.0),
     );
     assert!(before > 3.0 * after && after > 0.0, "{before} -> {after}");
+    // Compressed once per publication, not once per subscriber: the four
+    // clients on the usual 15-bit window share one compression of each
+    // large event, the one that asked for a 10-bit window gets its own
+    // (the small one goes uncompressed): 2 x (1 + 1), where compressing
+    // per subscriber would have been 2 x 5.
+    assert_eq!(
+        metric(&metrics, "gateway_compressions_total"),
+        Some(4.0),
+        "compressions"
+    );
 }
 
 #[tokio::test]

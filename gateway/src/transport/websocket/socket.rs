@@ -484,7 +484,7 @@ mod tests {
 
     #[tokio::test]
     async fn compressed_messages_inflate_within_the_limit() {
-        let deflater = Deflater::new(6);
+        let deflater = Deflater::new(6, metrics::Counter::noop());
         let compression = Compression {
             agreed: Agreed {
                 server_window_bits: 15,
