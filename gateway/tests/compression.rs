@@ -94,9 +94,29 @@ fn event(n: u64) -> Value {
 async fn every_offer_gets_the_same_payloads_and_compressed_ones_share_the_work() {
     let gw = start(test_config()).await;
     let addr = gw.local_addr();
-    let offers: [(Option<&str>, Option<&str>); 8] = [
+    let offers: [(Option<&str>, Option<&str>); 14] = [
         (Some(BROWSER_OFFER), Some("")),
         (Some("permessage-deflate"), Some("")),
+        (Some("permessage-deflate; server_no_context_takeover"), Some("")),
+        (Some("permessage-deflate; client_no_context_takeover"), Some("")),
+        (
+            Some("permessage-deflate; server_max_window_bits=15"),
+            Some("; server_max_window_bits=15"),
+        ),
+        (Some("permessage-deflate; client_max_window_bits=8"), Some("")),
+        (
+            Some("permessage-deflate; server_max_window_bits=9; client_max_window_bits=9"),
+            Some("; server_max_window_bits=9"),
+        ),
+        // A list: the first offer cannot be honoured, the second (with a
+        // quoted value) is; an unknown extension before them is skipped.
+        (
+            Some(
+                "x-webkit-deflate-frame, permessage-deflate; server_max_window_bits=8, \
+                 permessage-deflate; server_max_window_bits=\"12\"",
+            ),
+            Some("; server_max_window_bits=12"),
+        ),
         (
             Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
             Some(""),
@@ -126,7 +146,7 @@ async fn every_offer_gets_the_same_payloads_and_compressed_ones_share_the_work()
     let mut plain = WsClient::connect(addr, None).await;
     plain.subscribe("news").await;
     let metrics = get(addr, "/metrics").await.text();
-    assert_eq!(metric(&metrics, "gateway_compression_connections"), Some(5.0));
+    assert_eq!(metric(&metrics, "gateway_compression_connections"), Some(11.0));
 
     let small = json!({"tiny": true});
     for data in [event(1), small.clone(), event(2)] {
@@ -163,14 +183,14 @@ async fn every_offer_gets_the_same_payloads_and_compressed_ones_share_the_work()
         metric(&metrics, "gateway_compression_bytes_out_total").unwrap_or(0.0),
     );
     assert!(before > 3.0 * after && after > 0.0, "{before} -> {after}");
-    // Compressed once per publication, not once per subscriber: the four
+    // Compressed once per publication, not once per subscriber: the eight
     // clients on the usual 15-bit window share one compression of each
-    // large event, the one that asked for a 10-bit window gets its own
-    // (the small one goes uncompressed): 2 x (1 + 1), where compressing
-    // per subscriber would have been 2 x 5.
+    // large event, the three that asked for a smaller server window (12,
+    // 10, 9) get their own (the small one goes uncompressed): 2 x (1 + 3),
+    // where compressing per subscriber would have been 2 x 11.
     assert_eq!(
         metric(&metrics, "gateway_compressions_total"),
-        Some(4.0),
+        Some(8.0),
         "compressions"
     );
 }
