@@ -531,3 +531,109 @@ async fn on_a_redis_cluster_every_node_lists_every_member_and_a_killed_nodes_exp
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Presence over the protobuf subprotocol: the `presence` and
+/// `presence_stats` commands, their replies, and `join`/`leave` events,
+/// as protobuf frames (one node on the embedded broker).
+#[tokio::test]
+async fn presence_over_protobuf_lists_counts_and_sends_join_and_leave() {
+    use pubsub_proto::pb::server_message::Kind;
+    use pubsub_proto::{ChannelName, ClientCommand, Command, protobuf};
+    use tokio_tungstenite::tungstenite::Message;
+
+    async fn next(client: &mut WsClient) -> pubsub_proto::pb::ServerMessage {
+        match client.next().await {
+            Message::Binary(bytes) => protobuf::decode_server_message(bytes).expect("protobuf frame"),
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+    }
+    async fn send(client: &mut WsClient, id: u64, command: Command) {
+        let frame = protobuf::encode_command(&ClientCommand {
+            id: Some(id),
+            command,
+        });
+        client.send(Message::binary(frame)).await;
+    }
+    let channel = ChannelName::parse("room:pb").expect("a channel name");
+    let config = presence_config();
+    let node = GatewayProcess::spawn(&["--config", config.as_str()]);
+    let addr = node.addr;
+    eventually("ready", async || get(addr, "/readyz").await.status == 200).await;
+
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut client = WsClient::connect(addr, Some("pubsub.v1.proto")).await;
+        send(&mut client, 1, Command::Connect { token: String::new() }).await;
+        let Some(Kind::Connected(connected)) = next(&mut client).await.kind else {
+            panic!("connected");
+        };
+        let subscribe = Command::Subscribe {
+            channel: channel.clone(),
+            since: None,
+        };
+        send(&mut client, 2, subscribe).await;
+        // Its own join may come before or after the reply.
+        let mut subscribed = false;
+        while !subscribed {
+            match next(&mut client).await.kind {
+                Some(Kind::Subscribed(_)) => subscribed = true,
+                Some(Kind::Join(_)) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        clients.push((client, connected.client));
+    }
+    let (mut a, a_id) = clients.remove(0);
+    let (b, b_id) = clients.remove(0);
+    // The second's join reaches the first, as a protobuf Join.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < deadline, "a hears b's join");
+        if let Some(Kind::Join(join)) = next(&mut a).await.kind
+            && join.member.as_ref().map(|m| m.client.as_str()) == Some(b_id.as_str())
+        {
+            assert_eq!(join.channel, "room:pb");
+            break;
+        }
+    }
+    send(
+        &mut a,
+        3,
+        Command::Presence {
+            channel: channel.clone(),
+        },
+    )
+    .await;
+    let reply = next(&mut a).await;
+    assert_eq!(reply.id, Some(3));
+    let Some(Kind::Presence(list)) = reply.kind else {
+        panic!("a PresenceReply: {reply:?}");
+    };
+    let mut listed: Vec<String> = list.members.iter().map(|m| m.client.clone()).collect();
+    listed.sort();
+    let mut both = vec![a_id.clone(), b_id.clone()];
+    both.sort();
+    assert_eq!(listed, both);
+    send(
+        &mut a,
+        4,
+        Command::PresenceStats {
+            channel: channel.clone(),
+        },
+    )
+    .await;
+    let reply = next(&mut a).await;
+    let Some(Kind::PresenceStats(stats)) = reply.kind else {
+        panic!("a PresenceStatsReply: {reply:?}");
+    };
+    assert_eq!((reply.id, stats.clients, stats.users), (Some(4), 2, 0));
+    drop(b);
+    let Some(Kind::Leave(leave)) = next(&mut a).await.kind else {
+        panic!("a Leave");
+    };
+    assert_eq!(
+        leave.member.map(|m| m.client),
+        Some(b_id),
+        "b's leave, as a protobuf Leave"
+    );
+}
