@@ -637,3 +637,42 @@ async fn presence_over_protobuf_lists_counts_and_sends_join_and_leave() {
         "b's leave, as a protobuf Leave"
     );
 }
+
+/// A burst of joins (a mass reconnect) does not become a burst of events:
+/// with `--presence-event-rate 5`, a subscriber hears at most 5 joins per
+/// second of 40 that arrive within a moment, while the member list has
+/// every one of them.
+#[tokio::test]
+async fn a_burst_of_joins_is_bounded_to_the_event_rate_and_the_list_stays_complete() {
+    let config = presence_config();
+    let node = GatewayProcess::spawn(&["--config", config.as_str(), "--presence-event-rate", "5"]);
+    let addr = node.addr;
+    eventually("ready", async || get(addr, "/readyz").await.status == 200).await;
+    let mut watcher = Member::join(addr, "room:burst").await;
+    // Let the watcher's own join use up its second, then start a fresh one.
+    watcher.drain_events(Duration::from_millis(1100)).await;
+    watcher.events.clear();
+    let started = Instant::now();
+    let mut joined = Vec::new();
+    for _ in 0..40 {
+        joined.push(Member::join(addr, "room:burst").await);
+    }
+    let joining = started.elapsed();
+    watcher.drain_events(Duration::from_millis(300)).await;
+    let heard = watcher.events.len();
+    // Seconds the burst and the wait could touch, each worth 5 events.
+    let seconds = (joining + Duration::from_millis(300)).as_secs() + 2;
+    assert!(
+        heard >= 1 && heard as u64 <= 5 * seconds,
+        "{heard} join events for 40 joins in {joining:?} (at most 5 per second)"
+    );
+    assert!(heard < 40, "events were bounded: {heard} of 40");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while watcher.members("room:burst").await.len() != 41 {
+        assert!(
+            Instant::now() < deadline,
+            "every member is listed without its event"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
