@@ -37,15 +37,21 @@ pub struct Node {
     pub lifecycle: Lifecycle,
     /// Bounds the HTTP API requests served at once (`--max-api-requests`).
     pub api: Concurrency,
-    /// Bounds the accepted connections that are not WebSockets yet
-    /// (`--max-pending-connections`, `--max-pending-per-ip`).
-    pub pending: PendingConnections,
     /// The pooled compressors of permessage-deflate; `None` with
     /// `--compression off`.
     pub compression: Option<Arc<Deflater>>,
+    pub peers: Peers,
+}
+
+/// What this node does with the other nodes behind the broker: questions
+/// that gather their answers, and the session streams whose commands may
+/// be POSTed to any of them.
+#[derive(Default)]
+pub struct Peers {
     /// This node's questions to all nodes that wait for answers.
     pub calls: Calls,
-    /// The session streams of `GET /stream`, by session id.
+    /// The session streams of `GET /stream`, by session id, and the
+    /// live-node list forwarded commands are checked against.
     pub streams: Streams,
 }
 
@@ -55,6 +61,9 @@ pub struct Clients {
     pub registry: Arc<Registry>,
     /// Connection limits checked before each connection is accepted.
     pub admission: Admission,
+    /// Bounds the accepted connections that are not clients yet
+    /// (`--max-pending-connections`, `--max-pending-per-ip`).
+    pub pending: PendingConnections,
     next_session: AtomicU64,
     /// `<node>-<boot>-`, where boot is random per process start: client ids
     /// (`<node>-<boot>-<n>`) stay unique across restarts of a node that
@@ -195,6 +204,7 @@ impl Node {
             clients: Clients {
                 registry,
                 admission,
+                pending,
                 next_session: AtomicU64::new(1),
                 client_prefix,
                 epoch: Instant::now(),
@@ -202,10 +212,8 @@ impl Node {
             security: Security { auth, origins, tls },
             lifecycle: Lifecycle::default(),
             api,
-            pending,
             compression,
-            calls: Calls::default(),
-            streams: Streams::default(),
+            peers: Peers::default(),
         });
         // Histograms keep their samples until upkeep folds them in; without
         // it a node nobody scrapes would grow without bound.

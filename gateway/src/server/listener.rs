@@ -58,7 +58,7 @@ pub(super) async fn accept_loop(
                         // IPv6 clients are counted per prefix, as by the
                         // admission limits (one host holds a whole /64).
                         let key = client_ip::limit_key(peer.ip(), node.config.ipv6_limit_prefix);
-                        match node.pending.try_enter(key, trusted) {
+                        match node.clients.pending.try_enter(key, trusted) {
                             Ok(ticket) => {
                                 tokio::spawn(accept_connection(stream, peer.ip(), node.clone(), stop.clone(), ticket));
                             }

@@ -89,7 +89,7 @@ pub(crate) struct Listed {
 
 impl Drop for Listed {
     fn drop(&mut self) {
-        self.node.streams.close(&self.id);
+        self.node.peers.streams.close(&self.id);
     }
 }
 
