@@ -31,6 +31,13 @@ if [ ! -x "$venv/bin/wstest" ]; then
   "$python2" -m virtualenv -q "$venv"
   "$venv/bin/pip" install --quiet autobahntestsuite==25.10.1 2>&1 | grep -v DEPRECATION || true
 fi
+# The installs above hide pip's noise (and with it its exit status): say
+# plainly when they did not produce the test client.
+if [ ! -x "$venv/bin/wstest" ]; then
+  echo "installing autobahntestsuite 25.10.1 did not produce $venv/bin/wstest (pip needs the package registry)." >&2
+  rm -rf "$venv"
+  exit 1
+fi
 
 # Release build: cases 9 and 12-13 move megabytes and thousands of
 # compressed messages, which an unoptimised deflate makes slow.
