@@ -3,7 +3,9 @@
 //! subscriber once and in order, a killed node's members expire within the
 //! TTL, a drained node's leave at once, a Redis restart loses nothing for
 //! good; and on one node: who may read presence, where it is not enabled,
-//! the HTTP API, hostile tokens.
+//! the HTTP API, hostile tokens, the protobuf subprotocol, and a burst of
+//! joins bounded to the event rate. (On a Redis Cluster:
+//! `presence_cluster.rs`.)
 
 mod support;
 
