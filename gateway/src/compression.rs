@@ -36,8 +36,8 @@ pub struct Deflater {
     /// Per window bits 9..=15.
     compressors: [Mutex<Vec<Compress>>; 7],
     decompressors: Mutex<Vec<Decompress>>,
-    /// Messages compressed (`gateway_compressions_total`): a publication
-    /// shared by its subscribers counts once.
+    /// Messages compressed and sent so (`gateway_compressions_total`): a
+    /// publication shared by its subscribers counts once per encoding.
     compressions: metrics::Counter,
 }
 
@@ -58,7 +58,6 @@ impl Deflater {
     /// not make it smaller.
     pub fn compress(&self, data: &[u8], window_bits: u8) -> Option<Bytes> {
         let bits = window_bits.clamp(9, 15);
-        self.compressions.increment(1);
         let pool = &self.compressors[usize::from(bits - 9)];
         let mut compressor = pool
             .lock()
@@ -76,7 +75,11 @@ impl Deflater {
         if out.ends_with(&TAIL) {
             out.truncate(out.len() - TAIL.len());
         }
-        (out.len() < data.len()).then(|| Bytes::from(out))
+        if out.len() >= data.len() {
+            return None;
+        }
+        self.compressions.increment(1);
+        Some(Bytes::from(out))
     }
 
     /// Inflates one compressed message, stopping as soon as the output

@@ -161,7 +161,7 @@ async fn apply(node: &Arc<Node>, command: Command) -> usize {
                 })
                 .collect();
             let outcome = match decoded {
-                Some(commands) => node.peers.streams.deliver(&session, commands, binary),
+                Some(commands) => node.clients.streams.deliver(&session, commands, binary),
                 // No node sends that: treated as for a session that is not here.
                 None => crate::streams::Delivered::Unknown,
             };
@@ -221,7 +221,7 @@ pub async fn run(node: Arc<Node>, mut inbox: mpsc::Receiver<Bytes>) {
     while let Some(message) = inbox.recv().await {
         match serde_json::from_slice::<Command>(&message) {
             Ok(Command::ChannelsPage { call, .. } | Command::StreamDelivered { call, .. }) => {
-                node.peers.calls.answer(call, message)
+                node.calls.answer(call, message)
             }
             Ok(command) => {
                 // Questions and a client's own commands are not operations.

@@ -61,8 +61,8 @@ pub struct Metrics {
     /// after compression.
     pub compression_bytes_in: Counter,
     pub compression_bytes_out: Counter,
-    /// Messages the node compressed: once per publication for all the
-    /// subscribers that share its compressed bytes.
+    /// Messages the node compressed: once per publication and encoding for
+    /// all the subscribers that share its compressed bytes.
     pub compressions: Counter,
     /// Open WebSocket connections that negotiated permessage-deflate.
     pub compressed_connections: Gauge,
@@ -246,7 +246,7 @@ impl Metrics {
             ),
             compressions: counter(
                 "gateway_compressions_total",
-                "Messages the node compressed (permessage-deflate): a publication once for every subscriber that shares its compressed bytes, a reply or a subscriber with a smaller window once each.",
+                "Messages the node compressed (permessage-deflate) and sent compressed: a publication once per encoding for every subscriber that shares its compressed bytes, a reply or a subscriber with a smaller window once each.",
                 vec![],
             ),
             compressed_connections: gauge(

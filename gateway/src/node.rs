@@ -1,7 +1,9 @@
 //! What one gateway node shares between its sessions and HTTP handlers,
 //! in named parts: the configuration, the hub, the metrics, the clients
-//! (registry, admission, ids), the security settings (tokens, origins,
-//! TLS), the lifecycle (draining) and the HTTP API's admission.
+//! (registry, admission, pending connections, `/stream` sessions, ids),
+//! the security settings (tokens, origins, TLS), the lifecycle (draining),
+//! the HTTP API's admission, the deflate pools and the calls to other
+//! nodes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,22 +42,12 @@ pub struct Node {
     /// The pooled compressors of permessage-deflate; `None` with
     /// `--compression off`.
     pub compression: Option<Arc<Deflater>>,
-    pub peers: Peers,
-}
-
-/// What this node does with the other nodes behind the broker: questions
-/// that gather their answers, and the session streams whose commands may
-/// be POSTed to any of them.
-#[derive(Default)]
-pub struct Peers {
     /// This node's questions to all nodes that wait for answers.
     pub calls: Calls,
-    /// The session streams of `GET /stream`, by session id, and the
-    /// live-node list forwarded commands are checked against.
-    pub streams: Streams,
 }
 
-/// The node's clients: who is connected, who may connect, and their ids.
+/// The node's clients: who is connected, who may connect, the `/stream`
+/// sessions, and their ids.
 pub struct Clients {
     /// Every live session, for the heartbeat and the drain.
     pub registry: Arc<Registry>,
@@ -64,6 +56,9 @@ pub struct Clients {
     /// Bounds the accepted connections that are not clients yet
     /// (`--max-pending-connections`, `--max-pending-per-ip`).
     pub pending: PendingConnections,
+    /// The session streams of `GET /stream`, by session id, and the
+    /// live-node list their forwarded commands are checked against.
+    pub streams: Streams,
     next_session: AtomicU64,
     /// `<node>-<boot>-`, where boot is random per process start: client ids
     /// (`<node>-<boot>-<n>`) stay unique across restarts of a node that
@@ -205,6 +200,7 @@ impl Node {
                 registry,
                 admission,
                 pending,
+                streams: Streams::default(),
                 next_session: AtomicU64::new(1),
                 client_prefix,
                 epoch: Instant::now(),
@@ -213,7 +209,7 @@ impl Node {
             lifecycle: Lifecycle::default(),
             api,
             compression,
-            peers: Peers::default(),
+            calls: Calls::default(),
         });
         // Histograms keep their samples until upkeep folds them in; without
         // it a node nobody scrapes would grow without bound.

@@ -102,8 +102,8 @@ async fn every_node_lists_every_member_of_rooms_on_every_shard_and_a_killed_node
             break;
         }
         assert!(
-            killed.elapsed() < Duration::from_millis(3000),
-            "the killed node's member is gone within the TTL (2 s): {members:?}"
+            killed.elapsed() < Duration::from_millis(4000),
+            "the killed node's member is gone within the TTL (2 s, and 2 s for a loaded machine's reads): {members:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

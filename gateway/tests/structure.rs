@@ -158,18 +158,28 @@ fn transport_graph() -> BTreeMap<String, BTreeSet<String>> {
         let edges = graph.entry(name.clone()).or_default();
         for file in files {
             let text = code(&std::fs::read_to_string(&file).expect("readable source"));
-            for other in names.iter().filter(|o| *o != name) {
-                let named = [format!("super::{other}"), format!("transport::{other}")]
-                    .iter()
-                    .any(|path| {
-                        text.match_indices(path.as_str()).any(|(at, _)| {
-                            !text[at + path.len()..]
-                                .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-                        })
-                    });
-                if named {
-                    edges.insert(other.clone());
+            // What follows `super::` or `transport::`: a name, or each
+            // name of a `{a, b::c}` group.
+            let mut named: BTreeSet<String> = BTreeSet::new();
+            for prefix in ["super::", "transport::"] {
+                for (at, _) in text.match_indices(prefix) {
+                    let rest = &text[at + prefix.len()..];
+                    let items = match rest.strip_prefix('{') {
+                        Some(group) => group.split('}').next().unwrap_or("").to_string(),
+                        None => rest.to_string(),
+                    };
+                    for item in items.split(',') {
+                        let item: String = item
+                            .trim()
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                            .collect();
+                        named.insert(item);
+                    }
                 }
+            }
+            for other in names.iter().filter(|o| *o != name && named.contains(*o)) {
+                edges.insert(other.clone());
             }
         }
     }
@@ -221,9 +231,13 @@ fn only_the_websocket_transport_names_the_websocket_library() {
         if text.contains("tungstenite") {
             offenders.push(format!("{}: tungstenite", file.display()));
         }
-        let names_stack = text.contains("transport::websocket")
-            || text.contains("websocket::")
-            || text.contains("transport::{") && text.contains("websocket}");
+        let in_group = text.match_indices("transport::{").any(|(at, _)| {
+            text[at..]
+                .split('}')
+                .next()
+                .is_some_and(|group| group.split([',', '{']).any(|item| item.trim() == "websocket"))
+        });
+        let names_stack = text.contains("transport::websocket") || text.contains("websocket::") || in_group;
         if names_stack {
             if callers.contains(file) {
                 seen_in_router |= file.ends_with("router.rs");

@@ -127,7 +127,7 @@ fn parse_query(request: &Request<Incoming>) -> Result<Query, Failure> {
 pub(crate) async fn list_channels(node: &Arc<Node>, query: Query) -> Result<Page, Failure> {
     let nodes: BTreeSet<String> = super::info::live_node_ids(node).await?.into_iter().collect();
 
-    let mut call = node.peers.calls.open();
+    let mut call = node.calls.open();
     let question = Command::Channels {
         reply_to: node.config.node_id.clone(),
         call: call.id,

@@ -138,7 +138,7 @@ async fn serve_public<S>(
 {
     match sniff::first_request(&mut stream, node.config.handshake_timeout).await {
         First::Sse(request) => {
-            let open: sse::direct::Open = if request.uri().path() == "/stream" {
+            let open: sse::direct::OpenStream = if request.uri().path() == "/stream" {
                 http_stream::open
             } else {
                 sse::open

@@ -117,7 +117,7 @@ async fn accept(node: &Arc<Node>, request: Request<Incoming>) -> Result<usize, F
     };
     let count = commands.len();
     let delivered = if owner == node.config.node_id {
-        node.peers.streams.deliver(&session, commands, binary)
+        node.clients.streams.deliver(&session, commands, binary)
     } else {
         forward(node, &owner, &session, commands, binary).await?
     };
@@ -275,7 +275,7 @@ async fn forward(
     if !is_live(node, owner).await? {
         return Ok(Delivered::Unknown);
     }
-    let mut call = node.peers.calls.open();
+    let mut call = node.calls.open();
     let question = Command::StreamCommands {
         reply_to: node.config.node_id.clone(),
         call: call.id,
@@ -319,7 +319,7 @@ async fn forward(
 /// may have started since).
 async fn is_live(node: &Arc<Node>, owner: &str) -> Result<bool, Failure> {
     let fresh_enough = |at: Instant, limit: Duration| at.elapsed() < limit;
-    if let Some((at, nodes)) = node.peers.streams.live_nodes()
+    if let Some((at, nodes)) = node.clients.streams.live_nodes()
         && fresh_enough(at, LIVE_NODES_FOR)
         && (nodes.iter().any(|n| n == owner) || fresh_enough(at, Duration::from_millis(100)))
     {
@@ -327,7 +327,7 @@ async fn is_live(node: &Arc<Node>, owner: &str) -> Result<bool, Failure> {
     }
     let nodes = live_node_ids(node).await?;
     let live = nodes.iter().any(|n| n == owner);
-    node.peers.streams.remember_live_nodes(nodes);
+    node.clients.streams.remember_live_nodes(nodes);
     Ok(live)
 }
 

@@ -55,7 +55,7 @@ pub fn open<B>(node: &Arc<Node>, request: &Request<B>, remote: IpAddr) -> Result
     let identity = handshake::token(node, headers)?;
     let ticket = handshake::admit(node, headers, remote)?;
     let binary = encoding == Encoding::Protobuf;
-    let Some((id, inbox)) = node.peers.streams.open(&node.config.node_id, binary) else {
+    let Some((id, inbox)) = node.clients.streams.open(&node.config.node_id, binary) else {
         return Err(error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

@@ -38,7 +38,7 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// How a transport checks a request and opens its stream: `sse::open` or
 /// `http_stream::open` (the caller picks by path, so this module names
 /// neither transport above it).
-pub type Open = fn(&Arc<Node>, &Request<()>, IpAddr) -> Result<Opened, Response<Body>>;
+pub type OpenStream = fn(&Arc<Node>, &Request<()>, IpAddr) -> Result<Opened, Response<Body>>;
 
 /// Serves `request` (a complete `GET /sse` or `GET /stream` head) on `io`,
 /// opening its stream with `open`.
@@ -49,7 +49,7 @@ pub async fn serve<S>(
     remote: IpAddr,
     pending: PendingTicket,
     stop: watch::Receiver<bool>,
-    open: Open,
+    open: OpenStream,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -62,9 +62,12 @@ pub(crate) struct EventStream {
     waker: Arc<KillWaker>,
     /// The outbox size of the frames in the chunk last handed to the
     /// writer: they count against the outbox's bound until the writer asks
-    /// for the next chunk, which it does once that one is written (so a
-    /// stalled client holds one bound, not a bound queued and another in
-    /// the chunk being written).
+    /// for the next chunk. The direct writer (`direct.rs`, the usual case)
+    /// asks once that one is written, so a stalled client holds one bound,
+    /// not a bound queued and another in the chunk being written; hyper
+    /// (a later request on a kept-alive connection, HTTP/2) asks once it
+    /// buffered the chunk, and its buffer (up to about 400 KiB) comes on
+    /// top.
     unsent: usize,
 }
 
@@ -89,7 +92,7 @@ pub(crate) struct Listed {
 
 impl Drop for Listed {
     fn drop(&mut self) {
-        self.node.peers.streams.close(&self.id);
+        self.node.clients.streams.close(&self.id);
     }
 }
 
@@ -104,18 +107,7 @@ impl EventStream {
             .enumerate()
             .map(|(i, (channel, since))| super::subscribe_command(i as u64 + 1, channel, since))
             .collect();
-        let waker = Arc::new(KillWaker {
-            task: Mutex::new(None),
-            peer: Arc::downgrade(session.peer()),
-            connection,
-        });
-        EventStream {
-            session: Some(session),
-            commands,
-            framing: Framing::Sse(positions),
-            waker,
-            unsent: 0,
-        }
+        EventStream::with(session, commands, Framing::Sse(positions), connection)
     }
 
     /// A session stream (`GET /stream`), listed as `listed`, written as
@@ -126,6 +118,16 @@ impl EventStream {
         events: bool,
         connection: Option<Arc<HttpConnection>>,
     ) -> EventStream {
+        let framing = Framing::Session { listed, events };
+        EventStream::with(session, VecDeque::new(), framing, connection)
+    }
+
+    fn with(
+        session: Session,
+        commands: VecDeque<Bytes>,
+        framing: Framing,
+        connection: Option<Arc<HttpConnection>>,
+    ) -> EventStream {
         let waker = Arc::new(KillWaker {
             task: Mutex::new(None),
             peer: Arc::downgrade(session.peer()),
@@ -133,8 +135,8 @@ impl EventStream {
         });
         EventStream {
             session: Some(session),
-            commands: VecDeque::new(),
-            framing: Framing::Session { listed, events },
+            commands,
+            framing,
             waker,
             unsent: 0,
         }
@@ -208,6 +210,7 @@ impl EventStream {
         let Some(session) = self.session.take() else {
             return Poll::Ready(());
         };
+        session.peer().outbox.sent(std::mem::take(&mut self.unsent));
         session.log_end(&end);
         let (code, reason, retry) = match &end {
             End::Requested(c) | End::Killed(c) => (c.code, c.reason, c.reconnect_after_ms),
