@@ -42,6 +42,13 @@ fn module_of(path: &Path) -> Option<String> {
     (name != "lib" && name != "main").then_some(name)
 }
 
+/// The Rust identifier `text` starts with.
+fn ident(text: &str) -> String {
+    text.chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}
+
 /// Code without `//` comments (doc comments name modules in prose).
 fn code(text: &str) -> String {
     text.lines()
@@ -64,10 +71,7 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         let text = code(&std::fs::read_to_string(&file).expect("readable source"));
         let edges = graph.entry(module.clone()).or_default();
         for (at, _) in text.match_indices("crate::") {
-            let name: String = text[at + "crate::".len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
+            let name = ident(&text[at + "crate::".len()..]);
             if !name.is_empty() && name != module {
                 edges.insert(name);
             }
@@ -79,11 +83,7 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
                 .take_while(|c| *c != '}')
                 .collect();
             for item in group.split(',') {
-                let name: String = item
-                    .trim()
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
+                let name = ident(item.trim());
                 if !name.is_empty() && name != module && name != "self" {
                     edges.insert(name);
                 }
@@ -170,11 +170,7 @@ fn transport_graph() -> BTreeMap<String, BTreeSet<String>> {
                         None => rest.to_string(),
                     };
                     for item in items.split(',') {
-                        let item: String = item
-                            .trim()
-                            .chars()
-                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                            .collect();
+                        let item = ident(item.trim());
                         named.insert(item);
                     }
                 }
